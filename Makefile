@@ -1,0 +1,50 @@
+# Two commands do all the set-up: `make run` and `make test` (see README.md).
+# Slow installs are cached outside the clone: pip in ~/.cache/pip, npm in
+# ~/.npm, Maven in ~/.m2, the engine's jars in ~/.cache/mopq.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mopq-installed
+NODE_STAMP := node_modules/.mopq-installed
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint engine browser clean
+
+install: $(STAMP) $(NODE_STAMP)
+
+$(PY):
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mopq needs Python 3.11+"' \
+		|| { echo "mopq needs Python 3.11 or newer as $(PYTHON)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+$(NODE_STAMP): package.json
+	@command -v npm >/dev/null || { echo "npm (Node.js) is needed for the dashboard's socket.io client: apt-get install nodejs npm"; exit 1; }
+	npm install --no-audit --no-fund --loglevel=error
+	@touch $@
+
+engine: install
+	@if [ -z "$$MOPQ_MONGODB_URI" ]; then $(PY) -m mopq engine --prepare; fi
+
+# Debian's chromium for the browser tests; skipped where it is already there.
+browser:
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else echo "browser tests need Debian's chromium: sudo apt-get install chromium"; exit 1; fi; }
+
+run: install
+	$(PY) -m mopq run
+
+test: install engine browser
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) node_modules

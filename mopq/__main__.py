@@ -1,0 +1,3 @@
+from mopq.cli import main
+
+raise SystemExit(main())

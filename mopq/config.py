@@ -1,0 +1,58 @@
+"""All of mopq's configuration, read from the environment in one place.
+
+Every setting has an environment variable; commands may override it with a
+flag. Nothing else in the code base reads ``os.environ`` for settings.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_DATABASE = "mopq"
+
+
+def _cache_dir() -> Path:
+    explicit = os.environ.get("MOPQ_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mopq"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A snapshot of the environment's settings.
+
+    ``mongodb_uri`` is None when ``MOPQ_MONGODB_URI`` is unset: callers that
+    need a server then start the embedded engine (see ``mopq.engine``).
+    """
+
+    mongodb_uri: str | None = None
+    database: str = DEFAULT_DATABASE
+    cache_dir: Path = field(default_factory=_cache_dir)
+    admin_token: str | None = None
+    read_token: str | None = None
+    basic_auth_users: str | None = None
+    admin_users: str | None = None
+    secret_key: str | None = None
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        return cls(
+            mongodb_uri=env.get("MOPQ_MONGODB_URI") or None,
+            database=env.get("MOPQ_DATABASE") or DEFAULT_DATABASE,
+            cache_dir=_cache_dir(),
+            admin_token=env.get("MOPQ_ADMIN_TOKEN") or None,
+            read_token=env.get("MOPQ_READ_TOKEN") or None,
+            basic_auth_users=env.get("MOPQ_BASIC_AUTH_USERS") or None,
+            admin_users=env.get("MOPQ_ADMIN_USERS") or None,
+            secret_key=env.get("MOPQ_SECRET_KEY") or None,
+        )
+
+
+def settings() -> Settings:
+    """The current settings (re-read each call, so tests can change the env)."""
+    return Settings.from_env()

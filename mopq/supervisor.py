@@ -1,0 +1,100 @@
+"""``mopq run``: the whole local stack in one command, stopped by one Ctrl-C.
+
+It starts the embedded engine (H2 storage under ``var/``) unless
+``MOPQ_MONGODB_URI`` is set, then a collector and the dashboard under gunicorn
+as child processes that inherit the URI. If any child dies, or on SIGINT /
+SIGTERM, every child is stopped and the engine last, gracefully, so its data
+is flushed and is there at the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mopq.config import settings
+from mopq.engine import Engine
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ENGINE_PORT = 27017
+CHILD_STOP_SECONDS = 10.0
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _stop_children(children: list[subprocess.Popen]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + CHILD_STOP_SECONDS
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def run(host: str = "127.0.0.1", port: int = 8000, data: str | None = None,
+        engine_port: int | None = None, collector: bool = False) -> int:
+    """Run engine (unless a URI is set), collector and dashboard until interrupted."""
+    engine: Engine | None = None
+    uri = settings().mongodb_uri
+    if uri is None:
+        data_dir = Path(data) if data else REPO_ROOT / "var" / "engine"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if engine_port is None:
+            engine_port = DEFAULT_ENGINE_PORT if _port_free("127.0.0.1", DEFAULT_ENGINE_PORT) else 0
+        engine = Engine(port=engine_port, data=data_dir)
+        uri = engine.start()
+        print(f"mopq: embedded engine at {uri} (data in {data_dir})", flush=True)
+        print(f"mopq: services reach it with  export MOPQ_MONGODB_URI={uri}", flush=True)
+    else:
+        print(f"mopq: using MOPQ_MONGODB_URI={uri}", flush=True)
+
+    env = dict(os.environ, MOPQ_MONGODB_URI=uri)
+    children: list[subprocess.Popen] = []
+    stopping = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if collector:
+            children.append(subprocess.Popen(
+                [sys.executable, "-m", "mopq", "collect"], env=env, cwd=REPO_ROOT))
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "gunicorn.conf.py"),
+             "--bind", f"{host}:{port}", "app:app"], env=env, cwd=REPO_ROOT))
+        print(f"mopq: dashboard on http://{host}:{port}/ (Ctrl-C stops everything)", flush=True)
+        while not stopping:
+            for child in children:
+                if child.poll() is not None:
+                    print(f"mopq: {child.args[2:4]} exited with {child.returncode}; stopping",
+                          file=sys.stderr, flush=True)
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        _stop_children(children)
+        if engine is not None:
+            engine.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print("mopq: stopped", flush=True)
+    failed = any(child.returncode not in (0, -signal.SIGTERM) for child in children)
+    return 1 if failed else 0

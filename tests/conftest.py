@@ -1,0 +1,59 @@
+"""The test harness: one real engine for the session, one database per test.
+
+Unless ``MOPQ_MONGODB_URI`` is set, a private embedded engine (memory storage)
+is started on a free loopback port for the whole run and stopped at the end.
+Each test gets a database of its own, dropped afterwards, and the environment
+points mopq at it, so code under test that reads the environment finds it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from mopq.connection import close_all
+from mopq.engine import Engine
+
+
+@pytest.fixture(scope="session")
+def engine_uri() -> Iterator[str]:
+    uri = os.environ.get("MOPQ_MONGODB_URI")
+    if uri:
+        yield uri
+        return
+    engine = Engine()
+    uri = engine.start()
+    os.environ["MOPQ_MONGODB_URI"] = uri
+    try:
+        yield uri
+    finally:
+        close_all()
+        engine.stop()
+        os.environ.pop("MOPQ_MONGODB_URI", None)
+
+
+@pytest.fixture
+def db_name(engine_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("MOPQ_MONGODB_URI", engine_uri)
+    monkeypatch.setenv("MOPQ_DATABASE", name)
+    yield name
+    client = MongoClient(engine_uri)
+    try:
+        client.drop_database(name)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def db(engine_uri: str, db_name: str) -> Iterator[Database]:
+    client = MongoClient(engine_uri, tz_aware=True)
+    try:
+        yield client[db_name]
+    finally:
+        client.close()

@@ -1,0 +1,113 @@
+"""The embedded engine is real: pymongo round trips, the command, H2 persistence."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+from pymongo import MongoClient
+
+from mopq.engine import Engine
+from tests.helpers import wait_until
+
+needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="Java is not installed")
+
+
+def test_round_trip_through_pymongo(db):
+    db.things.insert_one({"_id": "a", "n": 1})
+    db.things.update_one({"_id": "a"}, {"$inc": {"n": 41}})
+    assert db.things.find_one({"_id": "a"})["n"] == 42
+    wire_versions = [server.max_wire_version for server in
+                     db.client.topology_description.server_descriptions().values()]
+    assert wire_versions and min(wire_versions) >= 9
+
+
+def _start_engine_command(*extra: str) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen([sys.executable, "-m", "mopq", "engine", *extra],
+                               stdout=subprocess.PIPE, text=True)
+    first_line = process.stdout.readline().strip()
+    return process, first_line
+
+
+def _ping(uri: str) -> bool:
+    client = MongoClient(uri, serverSelectionTimeoutMS=2000)
+    try:
+        return client.admin.command("ping")["ok"] == 1.0
+    finally:
+        client.close()
+
+
+def _refuses(uri: str) -> bool:
+    client = MongoClient(uri, serverSelectionTimeoutMS=300, connectTimeoutMS=300)
+    try:
+        client.admin.command("ping")
+        return False
+    except Exception:
+        return True
+    finally:
+        client.close()
+
+
+@needs_java
+def test_engine_command_prints_uri_first_and_runs_two_at_once():
+    first, first_uri = _start_engine_command()
+    second, second_uri = _start_engine_command("--port", "0")
+    try:
+        assert first_uri.startswith("mongodb://127.0.0.1:")
+        assert second_uri.startswith("mongodb://127.0.0.1:")
+        assert first_uri != second_uri
+        assert _ping(first_uri) and _ping(second_uri)
+        client = MongoClient(first_uri)
+        client.t.x.insert_one({"only": "first"})
+        assert MongoClient(second_uri).t.x.count_documents({}) == 0
+        client.close()
+    finally:
+        for process in (first, second):
+            process.send_signal(signal.SIGINT)
+    assert first.wait(15) is not None and second.wait(15) is not None
+    wait_until(lambda: _refuses(first_uri) and _refuses(second_uri), message="engines to stop")
+
+
+@needs_java
+def test_h2_data_survives_a_restart(tmp_path):
+    with Engine(data=tmp_path) as engine:
+        client = MongoClient(engine.uri)
+        client.keep.docs.insert_many([{"n": i} for i in range(500)])
+        client.close()
+    with Engine(data=tmp_path) as engine:
+        client = MongoClient(engine.uri)
+        assert client.keep.docs.count_documents({}) == 500
+        client.close()
+
+
+@needs_java
+def test_engine_dies_with_its_owner_even_on_sigkill():
+    owner = subprocess.Popen(
+        [sys.executable, "-c",
+         "from mopq.engine import Engine; import sys, time\n"
+         "e = Engine(); print(e.start(), e.pid, flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    uri, jvm_pid = owner.stdout.readline().split()
+    jvm = psutil.Process(int(jvm_pid))
+    assert jvm.is_running() and _ping(uri)
+    owner.kill()
+    owner.wait()
+    wait_until(lambda: not jvm.is_running() or jvm.status() == psutil.STATUS_ZOMBIE,
+               timeout=15, message="the JVM to exit after its owner was killed")
+
+
+def test_missing_java_is_explained(tmp_path):
+    env = dict(os.environ, PATH=str(tmp_path), MOPQ_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("MOPQ_MONGODB_URI", None)
+    result = subprocess.run([sys.executable, "-m", "mopq", "engine"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "needs Java 17+" in result.stderr
+    assert "java, javac, mvn are not on PATH" in result.stderr
+    assert "MOPQ_MONGODB_URI" in result.stderr
