@@ -1,7 +1,35 @@
 """mopq: a message queue in MongoDB with a live business log.
 
 The public API is small on purpose: ``Queue`` and ``Message`` to hand work
-over, ``Worker`` to run handlers, ``emit`` for business events.
+over, ``Worker`` to run handlers, ``emit`` for business events, ``flush`` to
+wait for buffered events before a short script exits.
 """
 
+from mopq.business import emit
+from mopq.errors import (
+    InvalidBody,
+    InvalidInput,
+    InvalidQueueName,
+    LeaseLost,
+    MessageNotFound,
+    MopqError,
+)
+from mopq.message import Message
+from mopq.publisher import flush_all as flush
+from mopq.queue import Queue, exponential_backoff
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "InvalidBody",
+    "InvalidInput",
+    "InvalidQueueName",
+    "LeaseLost",
+    "Message",
+    "MessageNotFound",
+    "MopqError",
+    "Queue",
+    "emit",
+    "exponential_backoff",
+    "flush",
+]

@@ -1,0 +1,77 @@
+"""Business-log events and their deterministic ids.
+
+Why deterministic ids: a transition's event is written into the message's own
+``outbox`` in the same atomic update as the transition, and published to the
+``events`` collection later, possibly more than once (a process can die after
+inserting the event and before clearing the outbox; the sweep then publishes
+it again). Each id names the transition uniquely, so a repeat is recognisable:
+the insert fails on the duplicate ``_id``, or, if the first copy was already
+applied and deleted, the collector's receipts skip it.
+
+A transition is unique given the message id and the lease token it ended or
+began (one claim per token; one of ack/fail/reclaim ends a token), or the
+message id alone for things that happen once in a message's life (written,
+expired, removed), or the operator-retry nonce ``epoch``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from mopq.schema import (
+    ACKED,
+    BUSINESS,
+    CLAIMED,
+    DEAD_EVENT,
+    DELETED,
+    EXPIRED_EVENT,
+    FAILED,
+    RECLAIMED,
+    RETRIED,
+    WRITTEN,
+    partition_of,
+)
+
+_SUFFIX = {WRITTEN: "w", CLAIMED: "c", ACKED: "a", FAILED: "f", DEAD_EVENT: "d",
+           RECLAIMED: "r", EXPIRED_EVENT: "x", DELETED: "rm", RETRIED: "rt"}
+
+
+def message_event(kind: str, message: dict[str, Any], at: dt.datetime,
+                  token: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The event of one transition of ``message`` (a message document or its key fields).
+
+    ``token`` is the lease token (or retry epoch) that makes the transition
+    unique; ``None`` for once-in-a-life transitions.
+    """
+    message_id = str(message["_id"])
+    event_id = f"{message_id}:{token}:{_SUFFIX[kind]}" if token else f"{message_id}:{_SUFFIX[kind]}"
+    event = {
+        "id": event_id,
+        "kind": kind,
+        "partition": partition_of(message_id),
+        "at": at,
+        "queue": message["queue"],
+        "routing_key": message.get("routing_key"),
+        "message": message_id,
+    }
+    if message.get("activity") is not None:
+        event["activity"] = message["activity"]
+    event.update(extra)
+    return event
+
+
+def business_event(name: str, value: float, tags: dict[str, str],
+                   at: dt.datetime) -> dict[str, Any]:
+    """An ``emit()`` event; its random id is fixed once, so re-sends stay one event."""
+    event_id = uuid.uuid4().hex
+    return {"id": event_id, "kind": BUSINESS, "partition": partition_of(event_id), "at": at,
+            "name": name, "value": value, "tags": tags}
+
+
+def as_document(event: dict[str, Any]) -> dict[str, Any]:
+    """The ``events`` collection's document for an outbox entry (``id`` becomes ``_id``)."""
+    document = {key: value for key, value in event.items() if key != "id"}
+    document["_id"] = event["id"]
+    return document

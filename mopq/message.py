@@ -1,0 +1,161 @@
+"""``Message``: a claimed message and what its holder may do with it.
+
+Every method is a compare-and-set on the lease token the claim handed out:
+if the lease expired and the message was claimed again (or was already
+acknowledged, failed or removed), the update matches nothing, nothing
+changes, and :class:`mopq.errors.LeaseLost` says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import traceback as traceback_module
+from typing import TYPE_CHECKING, Any
+
+from bson import ObjectId
+from pymongo import ReturnDocument
+
+from mopq import schema, validation
+from mopq.errors import InvalidInput, LeaseLost
+from mopq.events import message_event
+from mopq.publisher import Outbox
+
+if TYPE_CHECKING:
+    from mopq.queue import Queue
+
+MAX_ERROR_CHARS = 2_000
+MAX_TRACEBACK_CHARS = 20_000
+MAX_LOG_LINE_CHARS = 2_000
+
+
+class Message:
+    """A message held under a lease by this consumer."""
+
+    def __init__(self, queue: Queue, document: dict[str, Any]) -> None:
+        self.queue = queue
+        self.document = document
+        self.id: ObjectId = document["_id"]
+        self.body: dict[str, Any] = document["body"]
+        self.routing_key: str | None = document.get("routing_key")
+        self.attempts: int = document["attempts"]
+        self.priority: int = document.get("priority", 0)
+        self.activity: str | None = document.get("activity")
+        self.lease_token: str = document["lease_token"]
+        self.claimed_at: dt.datetime = document["claimed_at"]
+        self.visibility_timeout: float = document["visibility_timeout"]
+        self.lease_expires_at: dt.datetime = document["visible_at"]
+
+    def __repr__(self) -> str:
+        return (f"Message(id={self.id}, queue={self.queue.name!r}, "
+                f"attempts={self.attempts}, routing_key={self.routing_key!r})")
+
+    def _held(self) -> dict[str, Any]:
+        return {"_id": self.id, "state": schema.INFLIGHT, "lease_token": self.lease_token}
+
+    def _transition(self, update: dict[str, Any], what: str) -> dict[str, Any]:
+        document = self.queue.messages.find_one_and_update(
+            self._held(), update, projection={"state": 1, "outbox": 1, "visible_at": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+        if document is None:
+            raise LeaseLost(
+                f"Cannot {what} message {self.id} of queue {self.queue.name!r}: its lease "
+                f"(token {self.lease_token}) is no longer held. It expired and the message "
+                "was re-delivered, or it was already acknowledged, failed or removed. "
+                "Nothing was changed. Extend the lease (Message.extend / progress) for long work."
+            )
+        if document.get("outbox"):
+            self.queue.publisher.add_outbox(Outbox(self.id, document["state"],
+                                                   document["outbox"]))
+        return document
+
+    def _event(self, kind: str, now: dt.datetime, **extra: Any) -> dict[str, Any]:
+        snapshot = {"_id": self.id, "queue": self.queue.name, "routing_key": self.routing_key,
+                    "activity": self.activity}
+        return message_event(kind, snapshot, now, self.lease_token, **extra)
+
+    def delete(self) -> None:
+        """Acknowledge: the work is done and the message goes away (Karait's word)."""
+        now = dt.datetime.now(dt.UTC)
+        duration = (now - self.claimed_at).total_seconds()
+        self._transition(
+            {"$set": {"state": schema.DONE, "updated_at": now, "done_at": now},
+             "$unset": {"lease_token": "", "dedupe": ""},
+             "$push": {"outbox": self._event(schema.ACKED, now, duration=duration,
+                                             attempts=self.attempts)}},
+            "acknowledge",
+        )
+
+    ack = delete
+
+    def fail(self, reason: str | BaseException = "failed", traceback: str | None = None) -> str:
+        """Record a failed attempt: retry after the queue's backoff, or dead at max_attempts.
+
+        ``reason`` may be an exception; its traceback is then recorded too. Returns
+        the new state: ``"pending"`` (will be retried) or ``"dead"``.
+        """
+        if isinstance(reason, BaseException):
+            if traceback is None:
+                traceback = "".join(traceback_module.format_exception(reason))
+            reason = f"{type(reason).__name__}: {reason}"
+        if not isinstance(reason, str):
+            raise InvalidInput(f"fail() takes a reason string or an exception, got {reason!r}.")
+        reason = reason[:MAX_ERROR_CHARS]
+        traceback = traceback[-MAX_TRACEBACK_CHARS:] if traceback else None
+        now = dt.datetime.now(dt.UTC)
+        dead = self.attempts >= self.queue.max_attempts
+        error = {"attempt": self.attempts, "at": now, "error": reason, "traceback": traceback,
+                 "worker": self.document.get("leased_by")}
+        events = [self._event(schema.FAILED, now, error=reason[:200], attempts=self.attempts,
+                              duration=(now - self.claimed_at).total_seconds())]
+        update: dict[str, Any] = {
+            "$set": {"updated_at": now, "last_error": reason, "traceback": traceback},
+            "$unset": {"lease_token": ""},
+            "$push": {"errors": {"$each": [error], "$slice": -schema.ERRORS_KEPT}},
+        }
+        if dead:
+            update["$set"].update(state=schema.DEAD, dead_at=now)
+            events.append(self._event(schema.DEAD_EVENT, now, error=reason[:200]))
+        else:
+            delay = float(self.queue.backoff(self.attempts))
+            update["$set"].update(state=schema.PENDING,
+                                  visible_at=now + dt.timedelta(seconds=delay))
+        update["$push"]["outbox"] = {"$each": events}
+        document = self._transition(update, "fail")
+        return document["state"]
+
+    def extend(self, seconds: float | None = None) -> dt.datetime:
+        """Hold the lease ``seconds`` longer from now (default: the visibility timeout)."""
+        seconds = validation.non_negative("seconds", seconds, allow_none=True)
+        if seconds is None:
+            seconds = self.visibility_timeout
+        now = dt.datetime.now(dt.UTC)
+        deadline = now + dt.timedelta(seconds=seconds)
+        self._transition({"$set": {"visible_at": deadline, "updated_at": now}}, "extend")
+        self.lease_expires_at = deadline
+        return deadline
+
+    def progress(self, fraction: float, note: str | None = None) -> None:
+        """Report progress (0..1) and renew the lease: a per-task heartbeat."""
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) \
+                or not 0 <= fraction <= 1:
+            raise InvalidInput(f"progress fraction must be a number from 0 to 1, got {fraction!r}.")
+        if note is not None and not isinstance(note, str):
+            raise InvalidInput(f"progress note must be a string, got {note!r}.")
+        now = dt.datetime.now(dt.UTC)
+        deadline = now + dt.timedelta(seconds=self.visibility_timeout)
+        self._transition(
+            {"$set": {"progress": {"fraction": float(fraction), "note": note, "at": now},
+                      "visible_at": deadline, "updated_at": now}},
+            "report progress on",
+        )
+        self.lease_expires_at = deadline
+
+    def log(self, line: str) -> None:
+        """Append a line to the message's log (the last 100 are kept and shown)."""
+        if not isinstance(line, str):
+            raise InvalidInput(f"log() takes a string, got {type(line).__name__}.")
+        now = dt.datetime.now(dt.UTC)
+        entry = {"at": now, "line": line[:MAX_LOG_LINE_CHARS]}
+        self._transition({"$push": {"log": {"$each": [entry], "$slice": -schema.LOG_LINES_KEPT}}},
+                         "log on")

@@ -1,0 +1,218 @@
+"""The background publisher: moves events into the business log off the hot path.
+
+Two kinds of work reach it, both from this process:
+
+* outboxes of messages this process just changed. Their events are already
+  durable in the message document (written in the same atomic update as the
+  transition), so the in-memory copy is only a shortcut: if it is lost, the
+  sweep (``mopq.maintenance``) publishes them from the document later.
+* business events from ``emit()``. They live only here until inserted, so the
+  buffer is bounded: when it is full the oldest are dropped, the drop is
+  counted (``Publisher.dropped``) and, once the engine answers again, reported
+  as a business event named ``mopq.events_dropped``.
+
+Publishing an outbox is: insert its events (duplicate ids are ignored: the
+event is already there), then pull those events from the message's outbox, or
+delete the message if it is in a terminal state (its outbox is complete then,
+as no transition follows a terminal one).
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import datetime as dt
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import DeleteOne, UpdateOne
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from mopq import schema
+from mopq.events import as_document, business_event
+
+log = logging.getLogger("mopq.publisher")
+
+DUPLICATE_KEY = 11000
+MAX_BUFFERED_EVENTS = 100_000
+MAX_PENDING_OUTBOXES = 100_000
+BATCH = 5_000
+IDLE_WAIT_SECONDS = 0.2
+RETRY_WAIT_MAX_SECONDS = 5.0
+EXIT_FLUSH_SECONDS = 5.0
+DROPPED_EVENT_NAME = "mopq.events_dropped"
+
+
+@dataclass(frozen=True)
+class Outbox:
+    """The unpublished events of one message, as its last transition left them."""
+
+    message_id: Any
+    state: str
+    events: list[dict[str, Any]]
+
+
+def insert_events(db: Database, documents: list[dict[str, Any]]) -> None:
+    """Insert event documents, treating an already-present id as success."""
+    if not documents:
+        return
+    try:
+        db[schema.EVENTS].insert_many(documents, ordered=False)
+    except BulkWriteError as error:
+        others = [e for e in error.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
+        if others or error.details.get("writeConcernErrors"):
+            raise
+
+
+def publish_outboxes(db: Database, outboxes: list[Outbox]) -> None:
+    """Publish the events of ``outboxes``, then clear them from their messages."""
+    outboxes = [outbox for outbox in outboxes if outbox.events]
+    if not outboxes:
+        return
+    insert_events(db, [as_document(e) for outbox in outboxes for e in outbox.events])
+    operations: list[UpdateOne | DeleteOne] = []
+    for outbox in outboxes:
+        if outbox.state in schema.TERMINAL_STATES:
+            operations.append(DeleteOne({"_id": outbox.message_id, "state": outbox.state}))
+        else:
+            ids = [event["id"] for event in outbox.events]
+            operations.append(UpdateOne({"_id": outbox.message_id},
+                                        {"$pull": {"outbox": {"id": {"$in": ids}}}}))
+    db[schema.MESSAGES].bulk_write(operations, ordered=False)
+
+
+class Publisher:
+    """One background thread per process and database that publishes events."""
+
+    def __init__(self, db: Database, max_buffered: int = MAX_BUFFERED_EVENTS) -> None:
+        self.db = db
+        self.max_buffered = max_buffered
+        self.dropped = 0
+        self._dropped_unreported = 0
+        self._business: collections.deque[dict[str, Any]] = collections.deque()
+        self._outboxes: collections.deque[Outbox] = collections.deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+
+    def add_outbox(self, outbox: Outbox) -> None:
+        if not outbox.events:
+            return
+        with self._lock:
+            if len(self._outboxes) >= MAX_PENDING_OUTBOXES:
+                self._outboxes.popleft()  # still durable in its message; the sweep publishes it
+            self._outboxes.append(outbox)
+            self._idle.clear()
+        self._ensure_thread()
+        self._wake.set()
+
+    def add_business(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            if len(self._business) >= self.max_buffered:
+                self._business.popleft()
+                self.dropped += 1
+                self._dropped_unreported += 1
+            self._business.append(event)
+            self._idle.clear()
+        self._ensure_thread()
+        self._wake.set()
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._business) + len(self._outboxes)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything buffered is published; False if the deadline passed."""
+        self._wake.set()
+        return self._idle.wait(timeout)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            with self._lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._run, name="mopq-publisher",
+                                                    daemon=True)
+                    self._thread.start()
+
+    def _take(self) -> tuple[list[Outbox], list[dict[str, Any]]]:
+        with self._lock:
+            outboxes = [self._outboxes.popleft() for _ in range(min(BATCH, len(self._outboxes)))]
+            business = [self._business.popleft() for _ in range(min(BATCH, len(self._business)))]
+            if self._dropped_unreported and not self._business:
+                business.append(business_event(DROPPED_EVENT_NAME, self._dropped_unreported, {},
+                                               dt.datetime.now(dt.UTC)))
+                self._dropped_unreported = 0
+            return outboxes, business
+
+    def _give_back(self, outboxes: list[Outbox], business: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._outboxes.extendleft(reversed(outboxes))
+            self._business.extendleft(reversed(business))
+            while len(self._business) > self.max_buffered:
+                self._business.popleft()
+                self.dropped += 1
+                self._dropped_unreported += 1
+
+    def _run(self) -> None:
+        wait = 0.1
+        while not self._stopping:
+            outboxes, business = self._take()
+            if not outboxes and not business:
+                with self._lock:
+                    if not self._outboxes and not self._business:
+                        self._idle.set()
+                self._wake.wait(IDLE_WAIT_SECONDS)
+                self._wake.clear()
+                continue
+            try:
+                publish_outboxes(self.db, outboxes)
+                outboxes = []
+                insert_events(self.db, [as_document(event) for event in business])
+                self.last_error = None
+                wait = 0.1
+            except PyMongoError as error:
+                self.last_error = str(error)
+                log.warning("mopq: cannot publish events yet (%s); retrying in %.1f s",
+                            error, wait)
+                self._give_back(outboxes, business)
+                time.sleep(wait)
+                wait = min(wait * 2, RETRY_WAIT_MAX_SECONDS)
+            except Exception:  # never let the thread die: events would pile up silently
+                log.exception("mopq: publisher error; events are retried")
+                self._give_back(outboxes, business)
+                time.sleep(wait)
+
+
+_publishers: dict[tuple[int, int, str], Publisher] = {}
+_publishers_lock = threading.Lock()
+
+
+def publisher_for(db: Database) -> Publisher:
+    """The publisher of this process for ``db`` (a new one after a fork)."""
+    key = (os.getpid(), id(db.client), db.name)
+    with _publishers_lock:
+        publisher = _publishers.get(key)
+        if publisher is None:
+            publisher = Publisher(db)
+            _publishers[key] = publisher
+        return publisher
+
+
+def flush_all(timeout: float = 10.0) -> bool:
+    """Wait for every publisher of this process; False if any is still busy at the deadline."""
+    deadline = time.monotonic() + timeout
+    with _publishers_lock:
+        publishers = [p for (pid, _, _), p in _publishers.items() if pid == os.getpid()]
+    return all(p.flush(max(0.0, deadline - time.monotonic())) for p in publishers)
+
+
+atexit.register(flush_all, EXIT_FLUSH_SECONDS)

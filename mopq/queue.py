@@ -1,0 +1,324 @@
+"""``Queue``: write messages, claim them under a lease.
+
+How a claim works, and why: on MongoDB a claim could be one sorted
+``find_one_and_update``, but the embedded engine scans the whole collection
+for every query not on ``_id`` (shared ENGINE.md), so a sorted claim costs
+O(backlog) each time. Instead a queue reads a batch of candidate ids once
+(sorted by priority, then age), keeps them for a short while, and takes each
+with a compare-and-set update on ``_id`` whose filter re-checks that the
+message is still claimable *in the state the candidate was read in*. Two
+consumers racing for one candidate: one update matches, the other matches
+nothing and moves on. So no message is ever held by two consumers at once,
+while most claims cost one update by ``_id``.
+
+The order is therefore "highest priority, then oldest" as of the last
+candidate read (at most ``CANDIDATE_TTL_SECONDS`` old); a message written
+with a higher priority after that read waits at most that long to jump ahead.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ReturnDocument
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from mopq import schema, validation
+from mopq.connection import get_database
+from mopq.errors import InvalidInput
+from mopq.events import message_event
+from mopq.message import Message
+from mopq.publisher import Outbox, Publisher, publisher_for
+
+CANDIDATE_TTL_SECONDS = 1.0
+CANDIDATE_FIELDS = {"_id": 1, "queue": 1, "routing_key": 1, "activity": 1, "state": 1,
+                    "lease_token": 1, "expire_at": 1}
+MIN_CANDIDATES = 32
+MAX_LIMIT = 1000
+MAX_VISIBILITY_TIMEOUT = 12 * 3600
+MAX_PRIORITY = 2**31 - 1
+
+Backoff = Callable[[int], float]
+
+
+def exponential_backoff(first: float = 1.0, factor: float = 2.0, cap: float = 300.0,
+                        jitter: float = 0.1) -> Backoff:
+    """Seconds before the next attempt after ``n`` failed ones: ``first``, then doubling."""
+    def delay(failed_attempts: int) -> float:
+        base = min(cap, first * factor ** max(0, failed_attempts - 1))
+        return max(0.0, base * (1 + random.uniform(-jitter, jitter)))
+    return delay
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_token() -> str:
+    return secrets.token_hex(8)
+
+
+class Queue:
+    """A named queue in the ``messages`` collection.
+
+    ``max_attempts`` and ``backoff`` govern ``Message.fail()`` for messages
+    read through this object: after ``max_attempts`` failed attempts a
+    message is dead; before that it comes back after ``backoff(attempts)``
+    seconds (default about 1 s, doubling, capped at 5 minutes).
+    """
+
+    def __init__(self, name: str, *, uri: str | None = None, database: str | None = None,
+                 db: Database | None = None, max_attempts: int = 5,
+                 backoff: Backoff | None = None,
+                 max_body_bytes: int = schema.DEFAULT_MAX_BODY_BYTES,
+                 worker: str | None = None) -> None:
+        self.name = validation.queue_name(name)
+        self.max_attempts = validation.integer("max_attempts", max_attempts, 1, 1000)
+        self.max_body_bytes = validation.integer("max_body_bytes", max_body_bytes, 1,
+                                                 15 * 1024 * 1024)
+        if backoff is not None and not callable(backoff):
+            raise InvalidInput("backoff must be a function of the failed attempts that returns "
+                               "seconds, e.g. mopq.exponential_backoff(first=2).")
+        self.backoff: Backoff = backoff or exponential_backoff()
+        self.worker = worker
+        self.db = db if db is not None else get_database(uri, database)
+        schema.ensure_indexes(self.db)
+        self._candidates: dict[str | None, collections.deque[dict[str, Any]]] = {}
+        self._candidates_read_at: dict[str | None, float] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Queue({self.name!r}, database={self.db.name!r})"
+
+    @property
+    def messages(self) -> Collection:
+        return self.db[schema.MESSAGES]
+
+    @property
+    def publisher(self) -> Publisher:
+        return publisher_for(self.db)
+
+    # -- writing -----------------------------------------------------------------
+
+    def _document(self, body: Mapping[str, Any], routing_key: str | None, expire: float | None,
+                  delay: float, priority: int, dedupe_key: str | None,
+                  activity: str | None, now: dt.datetime) -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "_id": ObjectId(),
+            "queue": self.name,
+            "routing_key": validation.optional_key("routing_key", routing_key),
+            "body": validation.body(body, self.max_body_bytes),
+            "priority": validation.integer("priority", priority, -MAX_PRIORITY, MAX_PRIORITY),
+            "state": schema.PENDING,
+            "created_at": now,
+            "updated_at": now,
+            "attempts": 0,
+        }
+        delay_seconds = validation.non_negative("delay", delay)
+        expire_seconds = validation.non_negative("expire", expire, allow_none=True)
+        document["visible_at"] = now + dt.timedelta(seconds=delay_seconds)
+        document["expire_at"] = (now + dt.timedelta(seconds=expire_seconds)
+                                 if expire_seconds is not None else None)
+        dedupe_key = validation.optional_key("dedupe_key", dedupe_key)
+        if dedupe_key is not None:
+            document["dedupe_key"] = dedupe_key
+            document["dedupe"] = f"{self.name}\x00{dedupe_key}"
+        activity = validation.optional_key("activity", activity)
+        if activity is not None:
+            document["activity"] = activity
+        document["outbox"] = [message_event(schema.WRITTEN, document, now,
+                                            delayed=delay_seconds > 0)]
+        return document
+
+    def write(self, body: Mapping[str, Any], routing_key: str | None = None,
+              expire: float | None = None, delay: float = 0, priority: int = 0,
+              dedupe_key: str | None = None, activity: str | None = None) -> ObjectId:
+        """Write one message; return its id (the first one's, for a repeated ``dedupe_key``)."""
+        now = utcnow()
+        document = self._document(body, routing_key, expire, delay, priority, dedupe_key,
+                                  activity, now)
+        while True:
+            try:
+                self.messages.insert_one(document)
+                break
+            except DuplicateKeyError:
+                existing = self.messages.find_one({"dedupe": document["dedupe"]}, {"_id": 1})
+                if existing is not None:
+                    return existing["_id"]
+                # The first one finished between our insert and our look-up: write anew.
+        self.publisher.add_outbox(Outbox(document["_id"], schema.PENDING, document["outbox"]))
+        return document["_id"]
+
+    def write_many(self, bodies: Iterable[Mapping[str, Any] | dict[str, Any]], *,
+                   routing_key: str | None = None, expire: float | None = None,
+                   delay: float = 0, priority: int = 0,
+                   activity: str | None = None) -> list[ObjectId]:
+        """Write many messages in one round trip; return their ids in order.
+
+        Each item is a body, or ``{"body": {...}, "routing_key": ..., "priority": ...,
+        "delay": ..., "expire": ..., "dedupe_key": ..., "activity": ...}`` to set those per
+        message (the keyword arguments are the defaults). Every item is checked before
+        anything is written.
+        """
+        now = utcnow()
+        documents = []
+        for item in bodies:
+            options: dict[str, Any] = {"routing_key": routing_key, "expire": expire,
+                                       "delay": delay, "priority": priority,
+                                       "dedupe_key": None, "activity": activity}
+            if isinstance(item, Mapping) and set(item) >= {"body"} and set(item) <= (
+                    {"body"} | set(options)):
+                options.update({k: v for k, v in item.items() if k != "body"})
+                body = item["body"]
+            else:
+                body = item
+            documents.append(self._document(body, now=now, **options))
+        if not documents:
+            return []
+        ids = [document["_id"] for document in documents]
+        try:
+            self.messages.insert_many(documents, ordered=False)
+            written = documents
+        except BulkWriteError as error:
+            failures = error.details.get("writeErrors", [])
+            if any(f.get("code") != 11000 for f in failures):
+                raise
+            duplicate_indexes = {f["index"] for f in failures}
+            written = [d for i, d in enumerate(documents) if i not in duplicate_indexes]
+            for index in duplicate_indexes:
+                ids[index] = self.write(documents[index]["body"],
+                                        routing_key=documents[index]["routing_key"],
+                                        dedupe_key=documents[index]["dedupe_key"],
+                                        priority=documents[index]["priority"],
+                                        activity=documents[index].get("activity"))
+        for document in written:
+            self.publisher.add_outbox(Outbox(document["_id"], schema.PENDING,
+                                             document["outbox"]))
+        return ids
+
+    # -- claiming ------------------------------------------------------------------
+
+    def _candidate_filter(self, routing_key: str | None, now: dt.datetime) -> dict[str, Any]:
+        query: dict[str, Any] = {"queue": self.name,
+                                 "state": {"$in": list(schema.CLAIMABLE_STATES)},
+                                 "visible_at": {"$lte": now}}
+        if routing_key is not None:
+            query["routing_key"] = routing_key
+        return query
+
+    def _next_candidate(self, routing_key: str | None, want: int) -> dict[str, Any] | None:
+        with self._lock:
+            candidates = self._candidates.setdefault(routing_key, collections.deque())
+            fresh = time.monotonic() - self._candidates_read_at.get(routing_key, 0.0)
+            if not candidates or fresh > CANDIDATE_TTL_SECONDS:
+                candidates.clear()
+                cursor = (self.messages
+                          .find(self._candidate_filter(routing_key, utcnow()),
+                                CANDIDATE_FIELDS)
+                          .sort([("priority", -1), ("_id", 1)])
+                          .limit(max(MIN_CANDIDATES, want * 4)))
+                candidates.extend(cursor)
+                self._candidates_read_at[routing_key] = time.monotonic()
+            return candidates.popleft() if candidates else None
+
+    def _forget_candidates(self, routing_key: str | None) -> None:
+        with self._lock:
+            self._candidates.pop(routing_key, None)
+
+    def read(self, routing_key: str | None = None, visibility_timeout: float = 30,
+             limit: int = 1) -> list[Message]:
+        """Claim up to ``limit`` visible messages; each is hidden for ``visibility_timeout`` s.
+
+        Returns an empty list when nothing is claimable. A claimed message must be
+        deleted (acknowledged), failed or extended before the timeout, or it becomes
+        visible again and another consumer may claim it.
+        """
+        routing_key = validation.optional_key("routing_key", routing_key)
+        timeout = validation.non_negative("visibility_timeout", visibility_timeout)
+        if timeout == 0 or timeout > MAX_VISIBILITY_TIMEOUT:
+            raise InvalidInput(f"visibility_timeout must be more than 0 and at most "
+                               f"{MAX_VISIBILITY_TIMEOUT} seconds, got {visibility_timeout!r}.")
+        limit = validation.integer("limit", limit, 1, MAX_LIMIT)
+        claimed: list[Message] = []
+        rescanned = False
+        while len(claimed) < limit:
+            candidate = self._next_candidate(routing_key, limit - len(claimed))
+            if candidate is None:
+                if rescanned:
+                    break
+                self._forget_candidates(routing_key)
+                rescanned = True
+                continue
+            message = self._claim(candidate, timeout)
+            if message is not None:
+                claimed.append(message)
+        return claimed
+
+    def _claim(self, candidate: dict[str, Any], timeout: float) -> Message | None:
+        now = utcnow()
+        expire_at = candidate.get("expire_at")
+        if expire_at is not None and expire_at <= now and candidate["state"] == schema.PENDING:
+            self._expire(candidate, now)
+            return None
+        token = new_token()
+        query: dict[str, Any] = {"_id": candidate["_id"], "state": candidate["state"],
+                                 "visible_at": {"$lte": now}}
+        if candidate["state"] == schema.INFLIGHT:
+            query["lease_token"] = candidate.get("lease_token")
+        else:
+            query["$or"] = [{"expire_at": None}, {"expire_at": {"$gt": now}}]
+        events = []
+        if candidate["state"] == schema.INFLIGHT:
+            events.append(message_event(schema.RECLAIMED, candidate, now,
+                                        candidate.get("lease_token"), reason="lease expired"))
+        events.append(message_event(schema.CLAIMED, candidate, now, token, worker=self.worker))
+        document = self.messages.find_one_and_update(
+            query,
+            {"$set": {"state": schema.INFLIGHT, "lease_token": token, "leased_by": self.worker,
+                      "claimed_at": now, "updated_at": now, "visibility_timeout": timeout,
+                      "visible_at": now + dt.timedelta(seconds=timeout)},
+             "$inc": {"attempts": 1},
+             "$push": {"outbox": {"$each": events}}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if document is None:
+            return None
+        self.publisher.add_outbox(Outbox(document["_id"], document["state"],
+                                         document.get("outbox", [])))
+        return Message(self, document)
+
+    def _expire(self, candidate: dict[str, Any], now: dt.datetime) -> bool:
+        """Drop a pending message past its expiry (CAS on state); True if this call did."""
+        event = message_event(schema.EXPIRED_EVENT, candidate, now)
+        document = self.messages.find_one_and_update(
+            {"_id": candidate["_id"], "state": schema.PENDING, "expire_at": {"$lte": now}},
+            {"$set": {"state": schema.EXPIRED, "updated_at": now},
+             "$unset": {"dedupe": ""}, "$push": {"outbox": event}},
+            projection={"state": 1, "outbox": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+        if document is None:
+            return False
+        self.publisher.add_outbox(Outbox(document["_id"], schema.EXPIRED, document["outbox"]))
+        return True
+
+    # -- looking -------------------------------------------------------------------
+
+    def get(self, message_id: ObjectId | str) -> dict[str, Any] | None:
+        """The message document (any state), or None."""
+        return self.messages.find_one({"_id": ObjectId(str(message_id)), "queue": self.name})
+
+    def count(self, state: str | None = None) -> int:
+        """Messages of this queue in ``state`` (default: every state not yet finished)."""
+        states = [state] if state else [schema.PENDING, schema.INFLIGHT, schema.DEAD]
+        return self.messages.count_documents({"queue": self.name, "state": {"$in": states}})

@@ -1,0 +1,146 @@
+"""The storage schema in one place: collections, document shapes, indexes.
+
+Every collection mopq uses is named here, with the shape of its documents and
+the indexes its hot queries need. On MongoDB the indexes serve those queries;
+the embedded engine accepts them but only uses unique ones for lookups (see
+shared ENGINE.md), which is why hot collections are kept small: finished
+messages and applied events are deleted.
+
+``messages`` — one document per message (the entity; every transition is one
+atomic update of it)::
+
+    {_id: ObjectId, queue, routing_key, body, priority, state,
+     visible_at,         # pending: claimable from then; inflight: lease deadline
+     expire_at,          # None, or: dropped as expired if still pending then
+     created_at, updated_at, attempts, max_attempts,
+     lease_token, leased_by, claimed_at, visibility_timeout,   # while inflight
+     epoch,              # nonce renewed when an operator retries a dead message
+     dedupe,             # "<queue>\\x00<dedupe_key>", only while not done
+     dedupe_key, activity, last_error, traceback, errors: [...], dead_at,
+     progress: {fraction, note, at}, log: [line, ...],
+     outbox: [event, ...]}   # events of its transitions not yet published
+
+``events`` — the business log, a queue of events that collectors apply to the
+counters and then delete; ``_id`` is deterministic (see ``mopq.events``)::
+
+    {_id: str, kind, partition, at, queue, routing_key, message, activity,
+     name, value, tags, duration}
+
+``workers`` — the registry, one document per worker process, ``_id`` its
+identity ``ip:port:start_time:pid``.
+
+``counters``, ``receipts``, ``leases``, ``batches``, ``audit`` — written by the
+collectors and the dashboard; their shapes are documented where they are
+written (``collectors``, ``dashboard``).
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from dataclasses import dataclass
+
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.database import Database
+
+MESSAGES = "messages"
+EVENTS = "events"
+WORKERS = "workers"
+COUNTERS = "counters"
+RECEIPTS = "receipts"
+LEASES = "leases"
+BATCHES = "batches"
+AUDIT = "audit"
+
+# Message states. ``done``, ``expired`` and ``removed`` are terminal: the
+# document stays only until its outbox is published, then it is deleted.
+PENDING = "pending"
+INFLIGHT = "inflight"
+DEAD = "dead"
+DONE = "done"
+EXPIRED = "expired"
+REMOVED = "removed"
+CLAIMABLE_STATES = (PENDING, INFLIGHT)
+TERMINAL_STATES = (DONE, EXPIRED, REMOVED)
+
+# Event kinds in the business log.
+WRITTEN = "written"
+CLAIMED = "claimed"
+ACKED = "acked"
+FAILED = "failed"
+RETRIED = "retried"
+DEAD_EVENT = "dead"
+EXPIRED_EVENT = "expired"
+RECLAIMED = "reclaimed"
+DELETED = "deleted"
+BUSINESS = "business"
+MESSAGE_EVENT_KINDS = (WRITTEN, CLAIMED, ACKED, FAILED, RETRIED, DEAD_EVENT,
+                       EXPIRED_EVENT, RECLAIMED, DELETED)
+
+# The business log is split into this many partitions; collectors share them.
+PARTITIONS = 16
+
+MAX_QUEUE_NAME_LENGTH = 120
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+LOG_LINES_KEPT = 100
+ERRORS_KEPT = 20
+
+
+def partition_of(key: str) -> int:
+    """Stable partition of an event key (the same in every process and version)."""
+    return zlib.crc32(key.encode()) % PARTITIONS
+
+
+@dataclass(frozen=True)
+class CollectionIndexes:
+    collection: str
+    indexes: tuple[IndexModel, ...]
+
+
+INDEXES: tuple[CollectionIndexes, ...] = (
+    CollectionIndexes(MESSAGES, (
+        # Claim: candidates of one queue, claimable state, visible now,
+        # highest priority then oldest (Queue.read).
+        IndexModel([("queue", ASCENDING), ("state", ASCENDING), ("priority", DESCENDING),
+                    ("_id", ASCENDING)], name="claim"),
+        # Queue depth and the dashboard's per-state counts; expired-lease and
+        # delayed lookups by visibility time (stats, maintenance.sweep).
+        IndexModel([("queue", ASCENDING), ("state", ASCENDING), ("visible_at", ASCENDING)],
+                   name="queue_state_visible"),
+        # write(dedupe_key=...): at most one unfinished message per key and queue.
+        IndexModel([("dedupe", ASCENDING)], name="dedupe", unique=True, sparse=True),
+        # maintenance.sweep: pending messages past their expiry.
+        IndexModel([("expire_at", ASCENDING)], name="expire_at", sparse=True),
+        # maintenance.sweep: outboxes a crashed process left unpublished.
+        IndexModel([("outbox.id", ASCENDING)], name="outbox", sparse=True),
+        # Monitor: the inflight messages of a dead worker.
+        IndexModel([("leased_by", ASCENDING)], name="leased_by", sparse=True),
+        # Activities page: progress of one activity.
+        IndexModel([("activity", ASCENDING), ("state", ASCENDING)], name="activity",
+                   sparse=True),
+    )),
+    CollectionIndexes(EVENTS, (
+        # Collectors read the oldest events of the partitions they hold.
+        IndexModel([("partition", ASCENDING), ("at", ASCENDING)], name="partition_at"),
+    )),
+    CollectionIndexes(WORKERS, (
+        # Monitor: workers by last heartbeat.
+        IndexModel([("heartbeat_at", ASCENDING)], name="heartbeat_at"),
+    )),
+)
+
+_ensured: set[tuple[int, str]] = set()
+_ensured_lock = threading.Lock()
+
+
+def ensure_indexes(db: Database) -> None:
+    """Create every index once per process and database (cheap to call again)."""
+    key = (id(db.client), db.name)
+    if key in _ensured:
+        return
+    with _ensured_lock:
+        if key in _ensured:
+            return
+        for entry in INDEXES:
+            db[entry.collection].create_indexes(list(entry.indexes))
+        _ensured.add(key)

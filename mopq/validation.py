@@ -1,0 +1,94 @@
+"""Checks on what callers hand to mopq, done before anything is written."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import bson
+
+from mopq.errors import InvalidBody, InvalidInput, InvalidQueueName
+from mopq.schema import MAX_QUEUE_NAME_LENGTH
+
+_SCALARS = (str, bool, int, float, type(None), dt.datetime)
+_MAX_DEPTH = 64
+
+
+def queue_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidQueueName(f"A queue name must be a non-empty string, got {name!r}.")
+    if len(name) > MAX_QUEUE_NAME_LENGTH:
+        raise InvalidQueueName(
+            f"Queue name is {len(name)} characters; the limit is {MAX_QUEUE_NAME_LENGTH}."
+        )
+    if "$" in name or "\x00" in name:
+        raise InvalidQueueName(f"Queue name {name!r} holds '$' or NUL; use letters, digits, "
+                               "'.', '-', '_' or ':'.")
+    return name
+
+
+def _check_value(value: Any, path: str, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise InvalidBody(f"Body nests deeper than {_MAX_DEPTH} levels at {path}.")
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            if not isinstance(key, str):
+                raise InvalidBody(f"Body keys must be strings; {path} has key {key!r}.")
+            if key.startswith("$") or "\x00" in key:
+                raise InvalidBody(f"Body key {path}.{key!r} starts with '$' or holds NUL, "
+                                  "which MongoDB reads as an operator; rename it.")
+            _check_value(inner, f"{path}.{key}", depth + 1)
+    elif isinstance(value, list | tuple):
+        for index, inner in enumerate(value):
+            _check_value(inner, f"{path}[{index}]", depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise InvalidBody(f"Body value at {path} is {value!r}; JSON has no NaN or infinity.")
+    elif isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+        raise InvalidBody(f"Body value at {path} does not fit in 64 bits.")
+    elif not isinstance(value, _SCALARS):
+        raise InvalidBody(
+            f"Body value at {path} is a {type(value).__name__}; bodies hold only dicts, lists, "
+            "str, int, float, bool, None and datetime. Convert it (e.g. str() or .isoformat())."
+        )
+
+
+def body(value: object, max_bytes: int) -> dict:
+    """Return the body as a dict after checking its types and its encoded size."""
+    if not isinstance(value, Mapping):
+        raise InvalidBody(f"A message body must be a dict (a JSON-like document), "
+                          f"got {type(value).__name__}.")
+    _check_value(value, "body", 0)
+    document = dict(value)
+    size = len(bson.encode({"body": document}))
+    if size > max_bytes:
+        raise InvalidBody(f"Body is {size} bytes encoded; the limit is {max_bytes} bytes "
+                          "(Queue(..., max_body_bytes=N) raises it, up to 15 MiB). Store large "
+                          "payloads elsewhere and send a reference.")
+    return document
+
+
+def non_negative(name: str, value: object, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidInput(f"{name} must be a number of seconds, got {value!r}.")
+    if value < 0:
+        raise InvalidInput(f"{name} must not be negative, got {value!r}.")
+    return float(value)
+
+
+def integer(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
+    return value
+
+
+def optional_key(name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 512 or "\x00" in value:
+        raise InvalidInput(f"{name} must be a non-empty string of at most 512 characters "
+                           f"without NUL, got {value!r}.")
+    return value
