@@ -16,11 +16,13 @@ from mopq.errors import (
 )
 from mopq.message import Message
 from mopq.publisher import flush_all as flush
-from mopq.queue import Queue, exponential_backoff
+from mopq.queue import Envelope, Queue, exponential_backoff
+from mopq.worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Envelope",
     "InvalidBody",
     "InvalidInput",
     "InvalidQueueName",
@@ -29,6 +31,7 @@ __all__ = [
     "MessageNotFound",
     "MopqError",
     "Queue",
+    "Worker",
     "emit",
     "exponential_backoff",
     "flush",

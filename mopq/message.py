@@ -136,7 +136,11 @@ class Message:
         return deadline
 
     def progress(self, fraction: float, note: str | None = None) -> None:
-        """Report progress (0..1) and renew the lease: a per-task heartbeat."""
+        """Report progress (0..1) and renew the lease: a per-task heartbeat.
+
+        The lease then lasts at least the visibility timeout from now; a longer
+        lease set by ``extend()`` is kept.
+        """
         if isinstance(fraction, bool) or not isinstance(fraction, int | float) \
                 or not 0 <= fraction <= 1:
             raise InvalidInput(f"progress fraction must be a number from 0 to 1, got {fraction!r}.")
@@ -144,12 +148,13 @@ class Message:
             raise InvalidInput(f"progress note must be a string, got {note!r}.")
         now = dt.datetime.now(dt.UTC)
         deadline = now + dt.timedelta(seconds=self.visibility_timeout)
-        self._transition(
+        document = self._transition(
             {"$set": {"progress": {"fraction": float(fraction), "note": note, "at": now},
-                      "visible_at": deadline, "updated_at": now}},
+                      "updated_at": now},
+             "$max": {"visible_at": deadline}},
             "report progress on",
         )
-        self.lease_expires_at = deadline
+        self.lease_expires_at = document["visible_at"]
 
     def log(self, line: str) -> None:
         """Append a line to the message's log (the last 100 are kept and shown)."""

@@ -147,11 +147,18 @@ class Publisher:
         with self._lock:
             outboxes = [self._outboxes.popleft() for _ in range(min(BATCH, len(self._outboxes)))]
             business = [self._business.popleft() for _ in range(min(BATCH, len(self._business)))]
-            if self._dropped_unreported and not self._business:
-                business.append(business_event(DROPPED_EVENT_NAME, self._dropped_unreported, {},
-                                               dt.datetime.now(dt.UTC)))
-                self._dropped_unreported = 0
             return outboxes, business
+
+    def _report_drops(self) -> None:
+        """Once the engine answers again, record how many events were dropped meanwhile."""
+        with self._lock:
+            dropped = self._dropped_unreported
+        if not dropped:
+            return
+        report = business_event(DROPPED_EVENT_NAME, dropped, {}, dt.datetime.now(dt.UTC))
+        insert_events(self.db, [as_document(report)])
+        with self._lock:
+            self._dropped_unreported -= dropped
 
     def _give_back(self, outboxes: list[Outbox], business: list[dict[str, Any]]) -> None:
         with self._lock:
@@ -177,6 +184,8 @@ class Publisher:
                 publish_outboxes(self.db, outboxes)
                 outboxes = []
                 insert_events(self.db, [as_document(event) for event in business])
+                business = []
+                self._report_drops()
                 self.last_error = None
                 wait = 0.1
             except PyMongoError as error:

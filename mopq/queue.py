@@ -25,6 +25,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
@@ -49,6 +50,19 @@ MAX_VISIBILITY_TIMEOUT = 12 * 3600
 MAX_PRIORITY = 2**31 - 1
 
 Backoff = Callable[[int], float]
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A body with its own options, for ``Queue.write_many``."""
+
+    body: Mapping[str, Any]
+    routing_key: str | None = None
+    expire: float | None = None
+    delay: float | None = None
+    priority: int | None = None
+    dedupe_key: str | None = None
+    activity: str | None = None
 
 
 def exponential_backoff(first: float = 1.0, factor: float = 2.0, cap: float = 300.0,
@@ -147,6 +161,10 @@ class Queue:
         now = utcnow()
         document = self._document(body, routing_key, expire, delay, priority, dedupe_key,
                                   activity, now)
+        return self._insert_one(document)
+
+    def _insert_one(self, document: dict[str, Any]) -> ObjectId:
+        """Insert, or return the id of the unfinished message holding the same dedupe key."""
         while True:
             try:
                 self.messages.insert_one(document)
@@ -159,30 +177,30 @@ class Queue:
         self.publisher.add_outbox(Outbox(document["_id"], schema.PENDING, document["outbox"]))
         return document["_id"]
 
-    def write_many(self, bodies: Iterable[Mapping[str, Any] | dict[str, Any]], *,
+    def write_many(self, bodies: Iterable[Mapping[str, Any] | Envelope], *,
                    routing_key: str | None = None, expire: float | None = None,
                    delay: float = 0, priority: int = 0,
                    activity: str | None = None) -> list[ObjectId]:
         """Write many messages in one round trip; return their ids in order.
 
-        Each item is a body, or ``{"body": {...}, "routing_key": ..., "priority": ...,
-        "delay": ..., "expire": ..., "dedupe_key": ..., "activity": ...}`` to set those per
-        message (the keyword arguments are the defaults). Every item is checked before
+        Each item is a body, or an :class:`Envelope` to set a message's own options
+        (the keyword arguments are the defaults). Every item is checked before
         anything is written.
         """
         now = utcnow()
         documents = []
         for item in bodies:
-            options: dict[str, Any] = {"routing_key": routing_key, "expire": expire,
-                                       "delay": delay, "priority": priority,
-                                       "dedupe_key": None, "activity": activity}
-            if isinstance(item, Mapping) and set(item) >= {"body"} and set(item) <= (
-                    {"body"} | set(options)):
-                options.update({k: v for k, v in item.items() if k != "body"})
-                body = item["body"]
+            if isinstance(item, Envelope):
+                documents.append(self._document(
+                    item.body, item.routing_key if item.routing_key is not None else routing_key,
+                    item.expire if item.expire is not None else expire,
+                    item.delay if item.delay is not None else delay,
+                    item.priority if item.priority is not None else priority,
+                    item.dedupe_key,
+                    item.activity if item.activity is not None else activity, now))
             else:
-                body = item
-            documents.append(self._document(body, now=now, **options))
+                documents.append(self._document(item, routing_key, expire, delay, priority,
+                                                None, activity, now))
         if not documents:
             return []
         ids = [document["_id"] for document in documents]
@@ -195,12 +213,8 @@ class Queue:
                 raise
             duplicate_indexes = {f["index"] for f in failures}
             written = [d for i, d in enumerate(documents) if i not in duplicate_indexes]
-            for index in duplicate_indexes:
-                ids[index] = self.write(documents[index]["body"],
-                                        routing_key=documents[index]["routing_key"],
-                                        dedupe_key=documents[index]["dedupe_key"],
-                                        priority=documents[index]["priority"],
-                                        activity=documents[index].get("activity"))
+            for index in sorted(duplicate_indexes):
+                ids[index] = self._insert_one(documents[index])
         for document in written:
             self.publisher.add_outbox(Outbox(document["_id"], schema.PENDING,
                                              document["outbox"]))

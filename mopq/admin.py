@@ -1,0 +1,136 @@
+"""Operator actions on messages: retry or delete dead ones, purge a queue.
+
+Used by the dashboard and the ``mopq failed`` / ``mopq retry`` commands. Each
+message changes with its own compare-and-set update (on the state the
+selection saw) that also records the transition's event, so a bulk action
+that is interrupted leaves every message either changed and counted, or
+untouched, and running it again is harmless.
+
+Selections are built here from checked values only (ids, a queue name, a
+plain substring of the error), never from a caller's query document.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from bson import ObjectId
+from bson.errors import InvalidId
+from pymongo import ReturnDocument
+from pymongo.database import Database
+
+from mopq import schema, validation
+from mopq.errors import InvalidInput
+from mopq.events import message_event
+from mopq.publisher import Outbox, publisher_for
+
+MAX_SELECTION = 100_000
+PAGE = 1_000
+_EVENT_FIELDS = {"queue": 1, "routing_key": 1, "activity": 1, "state": 1}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which messages an action applies to: all conditions must hold."""
+
+    states: tuple[str, ...] = (schema.DEAD,)
+    queue: str | None = None
+    ids: tuple[ObjectId, ...] | None = None
+    error_contains: str | None = None
+
+    def query(self) -> dict[str, Any]:
+        query: dict[str, Any] = {"state": {"$in": list(self.states)}}
+        if self.queue is not None:
+            query["queue"] = self.queue
+        if self.ids is not None:
+            query["_id"] = {"$in": list(self.ids)}
+        if self.error_contains:
+            query["last_error"] = {"$regex": re.escape(self.error_contains), "$options": "i"}
+        return query
+
+
+def parse_ids(values: Iterable[object]) -> tuple[ObjectId, ...]:
+    ids = []
+    for value in values:
+        try:
+            ids.append(ObjectId(str(value)))
+        except (InvalidId, TypeError) as error:
+            raise InvalidInput(f"{value!r} is not a message id (24 hex characters).") from error
+    return tuple(ids)
+
+
+def selection(*, states: Iterable[str] = (schema.DEAD,), queue: str | None = None,
+              ids: Iterable[object] | None = None,
+              error_contains: str | None = None) -> Selection:
+    """Check the parts of a selection and build it."""
+    states = tuple(states)
+    allowed = (schema.PENDING, schema.DEAD)
+    if not states or any(state not in allowed for state in states):
+        raise InvalidInput(f"states must be some of {allowed}, got {states!r}.")
+    if queue is not None:
+        validation.queue_name(queue)
+    if error_contains is not None and (not isinstance(error_contains, str)
+                                       or len(error_contains) > 200):
+        raise InvalidInput("error_contains must be a string of at most 200 characters.")
+    return Selection(states, queue, parse_ids(ids) if ids is not None else None,
+                     error_contains or None)
+
+
+def _apply(db: Database, chosen: Selection, update_for: Any, limit: int) -> int:
+    """Run one CAS update per selected message; return how many changed."""
+    messages = db[schema.MESSAGES]
+    publisher = publisher_for(db)
+    changed = 0
+    seen: set[ObjectId] = set()
+    while changed < limit:
+        page = [d for d in messages.find(chosen.query(), _EVENT_FIELDS).limit(PAGE)
+                if d["_id"] not in seen]
+        if not page:
+            break
+        for candidate in page[: limit - changed]:
+            seen.add(candidate["_id"])
+            now = dt.datetime.now(dt.UTC)
+            update, state = update_for(candidate, now)
+            document = messages.find_one_and_update(
+                {"_id": candidate["_id"], "state": candidate["state"]}, update,
+                projection={"state": 1, "outbox": 1}, return_document=ReturnDocument.AFTER)
+            if document is not None and document["state"] == state:
+                publisher.add_outbox(Outbox(document["_id"], state, document.get("outbox", [])))
+                changed += 1
+    return changed
+
+
+def retry(db: Database, chosen: Selection, limit: int = MAX_SELECTION) -> int:
+    """Put selected dead messages back to pending with their attempts reset."""
+    if chosen.states != (schema.DEAD,):
+        raise InvalidInput("Only dead messages can be retried.")
+
+    def update_for(candidate: dict[str, Any], now: dt.datetime):
+        epoch = secrets.token_hex(8)
+        event = message_event(schema.RETRIED, candidate, now, epoch)
+        return ({"$set": {"state": schema.PENDING, "attempts": 0, "visible_at": now,
+                          "updated_at": now, "epoch": epoch, "retried_at": now},
+                 "$unset": {"dead_at": ""}, "$push": {"outbox": event}}, schema.PENDING)
+
+    return _apply(db, chosen, update_for, limit)
+
+
+def delete(db: Database, chosen: Selection, limit: int = MAX_SELECTION) -> int:
+    """Remove selected messages (dead, or pending for a purge); each is counted as removed."""
+
+    def update_for(candidate: dict[str, Any], now: dt.datetime):
+        event = message_event(schema.DELETED, candidate, now, was=candidate["state"])
+        return ({"$set": {"state": schema.REMOVED, "updated_at": now},
+                 "$unset": {"dedupe": ""}, "$push": {"outbox": event}}, schema.REMOVED)
+
+    return _apply(db, chosen, update_for, limit)
+
+
+def purge(db: Database, queue: str) -> int:
+    """Remove every pending (including delayed) and dead message of ``queue``."""
+    return delete(db, selection(states=(schema.PENDING, schema.DEAD), queue=queue))

@@ -1,0 +1,125 @@
+"""Sweeps that keep a queue recoverable without any process being alive to do it.
+
+The monitor (in a collector) calls :func:`sweep` every few seconds; anyone may
+call it, any number of processes at once, because each change is a
+compare-and-set on one message:
+
+* pending messages past ``expire_at`` become ``expired`` (and are counted);
+* inflight messages whose lease ran out go back to ``pending`` (``reclaimed``),
+  so stats show them waiting rather than held (a claim would take them anyway);
+* outboxes that a crashed process left unpublished are published, and
+  finished messages whose publication was cut short are deleted.
+
+:func:`reclaim_worker` returns a dead worker's messages at once, without
+waiting for their leases.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.database import Database
+
+from mopq import schema
+from mopq.events import message_event
+from mopq.publisher import Outbox, publish_outboxes
+
+SWEEP_BATCH = 1_000
+OUTBOX_GRACE_SECONDS = 5.0
+_EVENT_FIELDS = {"queue": 1, "routing_key": 1, "activity": 1, "lease_token": 1}
+
+
+@dataclass
+class SweepResult:
+    expired: int = 0
+    reclaimed: int = 0
+    republished: int = 0
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _publish(db: Database, documents: list[dict[str, Any]]) -> None:
+    publish_outboxes(db, [Outbox(d["_id"], d["state"], d.get("outbox", [])) for d in documents])
+
+
+def expire_messages(db: Database, now: dt.datetime | None = None) -> int:
+    """Turn pending messages past their expiry into ``expired``; return how many."""
+    now = now or _now()
+    messages = db[schema.MESSAGES]
+    changed = []
+    for candidate in messages.find({"state": schema.PENDING, "expire_at": {"$lte": now}},
+                                   _EVENT_FIELDS).limit(SWEEP_BATCH):
+        document = messages.find_one_and_update(
+            {"_id": candidate["_id"], "state": schema.PENDING, "expire_at": {"$lte": now}},
+            {"$set": {"state": schema.EXPIRED, "updated_at": now}, "$unset": {"dedupe": ""},
+             "$push": {"outbox": message_event(schema.EXPIRED_EVENT, candidate, now)}},
+            projection={"state": 1, "outbox": 1}, return_document=ReturnDocument.AFTER,
+        )
+        if document is not None:
+            changed.append(document)
+    _publish(db, changed)
+    return len(changed)
+
+
+def _release(db: Database, query: dict[str, Any], reason: str, now: dt.datetime) -> int:
+    """Return held messages matching ``query`` to pending, one CAS per lease."""
+    messages = db[schema.MESSAGES]
+    changed = []
+    for candidate in messages.find(query, _EVENT_FIELDS).limit(SWEEP_BATCH):
+        token = candidate.get("lease_token")
+        document = messages.find_one_and_update(
+            {"_id": candidate["_id"], "state": schema.INFLIGHT, "lease_token": token},
+            {"$set": {"state": schema.PENDING, "visible_at": now, "updated_at": now},
+             "$unset": {"lease_token": "", "leased_by": ""},
+             "$push": {"outbox": message_event(schema.RECLAIMED, candidate, now, token,
+                                               reason=reason)}},
+            projection={"state": 1, "outbox": 1}, return_document=ReturnDocument.AFTER,
+        )
+        if document is not None:
+            changed.append(document)
+    _publish(db, changed)
+    return len(changed)
+
+
+def reclaim_expired_leases(db: Database, now: dt.datetime | None = None) -> int:
+    now = now or _now()
+    return _release(db, {"state": schema.INFLIGHT, "visible_at": {"$lte": now}},
+                     "lease expired", now)
+
+
+def reclaim_worker(db: Database, worker: str, reason: str = "worker dead") -> int:
+    """Return every message ``worker`` holds to pending now; return how many."""
+    return _release(db, {"state": schema.INFLIGHT, "leased_by": worker}, reason, _now())
+
+
+def republish_outboxes(db: Database, now: dt.datetime | None = None,
+                       grace_seconds: float = OUTBOX_GRACE_SECONDS) -> int:
+    """Publish outboxes older than the grace period (their writer died or fell behind)."""
+    now = now or _now()
+    before = now - dt.timedelta(seconds=grace_seconds)
+    documents = list(db[schema.MESSAGES].find(
+        {"updated_at": {"$lte": before},
+         "$or": [{"outbox.id": {"$exists": True}},
+                 {"state": {"$in": list(schema.TERMINAL_STATES)}}]},
+        {"state": 1, "outbox": 1},
+    ).limit(SWEEP_BATCH))
+    for document in documents:
+        if not document.get("outbox") and document["state"] in schema.TERMINAL_STATES:
+            db[schema.MESSAGES].delete_one({"_id": document["_id"], "state": document["state"]})
+    _publish(db, documents)
+    return len(documents)
+
+
+def sweep(db: Database, now: dt.datetime | None = None) -> SweepResult:
+    """One pass of every sweep; safe to run concurrently from many processes."""
+    schema.ensure_indexes(db)
+    return SweepResult(
+        expired=expire_messages(db, now),
+        reclaimed=reclaim_expired_leases(db, now),
+        republished=republish_outboxes(db, now),
+    )

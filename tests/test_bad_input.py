@@ -1,0 +1,90 @@
+"""Bad input gets a clear exception and writes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from mopq import InvalidBody, InvalidInput, InvalidQueueName, Queue
+
+
+@pytest.fixture
+def queue(db_name) -> Queue:
+    return Queue("orders", max_body_bytes=10_000)
+
+
+class Opaque:
+    pass
+
+
+@pytest.mark.parametrize("body, says", [
+    ("a string", "must be a dict"),
+    ([1, 2], "must be a dict"),
+    (None, "must be a dict"),
+    ({"x": Opaque()}, "body.x is a Opaque"),
+    ({"x": {1, 2}}, "is a set"),
+    ({"x": b"bytes"}, "is a bytes"),
+    ({1: "int key"}, "keys must be strings"),
+    ({"$where": "1"}, "starts with '$'"),
+    ({"n": float("inf")}, "no NaN or infinity"),
+    ({"n": 2**70}, "64 bits"),
+    ({"big": "x" * 20_000}, "the limit is 10000 bytes"),
+])
+def test_bad_bodies_are_refused_and_nothing_is_written(queue, db, body, says):
+    with pytest.raises(InvalidBody, match=says.replace("$", r"\$")):
+        queue.write(body)
+    with pytest.raises(InvalidBody):
+        queue.write_many([{"fine": 1}, body])
+    assert db.messages.count_documents({}) == 0
+
+
+@pytest.mark.parametrize("name, says", [
+    ("", "non-empty"), (None, "non-empty"), (7, "non-empty"),
+    ("q" * 121, "the limit is 120"), ("a$b", "'\\$' or NUL"), ("a\x00b", "'\\$' or NUL"),
+])
+def test_bad_queue_names_are_refused(db_name, db, name, says):
+    with pytest.raises(InvalidQueueName, match=says):
+        Queue(name)
+    assert db.messages.count_documents({}) == 0
+
+
+def test_a_queue_name_of_120_characters_is_fine(db_name):
+    Queue("q" * 120).write({"ok": True})
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda q: q.write({}, delay=-1), "delay must not be negative"),
+    (lambda q: q.write({}, expire=-5), "expire must not be negative"),
+    (lambda q: q.write({}, delay="soon"), "delay must be a number"),
+    (lambda q: q.write({}, priority=1.5), "priority must be a whole number"),
+    (lambda q: q.write({}, routing_key=""), "routing_key must be a non-empty string"),
+    (lambda q: q.write({}, dedupe_key=42), "dedupe_key must be a non-empty string"),
+    (lambda q: q.read(visibility_timeout=-1), "visibility_timeout must not be negative"),
+    (lambda q: q.read(visibility_timeout=0), "more than 0"),
+    (lambda q: q.read(limit=0), "limit must be a whole number from 1"),
+    (lambda q: q.read(limit=10_000), "limit must be a whole number from 1 to 1000"),
+])
+def test_bad_arguments_are_refused(queue, db, call, says):
+    with pytest.raises(InvalidInput, match=says):
+        call(queue)
+    assert db.messages.count_documents({}) == 0
+
+
+def test_unknown_keywords_are_refused(queue, db):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'prioirty'"):
+        queue.write({}, prioirty=3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'timeout'"):
+        queue.read(timeout=3)
+    assert db.messages.count_documents({}) == 0
+
+
+def test_bad_arguments_to_a_claimed_message_are_refused(queue, db):
+    queue.write({"n": 1})
+    [message] = queue.read()
+    with pytest.raises(InvalidInput, match="from 0 to 1"):
+        message.progress(1.5)
+    with pytest.raises(InvalidInput, match="must not be negative"):
+        message.extend(-1)
+    with pytest.raises(InvalidInput, match="takes a string"):
+        message.log(42)
+    document = db.messages.find_one({"_id": message.id})
+    assert "progress" not in document and "log" not in document

@@ -1,0 +1,239 @@
+"""Queue semantics against the real engine: leases, retries, dead letters, expiry, dedupe."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+
+from mopq import Envelope, LeaseLost, Queue, admin, exponential_backoff, flush, maintenance, schema
+from tests.helpers import wait_until
+
+
+@pytest.fixture
+def queue(db_name) -> Queue:
+    return Queue("emails", max_attempts=3, backoff=lambda attempts: 0.3)
+
+
+def test_write_read_ack_round_trip_keeps_the_body(queue, db):
+    when = dt.datetime(2026, 11, 26, 12, 30, tzinfo=dt.UTC)
+    body = {"to": "a@b", "n": 3, "ok": True, "none": None, "tags": ["x", 1.5],
+            "nested": {"at": when}}
+    message_id = queue.write(body, routing_key="welcome")
+    [message] = queue.read(routing_key="welcome")
+    assert message.id == message_id
+    assert message.body == body
+    assert message.attempts == 1
+    assert queue.read() == []
+    message.delete()
+    assert flush(10)
+    assert db.messages.count_documents({}) == 0
+
+
+def test_routing_keys_separate_consumers(queue):
+    queue.write({"n": 1}, routing_key="a")
+    queue.write({"n": 2}, routing_key="b")
+    [b] = queue.read(routing_key="b")
+    assert b.body == {"n": 2}
+    assert queue.read(routing_key="b") == []
+    [a] = queue.read()
+    assert a.body == {"n": 1}
+
+
+def test_highest_priority_first_then_oldest(queue):
+    queue.write({"n": "low-old"}, priority=0)
+    queue.write({"n": "high"}, priority=5)
+    queue.write({"n": "low-new"}, priority=0)
+    bodies = [m.body["n"] for m in queue.read(limit=3)]
+    assert bodies == ["high", "low-old", "low-new"]
+
+
+def test_read_limit_claims_several_atomically(queue):
+    queue.write_many([{"n": i} for i in range(10)])
+    first = queue.read(limit=4)
+    second = queue.read(limit=10)
+    assert len(first) == 4 and len(second) == 6
+    assert not {m.id for m in first} & {m.id for m in second}
+
+
+def test_delayed_message_is_invisible_until_its_time(queue, db):
+    queue.write({"n": 1}, delay=1.0)
+    assert queue.read() == []
+    started = time.monotonic()
+    [message] = wait_until(lambda: queue.read(), timeout=5, message="the delayed message")
+    assert time.monotonic() - started >= 0.5
+    assert message.body == {"n": 1}
+
+
+def test_expired_lease_makes_the_message_visible_again_within_a_second(queue):
+    queue.write({"n": 1})
+    [first] = queue.read(visibility_timeout=1)
+    claimed = time.monotonic()
+    [second] = wait_until(lambda: queue.read(visibility_timeout=30), timeout=5,
+                          interval=0.02, message="re-delivery")
+    waited = time.monotonic() - claimed
+    assert 0.9 <= waited <= 2.0, waited
+    assert second.id == first.id and second.attempts == 2
+
+
+def test_stale_lease_is_refused_and_changes_nothing(queue, db):
+    queue.write({"n": 1})
+    [stale] = queue.read(visibility_timeout=0.5)
+    [fresh] = wait_until(lambda: queue.read(visibility_timeout=30), timeout=5,
+                         message="re-delivery")
+    for act in (stale.delete, stale.ack, lambda: stale.fail("late"), stale.extend,
+                lambda: stale.progress(0.5), lambda: stale.log("late")):
+        with pytest.raises(LeaseLost, match="no longer held"):
+            act()
+    document = db.messages.find_one({"_id": fresh.id})
+    assert document["state"] == "inflight"
+    assert document["lease_token"] == fresh.lease_token
+    assert "last_error" not in document and "log" not in document
+    fresh.delete()
+    with pytest.raises(LeaseLost):
+        fresh.delete()
+
+
+def test_extend_and_progress_hold_the_lease(queue, db):
+    queue.write({"n": 1})
+    [message] = queue.read(visibility_timeout=1)
+    message.extend(5)
+    message.progress(0.25, note="a quarter")
+    time.sleep(1.2)  # past the original timeout: the lease must still hold
+    assert queue.read() == []
+    document = db.messages.find_one({"_id": message.id})
+    assert document["progress"]["fraction"] == 0.25
+    assert document["progress"]["note"] == "a quarter"
+    message.delete()
+
+
+def test_log_keeps_the_last_hundred_lines(queue, db):
+    queue.write({"n": 1})
+    [message] = queue.read()
+    for i in range(105):
+        message.log(f"line {i}")
+    lines = [entry["line"] for entry in db.messages.find_one({"_id": message.id})["log"]]
+    assert len(lines) == 100 and lines[0] == "line 5" and lines[-1] == "line 104"
+
+
+def test_failures_retry_with_backoff_then_die_with_history(queue, db):
+    message_id = queue.write({"n": 1})
+    for attempt in (1, 2):
+        [message] = wait_until(lambda: queue.read(), timeout=5, message=f"attempt {attempt}")
+        assert message.attempts == attempt
+        try:
+            raise RuntimeError(f"boom {attempt}")
+        except RuntimeError as error:
+            assert message.fail(error) == "pending"
+        assert queue.read() == [], "a failed message must wait for its backoff"
+    [message] = wait_until(lambda: queue.read(), timeout=5, message="attempt 3")
+    assert message.fail("final reason") == "dead"
+    document = db.messages.find_one({"_id": message_id})
+    assert document["state"] == "dead"
+    assert document["last_error"] == "final reason"
+    assert [e["attempt"] for e in document["errors"]] == [1, 2, 3]
+    assert "RuntimeError: boom 2" in document["errors"][1]["traceback"]
+    time.sleep(0.4)
+    assert queue.read() == [], "a dead message is never delivered"
+
+
+def test_default_backoff_starts_near_a_second_and_doubles_with_a_cap():
+    backoff = exponential_backoff()
+    assert 0.85 <= backoff(1) <= 1.15
+    assert 1.7 <= backoff(2) <= 2.3
+    assert 3.4 <= backoff(3) <= 4.6
+    assert backoff(30) <= 330
+
+
+def _kill(queue: Queue, times: int) -> None:
+    for _ in range(times):
+        [message] = wait_until(lambda: queue.read(), timeout=5, message="a message to fail")
+        message.fail("nope")
+
+
+def test_dead_messages_can_be_retried_and_deleted_singly_and_in_bulk(db_name, db):
+    queue = Queue("jobs", max_attempts=1)
+    ids = queue.write_many([{"n": i} for i in range(6)])
+    _kill(queue, 6)
+    assert queue.count("dead") == 6
+    single = admin.retry(db, admin.selection(ids=[ids[0]]))
+    assert single == 1
+    [again] = queue.read()
+    assert again.id == ids[0] and again.attempts == 1  # attempts were reset
+    again.delete()
+    assert admin.delete(db, admin.selection(ids=[ids[1]])) == 1
+    assert admin.retry(db, admin.selection(queue="jobs")) == 4
+    assert queue.count("pending") == 4 and queue.count("dead") == 0
+    _kill(queue, 4)
+    assert admin.delete(db, admin.selection(queue="jobs", error_contains="NOPE")) == 4
+    assert flush(10)
+    wait_until(lambda: db.messages.count_documents({}) == 0, message="removed messages to go")
+
+
+def test_expired_message_is_never_delivered_and_is_counted(queue, db):
+    message_id = queue.write({"n": 1}, expire=0.3)
+    time.sleep(0.4)
+    assert queue.read() == []
+    assert flush(10)
+    assert db.events.count_documents({"kind": "expired", "message": str(message_id)}) == 1
+    assert db.messages.count_documents({}) == 0
+
+
+def test_sweep_expires_what_nobody_reads(queue, db):
+    message_id = queue.write({"n": 1}, expire=0.2)
+    time.sleep(0.3)
+    assert maintenance.sweep(db).expired == 1
+    assert maintenance.sweep(db).expired == 0
+    assert db.events.count_documents({"kind": "expired", "message": str(message_id)}) == 1
+
+
+def test_dedupe_key_returns_the_first_id_while_it_is_unfinished(queue, db):
+    first = queue.write({"n": 1}, dedupe_key="order-42")
+    again = queue.write({"n": 2}, dedupe_key="order-42")
+    assert again == first
+    assert db.messages.count_documents({"queue": "emails"}) == 1
+    other_queue = Queue("sms").write({"n": 3}, dedupe_key="order-42")
+    assert other_queue != first
+    [message] = queue.read()
+    message.delete()
+    later = queue.write({"n": 4}, dedupe_key="order-42")
+    assert later != first
+
+
+def test_write_many_takes_per_message_options(queue):
+    ids = queue.write_many([Envelope({"n": 1}, priority=9), {"n": 2},
+                            Envelope({"n": 3}, dedupe_key="k"),
+                            Envelope({"n": 4}, dedupe_key="k")])
+    assert len(ids) == 4 and ids[2] == ids[3]
+    [first] = queue.read()
+    assert first.body == {"n": 1}
+
+
+def test_sweep_returns_expired_leases_to_pending(queue, db):
+    queue.write({"n": 1})
+    [message] = queue.read(visibility_timeout=0.2)
+    time.sleep(0.3)
+    assert maintenance.sweep(db).reclaimed == 1
+    assert db.messages.find_one({"_id": message.id})["state"] == "pending"
+    with pytest.raises(LeaseLost):
+        message.delete()
+
+
+def test_every_transition_is_logged_once_with_stable_ids(queue, db):
+    queue.write_many([{"n": i} for i in range(3)])
+    first, second, third = queue.read(limit=3)
+    first.delete()
+    second.fail("oops")
+    assert flush(10)
+    # Publishing the same outboxes again (as a sweep after a crash would) adds nothing.
+    maintenance.republish_outboxes(db, grace_seconds=0)
+    kinds = sorted(e["kind"] for e in db.events.find())
+    assert kinds == ["acked", "claimed", "claimed", "claimed", "failed",
+                     "written", "written", "written"]
+    assert db.messages.count_documents({"outbox.id": {"$exists": True}}) == 0
+    for event in db.events.find():
+        assert 0 <= event["partition"] < schema.PARTITIONS
+        assert event["queue"] == "emails"
+    acked = db.events.find_one({"kind": "acked"})
+    assert acked["duration"] >= 0 and acked["message"] == str(first.id)
