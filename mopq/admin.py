@@ -95,12 +95,12 @@ def _apply(db: Database, chosen: Selection, update_for: Any, limit: int) -> int:
         for candidate in page[: limit - changed]:
             seen.add(candidate["_id"])
             now = dt.datetime.now(dt.UTC)
-            update, state = update_for(candidate, now)
+            update, state, event = update_for(candidate, now)
             document = messages.find_one_and_update(
                 {"_id": candidate["_id"], "state": candidate["state"]}, update,
-                projection={"state": 1, "outbox": 1}, return_document=ReturnDocument.AFTER)
+                projection={"state": 1}, return_document=ReturnDocument.AFTER)
             if document is not None and document["state"] == state:
-                publisher.add_outbox(Outbox(document["_id"], state, document.get("outbox", [])))
+                publisher.add_outbox(Outbox(document["_id"], state, [event]))
                 changed += 1
     return changed
 
@@ -115,7 +115,7 @@ def retry(db: Database, chosen: Selection, limit: int = MAX_SELECTION) -> int:
         event = message_event(schema.RETRIED, candidate, now, epoch)
         return ({"$set": {"state": schema.PENDING, "attempts": 0, "visible_at": now,
                           "updated_at": now, "epoch": epoch, "retried_at": now},
-                 "$unset": {"dead_at": ""}, "$push": {"outbox": event}}, schema.PENDING)
+                 "$unset": {"dead_at": ""}, "$push": {"outbox": event}}, schema.PENDING, event)
 
     return _apply(db, chosen, update_for, limit)
 
@@ -126,7 +126,7 @@ def delete(db: Database, chosen: Selection, limit: int = MAX_SELECTION) -> int:
     def update_for(candidate: dict[str, Any], now: dt.datetime):
         event = message_event(schema.DELETED, candidate, now, was=candidate["state"])
         return ({"$set": {"state": schema.REMOVED, "updated_at": now},
-                 "$unset": {"dedupe": ""}, "$push": {"outbox": event}}, schema.REMOVED)
+                 "$unset": {"dedupe": ""}, "$push": {"outbox": event}}, schema.REMOVED, event)
 
     return _apply(db, chosen, update_for, limit)
 

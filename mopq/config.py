@@ -21,6 +21,23 @@ def _cache_dir() -> Path:
     return Path(base) / "mopq"
 
 
+class ConfigError(ValueError):
+    """A setting in the environment has a value mopq cannot use."""
+
+
+def _seconds(env: os._Environ[str] | dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"{name}={raw!r} is not a positive number of seconds.")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """A snapshot of the environment's settings.
@@ -37,6 +54,15 @@ class Settings:
     basic_auth_users: str | None = None
     admin_users: str | None = None
     secret_key: str | None = None
+    # Worker monitoring (seconds since the last heartbeat; workers beat every 5 s).
+    worker_stale_seconds: float = 15.0
+    worker_dead_seconds: float = 60.0
+    # A worker that still beats is a zombie if it holds a message this long past
+    # its lease, or works on one this long without reporting progress.
+    worker_zombie_seconds: float = 60.0
+    worker_no_progress_seconds: float = 1800.0
+    # Dead or stopped workers are forgotten after this long.
+    worker_forget_seconds: float = 86400.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -50,6 +76,11 @@ class Settings:
             basic_auth_users=env.get("MOPQ_BASIC_AUTH_USERS") or None,
             admin_users=env.get("MOPQ_ADMIN_USERS") or None,
             secret_key=env.get("MOPQ_SECRET_KEY") or None,
+            worker_stale_seconds=_seconds(env, "MOPQ_WORKER_STALE_SECONDS", 15.0),
+            worker_dead_seconds=_seconds(env, "MOPQ_WORKER_DEAD_SECONDS", 60.0),
+            worker_zombie_seconds=_seconds(env, "MOPQ_WORKER_ZOMBIE_SECONDS", 60.0),
+            worker_no_progress_seconds=_seconds(env, "MOPQ_WORKER_NO_PROGRESS_SECONDS", 1800.0),
+            worker_forget_seconds=_seconds(env, "MOPQ_WORKER_FORGET_SECONDS", 86400.0),
         )
 
 

@@ -20,7 +20,6 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.database import Database
 
 from mopq import schema
@@ -43,10 +42,6 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _publish(db: Database, documents: list[dict[str, Any]]) -> None:
-    publish_outboxes(db, [Outbox(d["_id"], d["state"], d.get("outbox", [])) for d in documents])
-
-
 def expire_messages(db: Database, now: dt.datetime | None = None) -> int:
     """Turn pending messages past their expiry into ``expired``; return how many."""
     now = now or _now()
@@ -54,15 +49,16 @@ def expire_messages(db: Database, now: dt.datetime | None = None) -> int:
     changed = []
     for candidate in messages.find({"state": schema.PENDING, "expire_at": {"$lte": now}},
                                    _EVENT_FIELDS).limit(SWEEP_BATCH):
+        event = message_event(schema.EXPIRED_EVENT, candidate, now)
         document = messages.find_one_and_update(
             {"_id": candidate["_id"], "state": schema.PENDING, "expire_at": {"$lte": now}},
             {"$set": {"state": schema.EXPIRED, "updated_at": now}, "$unset": {"dedupe": ""},
-             "$push": {"outbox": message_event(schema.EXPIRED_EVENT, candidate, now)}},
-            projection={"state": 1, "outbox": 1}, return_document=ReturnDocument.AFTER,
+             "$push": {"outbox": event}},
+            projection={"_id": 1},
         )
         if document is not None:
-            changed.append(document)
-    _publish(db, changed)
+            changed.append(Outbox(candidate["_id"], schema.EXPIRED, [event]))
+    publish_outboxes(db, changed)
     return len(changed)
 
 
@@ -72,17 +68,16 @@ def _release(db: Database, query: dict[str, Any], reason: str, now: dt.datetime)
     changed = []
     for candidate in messages.find(query, _EVENT_FIELDS).limit(SWEEP_BATCH):
         token = candidate.get("lease_token")
+        event = message_event(schema.RECLAIMED, candidate, now, token, reason=reason)
         document = messages.find_one_and_update(
             {"_id": candidate["_id"], "state": schema.INFLIGHT, "lease_token": token},
             {"$set": {"state": schema.PENDING, "visible_at": now, "updated_at": now},
-             "$unset": {"lease_token": "", "leased_by": ""},
-             "$push": {"outbox": message_event(schema.RECLAIMED, candidate, now, token,
-                                               reason=reason)}},
-            projection={"state": 1, "outbox": 1}, return_document=ReturnDocument.AFTER,
+             "$unset": {"lease_token": "", "leased_by": ""}, "$push": {"outbox": event}},
+            projection={"_id": 1},
         )
         if document is not None:
-            changed.append(document)
-    _publish(db, changed)
+            changed.append(Outbox(candidate["_id"], schema.PENDING, [event]))
+    publish_outboxes(db, changed)
     return len(changed)
 
 
@@ -111,7 +106,8 @@ def republish_outboxes(db: Database, now: dt.datetime | None = None,
     for document in documents:
         if not document.get("outbox") and document["state"] in schema.TERMINAL_STATES:
             db[schema.MESSAGES].delete_one({"_id": document["_id"], "state": document["state"]})
-    _publish(db, documents)
+    publish_outboxes(db, [Outbox(d["_id"], d["state"], d.get("outbox", [])) for d in documents],
+                     republished=True)
     return len(documents)
 
 

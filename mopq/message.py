@@ -52,9 +52,13 @@ class Message:
     def _held(self) -> dict[str, Any]:
         return {"_id": self.id, "state": schema.INFLIGHT, "lease_token": self.lease_token}
 
-    def _transition(self, update: dict[str, Any], what: str) -> dict[str, Any]:
+    def _transition(self, update: dict[str, Any], what: str,
+                    events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Apply ``update`` if the lease is still ours; ``events`` go into the outbox with it."""
+        if events:
+            update.setdefault("$push", {})["outbox"] = {"$each": events}
         document = self.queue.messages.find_one_and_update(
-            self._held(), update, projection={"state": 1, "outbox": 1, "visible_at": 1},
+            self._held(), update, projection={"state": 1, "visible_at": 1},
             return_document=ReturnDocument.AFTER,
         )
         if document is None:
@@ -64,9 +68,8 @@ class Message:
                 "was re-delivered, or it was already acknowledged, failed or removed. "
                 "Nothing was changed. Extend the lease (Message.extend / progress) for long work."
             )
-        if document.get("outbox"):
-            self.queue.publisher.add_outbox(Outbox(self.id, document["state"],
-                                                   document["outbox"]))
+        if events:
+            self.queue.publisher.add_outbox(Outbox(self.id, document["state"], events))
         return document
 
     def _event(self, kind: str, now: dt.datetime, **extra: Any) -> dict[str, Any]:
@@ -80,10 +83,9 @@ class Message:
         duration = (now - self.claimed_at).total_seconds()
         self._transition(
             {"$set": {"state": schema.DONE, "updated_at": now, "done_at": now},
-             "$unset": {"lease_token": "", "dedupe": ""},
-             "$push": {"outbox": self._event(schema.ACKED, now, duration=duration,
-                                             attempts=self.attempts)}},
+             "$unset": {"lease_token": "", "dedupe": ""}},
             "acknowledge",
+            [self._event(schema.ACKED, now, duration=duration, attempts=self.attempts)],
         )
 
     ack = delete
@@ -120,8 +122,7 @@ class Message:
             delay = float(self.queue.backoff(self.attempts))
             update["$set"].update(state=schema.PENDING,
                                   visible_at=now + dt.timedelta(seconds=delay))
-        update["$push"]["outbox"] = {"$each": events}
-        document = self._transition(update, "fail")
+        document = self._transition(update, "fail", events)
         return document["state"]
 
     def extend(self, seconds: float | None = None) -> dt.datetime:

@@ -11,10 +11,10 @@ Two kinds of work reach it, both from this process:
   counted (``Publisher.dropped``) and, once the engine answers again, reported
   as a business event named ``mopq.events_dropped``.
 
-Publishing an outbox is: insert its events (duplicate ids are ignored: the
-event is already there), then pull those events from the message's outbox, or
-delete the message if it is in a terminal state (its outbox is complete then,
-as no transition follows a terminal one).
+Publishing an outbox is: insert the events one transition pushed (duplicate
+ids are ignored: the event is already there), then pull them from the
+message's outbox, and delete the message if it is in a terminal state and its
+outbox is now empty (no transition follows a terminal one).
 """
 
 from __future__ import annotations
@@ -69,21 +69,31 @@ def insert_events(db: Database, documents: list[dict[str, Any]]) -> None:
             raise
 
 
-def publish_outboxes(db: Database, outboxes: list[Outbox]) -> None:
-    """Publish the events of ``outboxes``, then clear them from their messages."""
+def publish_outboxes(db: Database, outboxes: list[Outbox], republished: bool = False) -> None:
+    """Publish the events of ``outboxes``, then clear them from their messages.
+
+    ``republished`` marks events that may have been published before (a retry
+    after an error, or a sweep): collectors check those against their receipts.
+    """
     outboxes = [outbox for outbox in outboxes if outbox.events]
     if not outboxes:
         return
-    insert_events(db, [as_document(e) for outbox in outboxes for e in outbox.events])
+    documents = [as_document(e) for outbox in outboxes for e in outbox.events]
+    if republished:
+        for document in documents:
+            document["republished"] = True
+    insert_events(db, documents)
     operations: list[UpdateOne | DeleteOne] = []
     for outbox in outboxes:
+        ids = [event["id"] for event in outbox.events]
+        operations.append(UpdateOne({"_id": outbox.message_id},
+                                    {"$pull": {"outbox": {"id": {"$in": ids}}}}))
         if outbox.state in schema.TERMINAL_STATES:
-            operations.append(DeleteOne({"_id": outbox.message_id, "state": outbox.state}))
-        else:
-            ids = [event["id"] for event in outbox.events]
-            operations.append(UpdateOne({"_id": outbox.message_id},
-                                        {"$pull": {"outbox": {"id": {"$in": ids}}}}))
-    db[schema.MESSAGES].bulk_write(operations, ordered=False)
+            # Events of other transitions may still wait in it (their publisher is
+            # slower, or died): then the sweep publishes them and deletes it.
+            operations.append(DeleteOne({"_id": outbox.message_id, "state": outbox.state,
+                                         "outbox.0": {"$exists": False}}))
+    db[schema.MESSAGES].bulk_write(operations, ordered=True)
 
 
 class Publisher:
@@ -161,6 +171,11 @@ class Publisher:
             self._dropped_unreported -= dropped
 
     def _give_back(self, outboxes: list[Outbox], business: list[dict[str, Any]]) -> None:
+        # The failed attempt may have inserted some of them: mark them as possible repeats.
+        for event in business:
+            event["republished"] = True
+        outboxes = [Outbox(o.message_id, o.state, [dict(e, republished=True) for e in o.events])
+                    for o in outboxes]
         with self._lock:
             self._outboxes.extendleft(reversed(outboxes))
             self._business.extendleft(reversed(business))

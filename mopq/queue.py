@@ -307,8 +307,7 @@ class Queue:
         )
         if document is None:
             return None
-        self.publisher.add_outbox(Outbox(document["_id"], document["state"],
-                                         document.get("outbox", [])))
+        self.publisher.add_outbox(Outbox(document["_id"], document["state"], events))
         return Message(self, document)
 
     def _expire(self, candidate: dict[str, Any], now: dt.datetime) -> bool:
@@ -318,12 +317,12 @@ class Queue:
             {"_id": candidate["_id"], "state": schema.PENDING, "expire_at": {"$lte": now}},
             {"$set": {"state": schema.EXPIRED, "updated_at": now},
              "$unset": {"dedupe": ""}, "$push": {"outbox": event}},
-            projection={"state": 1, "outbox": 1},
+            projection={"state": 1},
             return_document=ReturnDocument.AFTER,
         )
         if document is None:
             return False
-        self.publisher.add_outbox(Outbox(document["_id"], schema.EXPIRED, document["outbox"]))
+        self.publisher.add_outbox(Outbox(document["_id"], schema.EXPIRED, [event]))
         return True
 
     # -- looking -------------------------------------------------------------------

@@ -1,0 +1,176 @@
+"""Applying a batch of business-log events exactly once.
+
+Why this is safe against a crash at any point (SIGKILL included) and against
+duplicate events, without multi-document transactions:
+
+1. Each partition's lease document carries ``seq``, the number of the last
+   batch applied to it. A batch for partition *p* gets ``seq + 1`` = *s*.
+2. Before touching a counter, the collector writes a *journal* into the lease
+   (a compare-and-set on ``owner``, so only the holder can): *s*, the ids of
+   the events to apply, and the ids to skip as duplicates.
+3. Every counter update is conditional on the counter's own mark for *p*
+   being below *s*, and sets it to *s* in the same atomic update. Applying a
+   batch twice therefore changes each counter once, whoever does it.
+4. Then a receipt of the applied ids is stored, the events are deleted, and
+   the journal is cleared while ``seq`` becomes *s* (one update).
+
+A collector that takes over a partition with a journal replays it: it
+recomputes the counter changes from the journal's events that still exist.
+Events are deleted only after every counter carries *s* (step 4 follows 3),
+so any counter the replay could still change gets the full change, and every
+other one ignores it.
+
+Duplicates: an event can be published twice (a publisher retried an insert
+that had in fact succeeded, or a sweep republished an outbox whose first
+publication was cut short); such copies carry ``republished``. If the first
+copy is still waiting, the second insert collided on ``_id`` and never
+existed. If the first copy was already applied and deleted, its id is in a
+receipt, and the copy is skipped. Receipts are kept ``RECEIPT_KEEP``, far
+longer than a republication can lag behind while collectors run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import DeleteOne, UpdateOne
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError
+
+from collectors.counters import deltas_of
+from collectors.leases import partition_lease_id
+from mopq import schema
+from mopq.publisher import DUPLICATE_KEY
+
+RECEIPT_KEEP = dt.timedelta(hours=1)
+
+
+@dataclass
+class BatchResult:
+    applied: int = 0
+    skipped: int = 0
+    lost_partitions: tuple[int, ...] = ()
+
+
+def _ignore_duplicates(error: BulkWriteError) -> None:
+    others = [e for e in error.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
+    if others or error.details.get("writeConcernErrors"):
+        raise error
+
+
+def _counter_operations(events_by_partition: dict[int, list[dict[str, Any]]],
+                        seqs: dict[int, int]) -> list[UpdateOne]:
+    operations = []
+    for partition, events in events_by_partition.items():
+        seq = seqs[partition]
+        mark = f"applied.{partition}"
+        for counter_id, delta in deltas_of(events).items():
+            operations.append(UpdateOne(
+                {"_id": counter_id, "$or": [{mark: {"$lt": seq}}, {mark: {"$exists": False}}]},
+                delta.update(partition, seq), upsert=True))
+    return operations
+
+
+def _already_applied(db: Database, candidates: list[str]) -> set[str]:
+    if not candidates:
+        return set()
+    wanted = set(candidates)
+    found: set[str] = set()
+    for receipt in db[schema.RECEIPTS].find({"ids": {"$in": candidates}}, {"ids": 1}):
+        found.update(wanted.intersection(receipt["ids"]))
+    return found
+
+
+def _finish(db: Database, owner: str, journals: dict[int, dict[str, Any]],
+            events_by_partition: dict[int, list[dict[str, Any]]]) -> int:
+    """Steps 3 and 4 for journals already written: counters, receipts, delete, clear."""
+    seqs = {p: journal["seq"] for p, journal in journals.items()}
+    operations = _counter_operations(events_by_partition, seqs)
+    if operations:
+        try:
+            db[schema.COUNTERS].bulk_write(operations, ordered=False)
+        except BulkWriteError as error:
+            _ignore_duplicates(error)  # a counter that already has this batch
+    now = dt.datetime.now(dt.UTC)
+    receipts = [{"_id": f"{p}:{j['seq']}", "partition": p, "seq": j["seq"], "ids": j["apply"],
+                 "at": now, "expires_at": now + RECEIPT_KEEP}
+                for p, j in journals.items() if j["apply"]]
+    if receipts:
+        try:
+            db[schema.RECEIPTS].insert_many(receipts, ordered=False)
+        except BulkWriteError as error:
+            _ignore_duplicates(error)
+    deletes = [DeleteOne({"_id": event_id}) for j in journals.values()
+               for event_id in j["apply"] + j["skip"]]
+    if deletes:
+        db[schema.EVENTS].bulk_write(deletes, ordered=False)
+    db[schema.LEASES].bulk_write([
+        UpdateOne({"_id": partition_lease_id(p), "owner": owner, "journal.seq": j["seq"]},
+                  {"$set": {"seq": j["seq"]}, "$unset": {"journal": ""}})
+        for p, j in journals.items()], ordered=False)
+    return sum(len(j["apply"]) for j in journals.values())
+
+
+def replay(db: Database, owner: str, partition: int, journal: dict[str, Any]) -> int:
+    """Finish a journal left by a collector that stopped mid-batch; return events applied."""
+    events = list(db[schema.EVENTS].find({"_id": {"$in": journal["apply"]}}))
+    return _finish(db, owner, {partition: journal}, {partition: events} if events else {})
+
+
+def apply_batch(db: Database, owner: str, leases: dict[int, dict[str, Any]],
+                limit: int = 2000) -> BatchResult:
+    """Read up to ``limit`` events of the held partitions and apply them exactly once."""
+    result = BatchResult()
+    for partition, lease in list(leases.items()):
+        if lease.get("journal"):
+            result.applied += replay(db, owner, partition, lease["journal"])
+            lease["seq"] = lease["journal"]["seq"]
+            lease.pop("journal")
+    if not leases:
+        return result
+    events = list(db[schema.EVENTS].find({"partition": {"$in": sorted(leases)}})
+                  .sort([("at", 1)]).limit(limit))
+    if not events:
+        return result
+    duplicates = _already_applied(db, [e["_id"] for e in events if e.get("republished")])
+    by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    skipped: dict[int, list[str]] = defaultdict(list)
+    for event in events:
+        if event["_id"] in duplicates:
+            skipped[event["partition"]].append(event["_id"])
+        else:
+            by_partition[event["partition"]].append(event)
+    partitions = sorted(set(by_partition) | set(skipped))
+    journals = {p: {"seq": leases[p].get("seq", 0) + 1,
+                    "apply": [e["_id"] for e in by_partition.get(p, [])],
+                    "skip": skipped.get(p, [])} for p in partitions}
+    db[schema.LEASES].bulk_write([
+        UpdateOne({"_id": partition_lease_id(p), "owner": owner, "seq": leases[p].get("seq", 0),
+                   "journal": None},
+                  {"$set": {"journal": journal}})
+        for p, journal in journals.items()], ordered=False)
+    written = {doc["partition"] for doc in db[schema.LEASES].find(
+        {"_id": {"$in": [partition_lease_id(p) for p in partitions]}, "owner": owner,
+         "journal.seq": {"$in": sorted({j["seq"] for j in journals.values()})}},
+        {"partition": 1, "journal.seq": 1})
+        if doc["journal"]["seq"] == journals[doc["partition"]]["seq"]}
+    lost = tuple(p for p in partitions if p not in written)
+    for partition in lost:
+        leases.pop(partition, None)
+        journals.pop(partition)
+    result.lost_partitions = lost
+    applied = _finish(db, owner, journals,
+                      {p: by_partition[p] for p in journals if by_partition.get(p)})
+    for partition, journal in journals.items():
+        leases[partition]["seq"] = journal["seq"]
+    result.applied += applied
+    result.skipped += sum(len(j["skip"]) for j in journals.values())
+    return result
+
+
+def expire_receipts(db: Database, now: dt.datetime | None = None) -> int:
+    now = now or dt.datetime.now(dt.UTC)
+    return db[schema.RECEIPTS].delete_many({"expires_at": {"$lte": now}}).deleted_count

@@ -1,0 +1,140 @@
+"""The collector: consumes the business log into counters and runs the monitor.
+
+Embedding one in a service takes three lines::
+
+    from collectors import Collector
+    collector = Collector().start()      # a daemon thread; uri/database from env
+    ...                                  # at shutdown: collector.stop()
+
+``mopq collect`` runs one in the foreground. Any number may run at once: they
+share the log's partitions through leases (``collectors.leases``) and apply
+each batch exactly once (``collectors.batch``); one of them at a time, under
+its own lease, also runs the monitor (``collectors.monitor``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from typing import Any
+
+from pymongo.database import Database
+from pymongo.errors import PyMongoError
+
+from collectors import leases
+from collectors.batch import BatchResult, apply_batch
+from collectors.monitor import Monitor, Thresholds
+from mopq import schema
+from mopq.connection import get_database
+
+log = logging.getLogger("mopq.collector")
+
+MONITOR_LEASE = "monitor"
+
+
+class Collector:
+    """Consume events in batches of up to ``batch_size`` or every ``poll_interval`` s."""
+
+    def __init__(self, uri: str | None = None, database: str | None = None, *,
+                 db: Database | None = None, batch_size: int = 2000,
+                 poll_interval: float = 0.2, rebalance_interval: float = 1.0,
+                 monitor: bool = True, monitor_interval: float = 2.0,
+                 lease_seconds: float = leases.LEASE_SECONDS,
+                 thresholds: Thresholds | None = None) -> None:
+        self.db = db if db is not None else get_database(uri, database)
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.rebalance_interval = rebalance_interval
+        self.monitor_interval = monitor_interval
+        self.lease_seconds = lease_seconds
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.partitions = leases.PartitionLeases(self.db, self.id, lease_seconds)
+        self.monitor = Monitor(self.db, thresholds) if monitor else None
+        self.events_applied = 0
+        self.monitor_passes = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"Collector({self.id!r}, partitions={sorted(self.partitions.held)})"
+
+    def start(self) -> Collector:
+        """Run in a daemon thread; returns self."""
+        schema.ensure_indexes(self.db)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name="mopq-collector", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 0.9) -> None:
+        """Ask the loop to stop and wait up to ``timeout`` s (leases lapse if it cannot)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def run(self) -> None:
+        """The loop: rebalance leases, apply a batch, run the monitor when due."""
+        schema.ensure_indexes(self.db)
+        presence: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(),
+                                    "started_at": time.time()}
+        next_rebalance = 0.0
+        next_monitor = 0.0
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    now = time.monotonic()
+                    if now >= next_rebalance:
+                        self.partitions.rebalance(presence)
+                        next_rebalance = now + self.rebalance_interval
+                    result = self.step()
+                    if self.monitor is not None and now >= next_monitor:
+                        self.run_monitor()
+                        next_monitor = now + self.monitor_interval
+                    failures = 0
+                    self.last_error = None
+                    if result.lost_partitions:
+                        next_rebalance = 0.0
+                    if result.applied + result.skipped == 0:
+                        self._stop.wait(self.poll_interval)
+                except PyMongoError as error:
+                    failures += 1
+                    self.last_error = str(error)
+                    wait = min(5.0, 0.2 * 2 ** min(failures, 5))
+                    log.warning("mopq collector: %s; retrying in %.1f s", error, wait)
+                    self._stop.wait(wait)
+        finally:
+            try:
+                self.partitions.release_all()
+                if self.monitor is not None:
+                    leases.release(self.db, MONITOR_LEASE, self.id)
+            except PyMongoError:
+                pass  # the leases lapse by themselves
+
+    def step(self) -> BatchResult:
+        """Apply one batch from the partitions held now."""
+        result = apply_batch(self.db, self.id, self.partitions.held, self.batch_size)
+        self.events_applied += result.applied
+        return result
+
+    def run_monitor(self) -> bool:
+        """One monitor pass if this collector holds (or takes) the monitor lease."""
+        if self.monitor is None:
+            return False
+        if leases.acquire(self.db, MONITOR_LEASE, self.id, self.lease_seconds,
+                          {"kind": "monitor"}) is None:
+            return False
+        self.monitor.run_once()
+        self.monitor_passes += 1
+        self.db[schema.LEASES].update_one({"_id": MONITOR_LEASE, "owner": self.id},
+                                          {"$inc": {f"passes.{self.id.replace('.', '_')}": 1}})
+        return True

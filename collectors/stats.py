@@ -1,0 +1,104 @@
+"""The stats reader: one function behind the dashboard, ``/api/stats`` and ``mopq stats``.
+
+Queue state (pending, inflight, delayed, dead, oldest pending age) is read
+from the queue itself; flows (written, done, failed, expired, removed) come
+from the all-time counters the collectors keep. So the conservation law
+holds once the system is quiet and the collectors have caught up:
+``written = done + expired + removed + dead + pending + inflight + delayed``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pymongo.database import Database
+
+from collectors import leases
+from collectors.counters import EVENTS_APPLIED_SERIES, TOTAL, counter_id
+from collectors.monitor import WORKER_STATES, Thresholds, classify
+from mopq import schema
+
+# counter kind -> /api/stats field
+FLOW_FIELDS = {schema.WRITTEN: "written", schema.ACKED: "done", schema.FAILED: "failed",
+               schema.EXPIRED_EVENT: "expired", schema.DELETED: "removed",
+               schema.CLAIMED: "claimed", schema.RECLAIMED: "reclaimed",
+               schema.RETRIED: "retried"}
+STATE_FIELDS = ("pending", "inflight", "delayed", "dead")
+
+
+def _empty_queue() -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(STATE_FIELDS, 0)
+    row.update(dict.fromkeys(FLOW_FIELDS.values(), 0))
+    row["oldest_pending_age_seconds"] = 0.0
+    return row
+
+
+def queue_states(db: Database, now: dt.datetime) -> dict[str, dict[str, Any]]:
+    """Per queue: pending, delayed, inflight, dead and the oldest pending age, in one pass."""
+    queues: dict[str, dict[str, Any]] = {}
+    pipeline = [
+        {"$match": {"state": {"$in": [schema.PENDING, schema.INFLIGHT, schema.DEAD]}}},
+        {"$group": {"_id": {"queue": "$queue", "state": "$state",
+                            "later": {"$gt": ["$visible_at", now]}},
+                    "count": {"$sum": 1}, "oldest": {"$min": "$created_at"}}},
+    ]
+    for row in db[schema.MESSAGES].aggregate(pipeline):
+        key = row["_id"]
+        queue = queues.setdefault(key["queue"], _empty_queue())
+        state = key["state"]
+        if state == schema.PENDING and key.get("later"):
+            queue["delayed"] += row["count"]
+        elif state == schema.PENDING:
+            queue["pending"] += row["count"]
+            age = max(0.0, (now - row["oldest"]).total_seconds()) if row.get("oldest") else 0.0
+            queue["oldest_pending_age_seconds"] = round(age, 3)
+        else:
+            queue[state] += row["count"]
+    return queues
+
+
+def queue_flows(db: Database) -> dict[str, dict[str, int]]:
+    flows: dict[str, dict[str, int]] = {}
+    for document in db[schema.COUNTERS].find({"scope": "queue", "resolution": TOTAL},
+                                             {"queue": 1, "counts": 1}):
+        counts = document.get("counts") or {}
+        flows[document["queue"]] = {field: int(counts.get(kind, 0))
+                                    for kind, field in FLOW_FIELDS.items()}
+    return flows
+
+
+def worker_states(db: Database, now: dt.datetime,
+                  thresholds: Thresholds | None = None) -> dict[str, int]:
+    thresholds = thresholds or Thresholds.from_settings()
+    counts = dict.fromkeys(WORKER_STATES, 0)
+    for worker in db[schema.WORKERS].find({}, {"state": 1, "heartbeat_at": 1,
+                                                "zombie_reason": 1}):
+        counts[classify(worker, now, thresholds)] += 1
+    return counts
+
+
+def collector_state(db: Database, now: dt.datetime) -> dict[str, Any]:
+    oldest = next(iter(db[schema.EVENTS].find({}, {"at": 1}).sort([("at", 1)]).limit(1)), None)
+    lag = max(0.0, (now - oldest["at"]).total_seconds()) if oldest else 0.0
+    total = db[schema.COUNTERS].find_one({"_id": counter_id(EVENTS_APPLIED_SERIES, TOTAL, None)})
+    return {
+        "lag_seconds": round(lag, 3),
+        "events_total": int((total or {}).get("count", 0)),
+        "events_waiting": db[schema.EVENTS].count_documents({}),
+        "collectors_alive": len(leases.live_collectors(db)),
+    }
+
+
+def read_stats(db: Database, now: dt.datetime | None = None) -> dict[str, Any]:
+    """The ``/api/stats`` document (shared DESIGN.md names its fields)."""
+    now = now or dt.datetime.now(dt.UTC)
+    queues = queue_states(db, now)
+    for name, flows in queue_flows(db).items():
+        queues.setdefault(name, _empty_queue()).update(flows)
+    return {
+        "queues": dict(sorted(queues.items())),
+        "workers": worker_states(db, now),
+        "collector": collector_state(db, now),
+        "generated_at": now.isoformat(),
+    }

@@ -1,0 +1,318 @@
+"""Collectors count exactly: across SIGKILLs, duplicates, several collectors, and retention."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from collectors import Collector
+from collectors.batch import apply_batch
+from collectors.counters import HOUR, MINUTE, SECOND, TOTAL, bucket_start, counter_id
+from collectors.leases import PartitionLeases
+from collectors.monitor import Monitor, Thresholds
+from collectors.stats import read_stats
+from mopq import Queue, admin, emit, flush, maintenance, schema
+from mopq.connection import get_database
+from tests.helpers import wait_until
+
+FLOWS = ("written", "done", "expired", "removed")
+STATES = ("dead", "pending", "inflight", "delayed")
+
+
+def _mopq_db():
+    return get_database()
+
+
+def _drain(db, collector: Collector) -> None:
+    collector.partitions.rebalance({})
+    while collector.step().applied:
+        pass
+    assert db.events.count_documents({}) == 0
+
+
+def _conserved(queue_row: dict) -> bool:
+    return queue_row["written"] == sum(queue_row[f] for f in FLOWS[1:] + STATES)
+
+
+def _mixed_workload(name: str = "orders") -> dict[str, int]:
+    """Every kind of transition; returns what the stats must then say."""
+    queue = Queue(name, max_attempts=1)
+    queue.write_many([{"n": i} for i in range(60)])
+    queue.write({"late": True}, delay=60)
+    queue.write({"gone": True}, expire=0.05)
+    for message in queue.read(limit=30):
+        message.delete()
+    for message in queue.read(limit=10):
+        message.fail("broken")
+    queue.read(limit=5)
+    time.sleep(0.1)
+    assert maintenance.sweep(queue.db).expired == 1
+    removed = queue.write({"x": 1})
+    assert admin.delete(queue.db, admin.selection(ids=[removed], states=("pending",))) == 1
+    assert flush(20)
+    return {"written": 63, "done": 30, "failed": 10, "dead": 10, "inflight": 5,
+            "expired": 1, "removed": 1, "delayed": 1, "pending": 15}
+
+
+def test_stats_after_a_mixed_workload_conserve_every_message(db_name, db):
+    expected = _mixed_workload()
+    collector = Collector(monitor=False)
+    _drain(db, collector)
+    row = read_stats(_mopq_db())["queues"]["orders"]
+    for field, value in expected.items():
+        assert row[field] == value, (field, row)
+    assert _conserved(row), row
+
+
+def test_mopq_stats_json_matches_conservation(db_name, db):
+    _mixed_workload("mixed")
+    _drain(db, Collector(monitor=False))
+    output = subprocess.run([sys.executable, "-m", "mopq", "stats", "--json"],
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+    stats = json.loads(output)
+    row = stats["queues"]["mixed"]
+    assert _conserved(row) and row["written"] == 63
+    assert stats["collector"]["events_total"] > 0
+    assert stats["collector"]["lag_seconds"] == 0
+    assert set(stats["workers"]) >= {"alive", "stale", "dead", "zombie"}
+    dt.datetime.fromisoformat(stats["generated_at"])
+
+
+def test_a_batch_applied_twice_counts_once(db_name, db):
+    for i in range(50):
+        emit("tick", value=i)
+    assert flush(10)
+    collector = Collector(monitor=False)
+    leases = collector.partitions.rebalance({})
+    events = list(db.events.find())
+    apply_batch(_mopq_db(), collector.id, leases)
+    total = db.counters.find_one({"_id": counter_id("b:tick:*", TOTAL, None)})
+    assert total["count"] == 50 and total["sum"] == sum(range(50))
+    # A relay publishes every event again after they were applied and deleted.
+    for event in events:
+        event["republished"] = True
+    db.events.insert_many(events)
+    assert apply_batch(_mopq_db(), collector.id, leases).skipped == 50
+    total = db.counters.find_one({"_id": counter_id("b:tick:*", TOTAL, None)})
+    assert total["count"] == 50 and total["sum"] == sum(range(50))
+    assert db.events.count_documents({}) == 0
+
+
+def test_a_journal_left_by_a_crash_is_replayed_exactly_once(db_name, db):
+    for i in range(40):
+        emit("tick", value=1, tags={"shard": str(i % 2)})
+    assert flush(10)
+    first = Collector(monitor=False, lease_seconds=0.5)
+    leases = first.partitions.rebalance({})
+    # Crash after the journal and part of the counters were written: simulate by
+    # applying the batch's counters for one partition only, keeping the journal.
+    events = list(db.events.find())
+    partition = events[0]["partition"]
+    own = [e for e in events if e["partition"] == partition]
+    seq = leases[partition]["seq"] + 1
+    db.leases.update_one({"_id": f"partition:{partition}"},
+                         {"$set": {"journal": {"seq": seq, "apply": [e["_id"] for e in own],
+                                               "skip": []}}})
+    from collectors.batch import _counter_operations
+    db.counters.bulk_write(_counter_operations({partition: own}, {partition: seq})[:2])
+    time.sleep(0.6)  # the first collector's leases lapse: it is gone
+    second = Collector(monitor=False)
+    _drain(db, second)
+    total = db.counters.find_one({"_id": counter_id("b:tick:*", TOTAL, None)})
+    assert total["count"] == 40
+    shard = db.counters.find_one({"_id": counter_id('b:tick:{"shard":"0"}', TOTAL, None)})
+    assert shard["count"] == 20
+
+
+def test_buckets_roll_over_and_retention_removes_old_ones(db_name, db):
+    now = dt.datetime.now(dt.UTC)
+    long_ago = now - dt.timedelta(hours=3)
+    from mopq.events import as_document, business_event
+    events = [business_event("sale", 2.0, {}, long_ago), business_event("sale", 3.0, {}, now),
+              business_event("sale", 5.0, {}, now - dt.timedelta(seconds=2))]
+    db.events.insert_many([as_document(e) for e in events])
+    _drain(db, Collector(monitor=False))
+    seconds = list(db.counters.find({"series": "b:sale:*", "resolution": SECOND}))
+    assert len(seconds) == 3
+    hourly = db.counters.find_one(
+        {"_id": counter_id("b:sale:*", HOUR, bucket_start(now, HOUR))})
+    assert hourly["count"] >= 2 and hourly["max"] == 5.0
+    removed = Monitor(_mopq_db()).enforce_retention(now)
+    assert removed == 2  # its 1-second buckets: the sale's and the collector's own count
+    left = {(d["resolution"], d["bucket"]) for d in db.counters.find({"series": "b:sale:*"})}
+    assert (SECOND, bucket_start(long_ago, SECOND)) not in left
+    assert (MINUTE, bucket_start(long_ago, MINUTE)) in left
+    total = db.counters.find_one({"_id": counter_id("b:sale:*", TOTAL, None)})
+    assert total["count"] == 3 and total["sum"] == 10.0 and total["min"] == 2.0
+
+
+def _collect_command(*extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mopq", "collect", *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _quiet_and_counted(db) -> bool:
+    return db.events.count_documents({}) == 0 and not db.leases.find_one(
+        {"kind": "partition", "journal": {"$ne": None}})
+
+
+def test_collector_killed_repeatedly_ends_with_exact_counts(db_name, db):
+    queue = Queue("kills", max_attempts=1)
+    rng = random.Random(7)
+    collector = _collect_command("--lease-seconds", "1.5", "--no-monitor")
+    kills = mid_batch = 0
+    sent = 0
+
+    def working(pid: int) -> bool:
+        return db.leases.count_documents({"kind": "partition", "owner": {"$regex": f":{pid}:"}})
+
+    try:
+        while sent < 20_000:
+            for _ in range(2_000):
+                emit("pay", value=sent % 7)
+                sent += 1
+            ids = queue.write_many([{"n": i} for i in range(100)])
+            for message in queue.read(limit=50):
+                message.delete()
+            assert len(ids) == 100 and flush(30)
+            wait_until(lambda: working(collector.pid), timeout=30, message="partitions taken")
+            time.sleep(rng.uniform(0.05, 0.6))
+            collector.send_signal(signal.SIGKILL)
+            collector.wait()
+            kills += 1
+            mid_batch += db.leases.count_documents({"kind": "partition",
+                                                    "journal": {"$ne": None}}) > 0
+            collector = _collect_command("--lease-seconds", "1.5", "--no-monitor")
+        assert flush(60)
+        wait_until(lambda: _quiet_and_counted(db), timeout=180, interval=0.5,
+                   message="the collector to catch up")
+    finally:
+        collector.send_signal(signal.SIGKILL)
+        collector.wait()
+    assert kills == 10
+    assert mid_batch >= 1, "no kill landed in the middle of a batch"
+    total = db.counters.find_one({"_id": counter_id("b:pay:*", TOTAL, None)})
+    assert total["count"] == 20_000
+    assert total["sum"] == sum(i % 7 for i in range(20_000))
+    row = read_stats(_mopq_db())["queues"]["kills"]
+    assert row["written"] == 1_000 and row["done"] == 500 and row["pending"] == 500
+    events = read_stats(_mopq_db())["collector"]["events_total"]
+    assert events == 20_000 + 1_000 + 500 + 500  # written, claimed, acked
+
+
+def _monitor_passes(db) -> dict[str, int]:
+    return dict((db.leases.find_one({"_id": "monitor"}) or {}).get("passes", {}))
+
+
+def test_three_collectors_share_partitions_and_one_monitor_acts(db_name, db):
+    collectors = [_collect_command("--lease-seconds", "2") for _ in range(3)]
+    try:
+        def spread():
+            owners = [lease.get("owner") for lease in db.leases.find({"kind": "partition"})]
+            held = [o for o in owners if o]
+            return len(held) == schema.PARTITIONS and len(set(held)) == 3
+        wait_until(spread, timeout=30, message="the partitions to spread over 3 collectors")
+        for i in range(3_000):
+            emit("share", value=1, tags={"i": str(i % 3)})
+        before = _monitor_passes(db)
+        time.sleep(3)
+        after = _monitor_passes(db)
+        acting = {owner for owner in after if after[owner] != before.get(owner, 0)}
+        assert len(acting) == 1, (before, after)
+        monitor_owner = db.leases.find_one({"_id": "monitor"})["owner"]
+        victim = next(p for p in collectors
+                      if monitor_owner.split(":")[1] == str(p.pid))
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        for i in range(3_000):
+            emit("share", value=1, tags={"i": str(i % 3)})
+        assert flush(30)
+        wait_until(lambda: db.leases.find_one({"_id": "monitor"})["owner"] != monitor_owner,
+                   timeout=20, message="another collector to take the monitor over")
+        wait_until(lambda: _quiet_and_counted(db), timeout=60, message="the log to drain")
+        before = _monitor_passes(db)
+        time.sleep(3)
+        after = _monitor_passes(db)
+        acting = {owner for owner in after if after[owner] != before.get(owner, 0)}
+        assert len(acting) == 1 and monitor_owner.replace(".", "_") not in acting
+        owners = {lease["owner"] for lease in db.leases.find({"kind": "partition"})}
+        assert len(owners) == 2
+    finally:
+        for process in collectors:
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+    total = db.counters.find_one({"_id": counter_id("b:share:*", TOTAL, None)})
+    assert total["count"] == 6_000
+
+
+def test_a_killed_worker_is_marked_dead_and_its_message_comes_back_early(db_name, db):
+    queue = Queue("slow")
+    message_id = queue.write({"n": 1})
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "mopq", "worker", "--queue", "slow",
+         "--handler", "tests.handlers:block_forever", "--visibility-timeout", "120",
+         "--heartbeat-interval", "0.3"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: db.messages.find_one({"_id": message_id, "state": "inflight"}),
+                   timeout=30, message="the worker to take the message")
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    killed = time.monotonic()
+    collector = Collector(thresholds=Thresholds(stale=0.6, dead=1.5), monitor_interval=0.2)
+    collector.start()
+    try:
+        wait_until(lambda: db.messages.find_one({"_id": message_id, "state": "pending"}),
+                   timeout=20, message="the message to be reclaimed")
+        assert time.monotonic() - killed < 20  # the lease had 120 s left
+        wait_until(lambda: read_stats(_mopq_db())["workers"]["dead"] == 1, timeout=10,
+                   message="the worker to be counted dead")
+        [message] = queue.read()
+        assert message.id == message_id and message.attempts == 2
+        message.delete()
+        assert flush(10)
+        wait_until(lambda: read_stats(_mopq_db())["queues"]["slow"]["done"] == 1, timeout=10,
+                   message="the ack to be counted")
+        assert db.counters.find_one({"_id": counter_id("q:slow", TOTAL, None)})[
+            "counts"]["reclaimed"] == 1
+    finally:
+        collector.stop()
+
+
+def test_collector_stops_within_a_second(db_name):
+    collector = Collector().start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    collector.stop()
+    assert time.monotonic() - started < 1.0
+    assert not collector.running
+
+
+@pytest.mark.parametrize("env", [{"MOPQ_WORKER_DEAD_SECONDS": "soon"}])
+def test_bad_threshold_settings_are_explained(db_name, env):
+    result = subprocess.run([sys.executable, "-m", "mopq", "collect"],
+                            env={**os.environ, **env}, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2
+    assert "MOPQ_WORKER_DEAD_SECONDS='soon' is not a positive number" in result.stderr
+
+
+def test_partition_leases_keep_a_fair_share(db_name, db):
+    first = PartitionLeases(_mopq_db(), "one")
+    assert len(first.rebalance({})) == schema.PARTITIONS
+    second = PartitionLeases(_mopq_db(), "two")
+    second.rebalance({})
+    first.rebalance({})  # sees two collectors: gives half back
+    second.rebalance({})
+    assert len(first.held) == len(second.held) == schema.PARTITIONS // 2
+    assert not set(first.held) & set(second.held)
