@@ -18,6 +18,8 @@ Series (scope):
 * ``business``: ``b:<name>:*`` over all events of a name, and
   ``b:<name>:<tags JSON>`` per exact non-empty tag set — count, sum, min, max
   of ``emit()`` values.
+* ``activity``: ``a:<activity>`` — counts of each message event kind of the
+  messages written with that ``activity``.
 * ``collector``: ``c:events`` — events applied.
 
 Buckets: 1 second (kept 1 hour), 1 minute (kept 2 days), 1 hour (kept 90
@@ -143,6 +145,11 @@ def deltas_of(events: Iterable[dict[str, Any]]) -> dict[str, Delta]:
         queue = event["queue"]
         for delta in _deltas_for(deltas, f"q:{queue}", at, {"scope": "queue", "queue": queue}):
             delta.inc[f"counts.{kind}"] += 1
+        if event.get("activity"):
+            activity = event["activity"]
+            for delta in _deltas_for(deltas, f"a:{activity}", at,
+                                     {"scope": "activity", "activity": activity}):
+                delta.inc[f"counts.{kind}"] += 1
         if kind == schema.ACKED and event.get("duration") is not None:
             routing_key = event.get("routing_key") or ""
             identity = {"scope": "duration", "queue": queue, "routing_key": routing_key}

@@ -1,4 +1,11 @@
-"""The dashboard: a Flask app factory with blueprints and a Socket.IO namespace."""
+"""The dashboard: a Flask app factory with blueprints and a Socket.IO namespace.
+
+Blueprints: ``pages`` (server-rendered HTML), ``api`` (JSON under ``/api``,
+plus ``/openapi.json``, ``/metrics`` and ``/healthz``), ``vendor`` (plotly.js
+and the socket.io client from their packages). ``live`` is the Socket.IO
+namespace ``/live``. Each gunicorn process reads MongoDB itself; nothing is
+shared in process memory between requests that matters for correctness.
+"""
 
 from __future__ import annotations
 
@@ -26,14 +33,19 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.update(
         MOPQ_MONGODB_URI=current.mongodb_uri,
         MOPQ_DATABASE=current.database,
+        MOPQ_LIVE_INTERVAL=1.0,
+        MAX_CONTENT_LENGTH=1024 * 1024,
     )
     if config:
         app.config.update(config)
 
-    from dashboard import live, pages, vendor
+    from dashboard import api, auth, live, pages, security, vendor
 
+    auth.init_app(app, current)
+    security.init_app(app)
     app.register_blueprint(pages.blueprint)
+    app.register_blueprint(api.blueprint)
     app.register_blueprint(vendor.blueprint)
     socketio.init_app(app, cors_allowed_origins=[])
-    live.register(socketio)
+    live.register(socketio, app)
     return app

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from flask import Flask, request
 from flask_socketio import SocketIO, emit
+
+from dashboard import auth
 
 NAMESPACE = "/live"
 
 
-def register(socketio: SocketIO) -> None:
+def register(socketio: SocketIO, app: Flask) -> None:
     @socketio.on("connect", namespace=NAMESPACE)
-    def on_connect(auth=None):
+    def on_connect(auth_data=None):
+        if not auth.socket_allowed(request.headers.get("Authorization"), auth_data):
+            return False
         emit("hello", {"namespace": NAMESPACE})

@@ -29,9 +29,13 @@ counters and then delete; ``_id`` is deterministic (see ``mopq.events``)::
 ``workers`` — the registry, one document per worker process, ``_id`` its
 identity ``ip:port:start_time:pid``.
 
-``counters``, ``receipts``, ``leases``, ``batches``, ``audit`` — written by the
-collectors and the dashboard; their shapes are documented where they are
-written (``collectors``, ``dashboard``).
+``settings`` — ``{_id: "search_fields", fields: [{queue, field}, ...]}``:
+body fields declared searchable (``mopq.search``), each with an index.
+
+``counters``, ``receipts``, ``leases``, ``audit`` — written by the collectors
+and the dashboard; their shapes are documented where they are written
+(``collectors.counters``, ``collectors.batch``, ``collectors.leases``,
+``dashboard.audit``).
 """
 
 from __future__ import annotations
@@ -49,8 +53,8 @@ WORKERS = "workers"
 COUNTERS = "counters"
 RECEIPTS = "receipts"
 LEASES = "leases"
-BATCHES = "batches"
 AUDIT = "audit"
+SETTINGS = "settings"
 
 # Message states. ``done``, ``expired`` and ``removed`` are terminal: the
 # document stays only until its outbox is published, then it is deleted.

@@ -183,7 +183,8 @@ def test_collector_killed_repeatedly_ends_with_exact_counts(db_name, db):
             for message in queue.read(limit=50):
                 message.delete()
             assert len(ids) == 100 and flush(30)
-            wait_until(lambda: working(collector.pid), timeout=30, message="partitions taken")
+            pid = collector.pid
+            wait_until(lambda: working(pid), timeout=30, message="partitions taken")  # noqa: B023
             time.sleep(rng.uniform(0.05, 0.6))
             collector.send_signal(signal.SIGKILL)
             collector.wait()
