@@ -10,7 +10,9 @@ duplicate events, without multi-document transactions:
    the events to apply, and the ids to skip as duplicates.
 3. Every counter update is conditional on the counter's own mark for *p*
    being below *s*, and sets it to *s* in the same atomic update. Applying a
-   batch twice therefore changes each counter once, whoever does it.
+   batch twice therefore changes each counter once, whoever does it. (A batch
+   spans several partitions; see ``_apply_counters`` for how one update per
+   counter covers them all and stays exact when a replay came first.)
 4. Then a receipt of the applied ids is stored, the events are deleted, and
    the journal is cleared while ``seq`` becomes *s* (one update).
 
@@ -40,7 +42,7 @@ from pymongo import DeleteOne, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
-from collectors.counters import deltas_of
+from collectors.counters import Delta, deltas_of
 from collectors.leases import partition_lease_id
 from mopq import schema
 from mopq.publisher import DUPLICATE_KEY
@@ -61,17 +63,51 @@ def _ignore_duplicates(error: BulkWriteError) -> None:
         raise error
 
 
-def _counter_operations(events_by_partition: dict[int, list[dict[str, Any]]],
-                        seqs: dict[int, int]) -> list[UpdateOne]:
-    operations = []
+def _counter_update(counter_id: str, delta: Delta, marks: dict[int, int]) -> UpdateOne:
+    """Add ``delta`` only if the counter has none of these batches yet, and mark them."""
+    unapplied = [{"$or": [{f"applied.{p}": {"$lt": seq}}, {f"applied.{p}": {"$exists": False}}]}
+                 for p, seq in sorted(marks.items())]
+    query = {"_id": counter_id, **(unapplied[0] if len(unapplied) == 1 else {"$and": unapplied})}
+    return UpdateOne(query, delta.update(marks), upsert=True)
+
+
+def _apply_counters(db: Database, events_by_partition: dict[int, list[dict[str, Any]]],
+                    seqs: dict[int, int]) -> None:
+    """Step 3: one update per counter for the whole batch, per partition where needed.
+
+    The common case is one combined update per counter covering every partition
+    of the batch. If a counter already carries one of those marks (a replay by
+    another collector got there first for that partition), the combined update
+    matches nothing and collides on ``_id``; that counter then gets one update
+    per partition, each guarded by its own mark, so every share lands once.
+    """
+    shares: dict[str, dict[int, Delta]] = defaultdict(dict)
     for partition, events in events_by_partition.items():
-        seq = seqs[partition]
-        mark = f"applied.{partition}"
         for counter_id, delta in deltas_of(events).items():
-            operations.append(UpdateOne(
-                {"_id": counter_id, "$or": [{mark: {"$lt": seq}}, {mark: {"$exists": False}}]},
-                delta.update(partition, seq), upsert=True))
-    return operations
+            shares[counter_id][partition] = delta
+    combined: list[tuple[str, UpdateOne]] = []
+    for counter_id, by_partition in shares.items():
+        total = Delta(next(iter(by_partition.values())).identity)
+        for delta in by_partition.values():
+            total.merge(delta)
+        marks = {p: seqs[p] for p in by_partition}
+        combined.append((counter_id, _counter_update(counter_id, total, marks)))
+    if not combined:
+        return
+    try:
+        db[schema.COUNTERS].bulk_write([operation for _, operation in combined], ordered=False)
+        return
+    except BulkWriteError as error:
+        _ignore_duplicates(error)
+        collided = [combined[e["index"]][0] for e in error.details["writeErrors"]]
+    separate = [_counter_update(counter_id, delta, {p: seqs[p]})
+                for counter_id in collided if len(shares[counter_id]) > 1
+                for p, delta in shares[counter_id].items()]
+    if separate:
+        try:
+            db[schema.COUNTERS].bulk_write(separate, ordered=False)
+        except BulkWriteError as error:
+            _ignore_duplicates(error)
 
 
 def _already_applied(db: Database, candidates: list[str]) -> set[str]:
@@ -87,13 +123,7 @@ def _already_applied(db: Database, candidates: list[str]) -> set[str]:
 def _finish(db: Database, owner: str, journals: dict[int, dict[str, Any]],
             events_by_partition: dict[int, list[dict[str, Any]]]) -> int:
     """Steps 3 and 4 for journals already written: counters, receipts, delete, clear."""
-    seqs = {p: journal["seq"] for p, journal in journals.items()}
-    operations = _counter_operations(events_by_partition, seqs)
-    if operations:
-        try:
-            db[schema.COUNTERS].bulk_write(operations, ordered=False)
-        except BulkWriteError as error:
-            _ignore_duplicates(error)  # a counter that already has this batch
+    _apply_counters(db, events_by_partition, {p: j["seq"] for p, j in journals.items()})
     now = dt.datetime.now(dt.UTC)
     receipts = [{"_id": f"{p}:{j['seq']}", "partition": p, "seq": j["seq"], "ids": j["apply"],
                  "at": now, "expires_at": now + RECEIPT_KEEP}
@@ -120,6 +150,18 @@ def replay(db: Database, owner: str, partition: int, journal: dict[str, Any]) ->
     return _finish(db, owner, {partition: journal}, {partition: events} if events else {})
 
 
+def _partition_filter(leases: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The held partitions' events, in natural (roughly arrival) order.
+
+    No sort: counters do not depend on order, and a sort by time makes the
+    embedded engine sort the whole log on every batch. Every event is read
+    eventually because applied events are deleted.
+    """
+    if len(leases) == schema.PARTITIONS:
+        return {}
+    return {"partition": {"$in": sorted(leases)}}
+
+
 def apply_batch(db: Database, owner: str, leases: dict[int, dict[str, Any]],
                 limit: int = 2000) -> BatchResult:
     """Read up to ``limit`` events of the held partitions and apply them exactly once."""
@@ -131,8 +173,7 @@ def apply_batch(db: Database, owner: str, leases: dict[int, dict[str, Any]],
             lease.pop("journal")
     if not leases:
         return result
-    events = list(db[schema.EVENTS].find({"partition": {"$in": sorted(leases)}})
-                  .sort([("at", 1)]).limit(limit))
+    events = list(db[schema.EVENTS].find(_partition_filter(leases)).limit(limit))
     if not events:
         return result
     duplicates = _already_applied(db, [e["_id"] for e in events if e.get("republished")])

@@ -92,10 +92,18 @@ class Delta:
         self.low = value if self.low is None else min(self.low, value)
         self.high = value if self.high is None else max(self.high, value)
 
-    def update(self, partition: int, seq: int) -> dict[str, Any]:
+    def merge(self, other: Delta) -> None:
+        for key, value in other.inc.items():
+            self.inc[key] += value
+        if other.low is not None:
+            self.observe(other.low)
+            self.observe(other.high)
+
+    def update(self, marks: dict[int, int]) -> dict[str, Any]:
+        """The atomic update that adds this delta and records the batch marks."""
         update: dict[str, Any] = {
             "$inc": dict(self.inc),
-            "$set": {f"applied.{partition}": seq},
+            "$set": {f"applied.{partition}": seq for partition, seq in marks.items()},
             "$setOnInsert": self.identity,
         }
         if self.low is not None:
@@ -104,31 +112,46 @@ class Delta:
         return update
 
 
-def _deltas_for(deltas: dict[str, Delta], series: str, at: dt.datetime,
-                identity: dict[str, Any]) -> Iterable[Delta]:
+def _expand(deltas: dict[str, Delta], series: str, second: dt.datetime,
+            identity: dict[str, Any], share: Delta) -> None:
+    """Add one (series, second) share to that second's buckets and to the total."""
     for resolution, (_, keep) in RESOLUTIONS.items():
-        bucket = bucket_start(at, resolution)
+        bucket = bucket_start(second, resolution)
         key = counter_id(series, resolution, bucket)
         if key not in deltas:
             deltas[key] = Delta({**identity, "series": series, "resolution": resolution,
                                  "bucket": bucket, "expires_at": bucket + keep})
-        yield deltas[key]
+        deltas[key].merge(share)
     key = counter_id(series, TOTAL, None)
     if key not in deltas:
         deltas[key] = Delta({**identity, "series": series, "resolution": TOTAL,
                              "bucket": None, "expires_at": None})
-    yield deltas[key]
+    deltas[key].merge(share)
 
 
 def deltas_of(events: Iterable[dict[str, Any]]) -> dict[str, Delta]:
-    """The counter changes a batch of events makes, keyed by counter ``_id``."""
-    deltas: dict[str, Delta] = {}
-    applied = 0
-    latest: dt.datetime | None = None
+    """The counter changes a batch of events makes, keyed by counter ``_id``.
+
+    Events are first summed per (series, second), then each sum is added to
+    its 1 s, 1 min, 1 h buckets and the total: a batch spans few seconds, so
+    bucket keys are computed a few times rather than once per event. Every
+    event counts in the buckets of its own time, so the changes of any subset
+    of a batch touch only counters that the whole batch touches.
+    """
+    shares: dict[tuple[str, dt.datetime], Delta] = {}
+    identities: dict[str, dict[str, Any]] = {}
+
+    def share(series: str, second: dt.datetime, identity: dict[str, Any]) -> Delta:
+        key = (series, second)
+        found = shares.get(key)
+        if found is None:
+            identities.setdefault(series, identity)
+            found = shares[key] = Delta(identity)
+        return found
+
     for event in events:
-        applied += 1
-        at = event["at"]
-        latest = at if latest is None or at > latest else latest
+        second = event["at"].replace(microsecond=0)
+        share(EVENTS_APPLIED_SERIES, second, {"scope": "collector"}).inc["count"] += 1
         kind = event["kind"]
         if kind == schema.BUSINESS:
             name, tags, value = event["name"], event.get("tags") or {}, float(event["value"])
@@ -136,31 +159,30 @@ def deltas_of(events: Iterable[dict[str, Any]]) -> dict[str, Delta]:
             if tags:
                 series_of.append((f"b:{name}:{tags_key(tags)}", tags))
             for series, series_tags in series_of:
-                identity = {"scope": "business", "name": name, "tags": series_tags}
-                for delta in _deltas_for(deltas, series, at, identity):
-                    delta.inc["count"] += 1
-                    delta.inc["sum"] += value
-                    delta.observe(value)
+                delta = share(series, second,
+                              {"scope": "business", "name": name, "tags": series_tags})
+                delta.inc["count"] += 1
+                delta.inc["sum"] += value
+                delta.observe(value)
             continue
         queue = event["queue"]
-        for delta in _deltas_for(deltas, f"q:{queue}", at, {"scope": "queue", "queue": queue}):
-            delta.inc[f"counts.{kind}"] += 1
+        share(f"q:{queue}", second, {"scope": "queue", "queue": queue}).inc[
+            f"counts.{kind}"] += 1
         if event.get("activity"):
             activity = event["activity"]
-            for delta in _deltas_for(deltas, f"a:{activity}", at,
-                                     {"scope": "activity", "activity": activity}):
-                delta.inc[f"counts.{kind}"] += 1
+            share(f"a:{activity}", second, {"scope": "activity", "activity": activity}).inc[
+                f"counts.{kind}"] += 1
         if kind == schema.ACKED and event.get("duration") is not None:
             routing_key = event.get("routing_key") or ""
-            identity = {"scope": "duration", "queue": queue, "routing_key": routing_key}
-            bin_name = f"hist.{histogram_bin(float(event['duration']))}"
-            for delta in _deltas_for(deltas, f"d:{queue}:{routing_key}", at, identity):
-                delta.inc[bin_name] += 1
-                delta.inc["count"] += 1
-                delta.inc["sum"] += float(event["duration"])
-    if applied and latest is not None:
-        for delta in _deltas_for(deltas, EVENTS_APPLIED_SERIES, latest, {"scope": "collector"}):
-            delta.inc["count"] += applied
+            seconds = float(event["duration"])
+            delta = share(f"d:{queue}:{routing_key}", second,
+                          {"scope": "duration", "queue": queue, "routing_key": routing_key})
+            delta.inc[f"hist.{histogram_bin(seconds)}"] += 1
+            delta.inc["count"] += 1
+            delta.inc["sum"] += seconds
+    deltas: dict[str, Delta] = {}
+    for (series, second), delta in shares.items():
+        _expand(deltas, series, second, identities[series], delta)
     return deltas
 
 

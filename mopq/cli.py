@@ -7,11 +7,15 @@ command, so a service that only imports ``mopq`` never loads Flask.
 from __future__ import annotations
 
 import argparse
+import importlib
+import logging
 import os
 import sys
 from collections.abc import Callable
 
+from mopq.config import ConfigError
 from mopq.engine import EngineError
+from mopq.errors import InvalidInput
 
 
 def _cmd_engine(args: argparse.Namespace) -> int:
@@ -28,7 +32,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from mopq import supervisor
 
     return supervisor.run(host=args.host, port=args.port, data=args.data,
-                          engine_port=args.engine_port, collector=False)
+                          engine_port=args.engine_port, collector=not args.no_collector)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -39,6 +43,148 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     os.chdir(REPO_ROOT)
     os.execv(sys.executable, command)
     return 0  # not reached
+
+
+HANDLER_FORM = "package.module:function"
+
+
+class BadHandler(ValueError):
+    """A ``--handler`` string that does not name a callable."""
+
+
+def load_handler(spec: str) -> Callable[..., object]:
+    """The callable ``package.module:function`` names (``function`` may be dotted)."""
+    module_name, colon, attribute = spec.partition(":")
+    if not colon or not module_name.strip() or not attribute.strip() or ":" in attribute:
+        raise BadHandler("it is not of the form module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise BadHandler(f"cannot import module {module_name!r} ({error})") from error
+    except Exception as error:  # the module itself raised while importing
+        raise BadHandler(f"importing module {module_name!r} raised "
+                         f"{type(error).__name__}: {error}") from error
+    target: object = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise BadHandler(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if not callable(target):
+        raise BadHandler(f"{module_name}:{attribute} is a {type(target).__name__}, "
+                         "not a function")
+    return target
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from pymongo.errors import PyMongoError
+
+    from mopq.errors import InvalidInput
+    from mopq.worker import Worker
+
+    # Like gunicorn and celery: handlers are found relative to where the command runs.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        handler = load_handler(args.handler)
+    except BadHandler as error:
+        reason = " ".join(str(error).split())
+        print(f"mopq worker: bad --handler {args.handler!r}: {reason}; expected the form "
+              f"{HANDLER_FORM}", file=sys.stderr)
+        return 2
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        worker = Worker(args.queue, handler, args.concurrency,
+                        visibility_timeout=args.visibility_timeout,
+                        heartbeat_interval=args.heartbeat_interval,
+                        routing_key=args.routing_key, max_attempts=args.max_attempts,
+                        poll_interval=args.poll_interval)
+    except InvalidInput as error:
+        print(f"mopq worker: {error}", file=sys.stderr)
+        return 2
+    except PyMongoError as error:
+        print(f"mopq worker: cannot reach MongoDB: {error}", file=sys.stderr)
+        return 1
+    worker.run()
+    return 0
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    import signal
+
+    from collectors import Collector
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    collector = Collector(batch_size=args.batch_size, lease_seconds=args.lease_seconds,
+                          monitor=not args.no_monitor)
+    signal.signal(signal.SIGTERM, lambda *_: collector.stop(0))
+    print(f"mopq collect: collector {collector.id} on database {collector.db.name}; "
+          "Ctrl-C stops it", flush=True)
+    collector.start()
+    try:
+        while collector.running:
+            collector._thread.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    collector.stop(5.0)
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    import json
+
+    from collectors.stats import read_stats
+    from mopq.connection import get_database
+
+    stats = read_stats(get_database())
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"{'queue':<24}{'pending':>9}{'inflight':>9}{'delayed':>9}{'dead':>7}"
+          f"{'written':>9}{'done':>9}{'failed':>8}  oldest")
+    for name, row in stats["queues"].items():
+        print(f"{name[:23]:<24}{row['pending']:>9}{row['inflight']:>9}{row['delayed']:>9}"
+              f"{row['dead']:>7}{row['written']:>9}{row['done']:>9}{row['failed']:>8}"
+              f"  {row['oldest_pending_age_seconds']:.0f} s")
+    workers = ", ".join(f"{count} {state}" for state, count in stats["workers"].items())
+    collector = stats["collector"]
+    print(f"workers: {workers}")
+    print(f"collector: lag {collector['lag_seconds']:.1f} s, {collector['events_waiting']} "
+          f"events waiting, {collector['events_total']} applied, "
+          f"{collector['collectors_alive']} collector(s) alive")
+    return 0
+
+
+def _cmd_failed(args: argparse.Namespace) -> int:
+    from mopq import admin
+    from mopq.connection import get_database
+
+    chosen = admin.selection(queue=args.queue, error_contains=args.error)
+    db = get_database()
+    for document in db["messages"].find(chosen.query()).sort([("dead_at", -1)]).limit(
+            max(1, min(args.limit, 10_000))):
+        print(f"{document['_id']}  {document['queue']:<20} attempts={document['attempts']} "
+              f"{(document.get('last_error') or '')[:100]}")
+    return 0
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    from mopq import admin
+    from mopq.connection import get_database
+
+    if not (args.ids or args.queue or args.error or args.all):
+        print("mopq retry: name message ids, --queue or --error, or pass --all to retry "
+              "every dead message", file=sys.stderr)
+        return 2
+    chosen = admin.selection(queue=args.queue, error_contains=args.error,
+                             ids=args.ids or None)
+    count = admin.retry(get_database(), chosen)
+    print(f"mopq retry: {count} message(s) back to pending")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,12 +219,51 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.set_defaults(func=_cmd_serve)
 
-    for register in _EXTRA_COMMANDS:
-        register(commands)
+    worker = commands.add_parser("worker", help="run a handler over the messages of queues")
+    worker.add_argument("--queue", action="append", required=True, metavar="NAME",
+                        help="queue to consume (repeat for several, taken in turn)")
+    worker.add_argument("--handler", required=True, metavar=HANDLER_FORM,
+                        help="the function called with each message")
+    worker.add_argument("--concurrency", type=int, default=1,
+                        help="messages handled at once, one thread each (default 1)")
+    worker.add_argument("--visibility-timeout", type=float, default=30, metavar="SECONDS",
+                        help="lease of a claimed message (default 30)")
+    worker.add_argument("--routing-key", default=None, help="only messages with this key")
+    worker.add_argument("--max-attempts", type=int, default=5,
+                        help="failed attempts before a message is dead (default 5)")
+    worker.add_argument("--heartbeat-interval", type=float, default=5.0, metavar="SECONDS",
+                        help="seconds between heartbeats (default 5)")
+    worker.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS",
+                        help="longest wait between claims when idle (default 1)")
+    worker.set_defaults(func=_cmd_worker)
+
+    collect = commands.add_parser("collect", help="consume the business log in the foreground")
+    collect.add_argument("--batch-size", type=int, default=2000,
+                         help="most events applied in one batch (default 2000)")
+    collect.add_argument("--lease-seconds", type=float, default=10.0, metavar="SECONDS",
+                         help="how long a dead collector's partitions stay held (default 10)")
+    collect.add_argument("--no-monitor", action="store_true",
+                         help="do not take part in worker monitoring and sweeps")
+    collect.set_defaults(func=_cmd_collect)
+
+    stats = commands.add_parser("stats", help="queue, worker and collector figures")
+    stats.add_argument("--json", action="store_true", help="print the /api/stats document")
+    stats.set_defaults(func=_cmd_stats)
+
+    failed = commands.add_parser("failed", help="list dead messages")
+    failed.add_argument("--queue", help="only this queue")
+    failed.add_argument("--error", help="only messages whose error contains this text")
+    failed.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    failed.set_defaults(func=_cmd_failed)
+
+    retry = commands.add_parser("retry", help="put dead messages back to pending")
+    retry.add_argument("ids", nargs="*", help="message ids (default: all that match)")
+    retry.add_argument("--queue", help="only this queue")
+    retry.add_argument("--error", help="only messages whose error contains this text")
+    retry.add_argument("--all", action="store_true",
+                       help="needed to retry every dead message when no id or filter is given")
+    retry.set_defaults(func=_cmd_retry)
     return parser
-
-
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except EngineError as error:
+    except (EngineError, ConfigError, InvalidInput) as error:
         print(f"mopq: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

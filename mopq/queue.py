@@ -14,6 +14,10 @@ while most claims cost one update by ``_id``.
 The order is therefore "highest priority, then oldest" as of the last
 candidate read (at most ``CANDIDATE_TTL_SECONDS`` old); a message written
 with a higher priority after that read waits at most that long to jump ahead.
+Under contention (a claim lost to another consumer) a queue tries its
+remaining candidates in random order within each priority, so consumers stop
+colliding on the same few messages; order within a priority is then only
+roughly oldest first.
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ from mopq.publisher import Outbox, Publisher, publisher_for
 
 CANDIDATE_TTL_SECONDS = 1.0
 CANDIDATE_FIELDS = {"_id": 1, "queue": 1, "routing_key": 1, "activity": 1, "state": 1,
-                    "lease_token": 1, "expire_at": 1}
-MIN_CANDIDATES = 32
+                    "lease_token": 1, "expire_at": 1, "priority": 1}
+MIN_CANDIDATES = 128
 MAX_LIMIT = 1000
 MAX_VISIBILITY_TIMEOUT = 12 * 3600
 MAX_PRIORITY = 2**31 - 1
@@ -245,6 +249,22 @@ class Queue:
                 self._candidates_read_at[routing_key] = time.monotonic()
             return candidates.popleft() if candidates else None
 
+    def _spread_candidates(self, routing_key: str | None) -> None:
+        """After a lost race, try the rest in random order within each priority.
+
+        Consumers that read the same candidates in the same order would keep
+        colliding on the first ones; a lone consumer never loses a race, so it
+        keeps strict priority-then-age order.
+        """
+        with self._lock:
+            candidates = self._candidates.get(routing_key)
+            if candidates:
+                spread = list(candidates)
+                random.shuffle(spread)
+                spread.sort(key=lambda candidate: -candidate.get("priority", 0))
+                candidates.clear()
+                candidates.extend(spread)
+
     def _forget_candidates(self, routing_key: str | None) -> None:
         with self._lock:
             self._candidates.pop(routing_key, None)
@@ -276,6 +296,8 @@ class Queue:
             message = self._claim(candidate, timeout)
             if message is not None:
                 claimed.append(message)
+            else:
+                self._spread_candidates(routing_key)
         return claimed
 
     def _claim(self, candidate: dict[str, Any], timeout: float) -> Message | None:

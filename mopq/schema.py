@@ -27,7 +27,16 @@ counters and then delete; ``_id`` is deterministic (see ``mopq.events``)::
      name, value, tags, duration}
 
 ``workers`` — the registry, one document per worker process, ``_id`` its
-identity ``ip:port:start_time:pid``.
+identity ``ip:port:start_time:pid``; written by ``mopq.worker`` (upserted at
+start, rewritten every heartbeat, "stopped" on a clean stop)::
+
+    {_id, ip, port, pid, hostname, started_at, heartbeat_at,
+     queues: [name, ...], routing_key, concurrency, visibility_timeout,
+     state,              # "running", "stopping", "stopped"
+     current: [{message_id, queue, since}, ...],   # being handled, as of the last beat
+     processed, failed,  # acks and failed attempts by this worker
+     stopped_at,
+     zombie_reason, checked_at}   # written by the monitor
 
 ``settings`` — ``{_id: "search_fields", fields: [{queue, field}, ...]}``:
 body fields declared searchable (``mopq.search``), each with an index.

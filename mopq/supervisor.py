@@ -49,7 +49,7 @@ def _stop_children(children: list[subprocess.Popen]) -> None:
 
 
 def run(host: str = "127.0.0.1", port: int = 8000, data: str | None = None,
-        engine_port: int | None = None, collector: bool = False) -> int:
+        engine_port: int | None = None, collector: bool = True) -> int:
     """Run engine (unless a URI is set), collector and dashboard until interrupted."""
     engine: Engine | None = None
     uri = settings().mongodb_uri

@@ -17,7 +17,7 @@ from collectors import Collector
 from collectors.batch import apply_batch
 from collectors.counters import HOUR, MINUTE, SECOND, TOTAL, bucket_start, counter_id
 from collectors.leases import PartitionLeases
-from collectors.monitor import Monitor, Thresholds
+from collectors.monitor import Monitor
 from collectors.stats import read_stats
 from mopq import Queue, admin, emit, flush, maintenance, schema
 from mopq.connection import get_database
@@ -121,8 +121,11 @@ def test_a_journal_left_by_a_crash_is_replayed_exactly_once(db_name, db):
     db.leases.update_one({"_id": f"partition:{partition}"},
                          {"$set": {"journal": {"seq": seq, "apply": [e["_id"] for e in own],
                                                "skip": []}}})
-    from collectors.batch import _counter_operations
-    db.counters.bulk_write(_counter_operations({partition: own}, {partition: seq})[:2])
+    from collectors.batch import _counter_update
+    from collectors.counters import deltas_of
+    partial = list(deltas_of(own).items())[:2]
+    db.counters.bulk_write([_counter_update(cid, delta, {partition: seq})
+                            for cid, delta in partial])
     time.sleep(0.6)  # the first collector's leases lapse: it is gone
     second = Collector(monitor=False)
     _drain(db, second)
@@ -130,6 +133,26 @@ def test_a_journal_left_by_a_crash_is_replayed_exactly_once(db_name, db):
     assert total["count"] == 40
     shard = db.counters.find_one({"_id": counter_id('b:tick:{"shard":"0"}', TOTAL, None)})
     assert shard["count"] == 20
+
+
+def test_a_batch_finishing_after_a_replay_adds_only_the_missing_shares(db_name, db):
+    for _ in range(60):
+        emit("split", value=1)
+    assert flush(10)
+    collector = Collector(monitor=False)
+    leases = collector.partitions.rebalance({})
+    events = list(db.events.find())
+    partition = events[0]["partition"]
+    own = [e for e in events if e["partition"] == partition]
+    assert len(own) < len(events), "the events should span several partitions"
+    # Another collector already replayed this partition's share of the coming batch.
+    from collectors.batch import _counter_update
+    from collectors.counters import deltas_of
+    seq = leases[partition]["seq"] + 1
+    key = counter_id("b:split:*", TOTAL, None)
+    db.counters.bulk_write([_counter_update(key, deltas_of(own)[key], {partition: seq})])
+    apply_batch(_mopq_db(), collector.id, leases)
+    assert db.counters.find_one({"_id": key})["count"] == 60
 
 
 def test_buckets_roll_over_and_retention_removes_old_ones(db_name, db):
@@ -255,7 +278,10 @@ def test_three_collectors_share_partitions_and_one_monitor_acts(db_name, db):
     assert total["count"] == 6_000
 
 
-def test_a_killed_worker_is_marked_dead_and_its_message_comes_back_early(db_name, db):
+def test_a_killed_worker_is_marked_dead_and_its_message_comes_back_early(db_name, db,
+                                                                       monkeypatch):
+    monkeypatch.setenv("MOPQ_WORKER_STALE_SECONDS", "0.6")
+    monkeypatch.setenv("MOPQ_WORKER_DEAD_SECONDS", "1.5")
     queue = Queue("slow")
     message_id = queue.write({"n": 1})
     worker = subprocess.Popen(
@@ -270,7 +296,7 @@ def test_a_killed_worker_is_marked_dead_and_its_message_comes_back_early(db_name
         worker.send_signal(signal.SIGKILL)
         worker.wait()
     killed = time.monotonic()
-    collector = Collector(thresholds=Thresholds(stale=0.6, dead=1.5), monitor_interval=0.2)
+    collector = Collector(monitor_interval=0.2)  # thresholds from the environment
     collector.start()
     try:
         wait_until(lambda: db.messages.find_one({"_id": message_id, "state": "pending"}),

@@ -1,0 +1,477 @@
+"""``Worker``: run a handler over messages of one or more queues, with heartbeats.
+
+A worker claims one message at a time per thread (round-robin over its
+queues), calls ``handler(message)``, acknowledges the message if the handler
+returns and records a failed attempt (with the traceback) if it raises. It
+names itself ``ip:port:start_time:pid`` and claims under that name
+(``leased_by`` on the message), so the monitor can give back the messages of
+a worker whose heartbeat stopped; the visibility timeout gives them back in
+any case. Delivery is at least once: a worker killed after the work and
+before the acknowledgement leaves the message to be delivered again, so
+handlers must be idempotent.
+
+Identity ``ip:port:start_time:pid``:
+
+* ip — the first non-loopback IPv4 address of this host's interfaces
+  (``psutil.net_if_addrs()``; no socket is opened to discover it), else
+  ``127.0.0.1``;
+* port — the ``port`` argument, else the lowest TCP port this process
+  listens on (a worker embedded in a web server), else 0;
+* start_time — the process's start time, whole epoch seconds (so a reused
+  pid is a different worker);
+* pid — ``os.getpid()``.
+
+The heartbeat document, in the ``workers`` collection (``_id`` = identity),
+is upserted when the worker starts, rewritten every ``heartbeat_interval``
+seconds by a daemon thread and at once when the worker starts stopping, and
+marked ``stopped`` on a clean stop::
+
+    {_id: "ip:port:start_time:pid",
+     ip, port, pid, hostname,
+     started_at,          # datetime: when run() began
+     heartbeat_at,        # datetime: the last beat
+     queues: [name, ...], routing_key, concurrency, visibility_timeout,
+     state,               # "running", "stopping" or "stopped"
+     current: [{message_id: str, queue, since: datetime}, ...],
+                          # the messages being handled, as of the last beat
+     processed,           # messages acknowledged by this worker
+     failed,              # failed attempts this worker recorded
+     stopped_at}          # datetime of a clean stop, else None
+
+A worker that dies without stopping (SIGKILL, power loss) leaves its document
+in "running" or "stopping" with an old ``heartbeat_at``; telling alive, stale,
+dead and zombie workers apart from that is the monitor's job.
+
+Stopping: SIGTERM or SIGINT (handlers installed only when ``run()`` is called
+in the main thread) or ``stop()``: stop claiming, let every handler that is
+running finish and its message be acknowledged or failed, write "stopped",
+return. A second signal while stopping exits at once (``SystemExit``); the
+messages still held then come back when their lease expires.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import psutil
+from pymongo.errors import PyMongoError
+
+from mopq import schema, validation
+from mopq.errors import InvalidInput, LeaseLost
+from mopq.message import Message
+from mopq.queue import MAX_VISIBILITY_TIMEOUT, Backoff, Queue
+
+log = logging.getLogger("mopq.worker")
+
+RUNNING = "running"
+STOPPING = "stopping"
+STOPPED = "stopped"
+
+FIRST_IDLE_WAIT_SECONDS = 0.05
+FIRST_ERROR_WAIT_SECONDS = 0.5
+MAX_ERROR_WAIT_SECONDS = 10.0
+FINAL_WRITE_LOCK_SECONDS = 15.0
+MAX_SETTLE_RETRY_WAIT_SECONDS = 2.0
+
+Handler = Callable[[Message], object]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def host_ip() -> str:
+    """The first non-loopback IPv4 address of this host's interfaces, else 127.0.0.1.
+
+    Read from the interface table; no packet is sent anywhere. Interfaces that
+    are down and link-local addresses are passed over while a better one exists.
+    """
+    try:
+        interfaces = psutil.net_if_addrs()
+        stats = psutil.net_if_stats()
+    except (OSError, psutil.Error):
+        return "127.0.0.1"
+    fallback = None
+    for name, addresses in interfaces.items():
+        up = stats[name].isup if name in stats else True
+        for address in addresses:
+            if address.family != socket.AF_INET:
+                continue
+            try:
+                ip = ipaddress.IPv4Address(address.address)
+            except ValueError:
+                continue
+            if ip.is_loopback or ip.is_unspecified:
+                continue
+            if up and not ip.is_link_local:
+                return str(ip)
+            fallback = fallback or str(ip)
+    return fallback or "127.0.0.1"
+
+
+def listening_port(process: psutil.Process | None = None) -> int:
+    """The lowest TCP port this process listens on, or 0 if it listens on none."""
+    process = process or psutil.Process()
+    try:
+        connections = process.net_connections(kind="tcp")
+    except (OSError, psutil.Error):
+        return 0
+    ports = sorted(c.laddr.port for c in connections
+                   if c.status == psutil.CONN_LISTEN and c.laddr)
+    return ports[0] if ports else 0
+
+
+def _positive_seconds(name: str, value: object, maximum: float | None = None) -> float:
+    seconds = validation.non_negative(name, value)
+    assert seconds is not None
+    if seconds == 0 or (maximum is not None and seconds > maximum):
+        limit = f" and at most {maximum:g}" if maximum is not None else ""
+        raise InvalidInput(f"{name} must be more than 0{limit} seconds, got {value!r}.")
+    return seconds
+
+
+class Worker:
+    """Run ``handler(message)`` over the messages of ``queues`` in ``concurrency`` threads.
+
+    ``handler`` returning acknowledges the message (``Message.delete``); raising
+    records a failed attempt with the traceback (``Message.fail``), so the
+    message is retried after the queue's backoff and is dead after
+    ``max_attempts``. ``run()`` blocks until stopped; ``start()`` runs it in a
+    background thread; ``stop()`` stops it gracefully.
+    """
+
+    def __init__(self, queues: str | Iterable[str], handler: Handler, concurrency: int = 1, *,
+                 uri: str | None = None, database: str | None = None,
+                 visibility_timeout: float = 30, heartbeat_interval: float = 5.0,
+                 routing_key: str | None = None, max_attempts: int = 5,
+                 backoff: Backoff | None = None, poll_interval: float = 1.0,
+                 port: int | None = None) -> None:
+        names = [queues] if isinstance(queues, str) else list(queues)
+        names = list(dict.fromkeys(validation.queue_name(name) for name in names))
+        if not names:
+            raise InvalidInput("A worker needs at least one queue name.")
+        if not callable(handler):
+            raise InvalidInput(f"handler must be a function taking a Message, got {handler!r}.")
+        self.handler = handler
+        self.concurrency = validation.integer("concurrency", concurrency, 1, 1000)
+        self.visibility_timeout = _positive_seconds("visibility_timeout", visibility_timeout,
+                                                    MAX_VISIBILITY_TIMEOUT)
+        self.heartbeat_interval = _positive_seconds("heartbeat_interval", heartbeat_interval)
+        self.poll_interval = _positive_seconds("poll_interval", poll_interval)
+        self.routing_key = validation.optional_key("routing_key", routing_key)
+        if port is not None:
+            port = validation.integer("port", port, 0, 65535)
+
+        process = psutil.Process()
+        self.pid = os.getpid()
+        self.ip = host_ip()
+        self.port = port if port is not None else listening_port(process)
+        self.hostname = socket.gethostname()
+        self.identity = f"{self.ip}:{self.port}:{int(process.create_time())}:{self.pid}"
+
+        self.queues = [Queue(name, uri=uri, database=database, max_attempts=max_attempts,
+                             backoff=backoff, worker=self.identity) for name in names]
+        self.db = self.queues[0].db
+        self.workers = self.db[schema.WORKERS]
+
+        self.started_at: dt.datetime | None = None
+        self.stopped_at: dt.datetime | None = None
+        self._processed = 0
+        self._failed = 0
+        self._current: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._final_written = False
+        self._ran = False
+        self._stopping = threading.Event()
+        self._beat_now = threading.Event()
+        self._heartbeat_done = threading.Event()
+        self._started = threading.Event()
+        self._finished = threading.Event()
+        self._loop_threads: set[int] = set()
+        self._thread: threading.Thread | None = None
+        self._beat_failing = False
+
+    def __repr__(self) -> str:
+        return (f"Worker({self.identity!r}, queues={[q.name for q in self.queues]!r}, "
+                f"concurrency={self.concurrency})")
+
+    # -- what the heartbeat shows ------------------------------------------------
+
+    @property
+    def processed(self) -> int:
+        """Messages this worker acknowledged."""
+        with self._lock:
+            return self._processed
+
+    @property
+    def failed(self) -> int:
+        """Failed attempts this worker recorded (handler exceptions)."""
+        with self._lock:
+            return self._failed
+
+    @property
+    def state(self) -> str:
+        if self._finished.is_set():
+            return STOPPED
+        return STOPPING if self._stopping.is_set() else RUNNING
+
+    def current(self) -> list[dict[str, Any]]:
+        """The messages being handled now: ``{message_id, queue, since}`` each."""
+        with self._lock:
+            return [dict(entry) for entry in self._current.values()]
+
+    def _document(self, state: str, now: dt.datetime) -> dict[str, Any]:
+        with self._lock:
+            current = [dict(entry) for entry in self._current.values()]
+            processed, failed = self._processed, self._failed
+        return {"ip": self.ip, "port": self.port, "pid": self.pid, "hostname": self.hostname,
+                "started_at": self.started_at, "heartbeat_at": now,
+                "queues": [queue.name for queue in self.queues],
+                "routing_key": self.routing_key, "concurrency": self.concurrency,
+                "visibility_timeout": self.visibility_timeout, "state": state,
+                "current": current, "processed": processed, "failed": failed,
+                "stopped_at": now if state == STOPPED else None}
+
+    def _beat(self) -> None:
+        """Write the heartbeat document (upsert: a beat also registers a late start)."""
+        with self._write_lock:
+            if self._final_written:
+                return
+            state = STOPPING if self._stopping.is_set() else RUNNING
+            try:
+                self.workers.update_one({"_id": self.identity},
+                                        {"$set": self._document(state, utcnow())}, upsert=True)
+            except PyMongoError as error:
+                if not self._beat_failing:
+                    log.warning("mopq worker %s: cannot write its heartbeat (%s); retrying "
+                                "every %.1f s", self.identity, error, self.heartbeat_interval)
+                self._beat_failing = True
+                return
+        if self._beat_failing:
+            log.info("mopq worker %s: heartbeat written again", self.identity)
+            self._beat_failing = False
+
+    def _write_stopped(self) -> None:
+        acquired = self._write_lock.acquire(timeout=FINAL_WRITE_LOCK_SECONDS)
+        try:
+            now = utcnow()
+            self.stopped_at = now
+            self.workers.update_one({"_id": self.identity},
+                                    {"$set": self._document(STOPPED, now)}, upsert=True)
+            self._final_written = True
+        except PyMongoError as error:
+            log.warning("mopq worker %s: stopped, but cannot record it (%s)",
+                        self.identity, error)
+        finally:
+            if acquired:
+                self._write_lock.release()
+
+    def _heartbeat_loop(self) -> None:
+        while True:
+            self._beat_now.wait(self.heartbeat_interval)
+            self._beat_now.clear()
+            if self._heartbeat_done.is_set():
+                return
+            try:
+                self._beat()
+            except Exception:  # never let the heartbeat die: the monitor would call us dead
+                log.exception("mopq worker %s: heartbeat error", self.identity)
+
+    # -- running -----------------------------------------------------------------
+
+    def _mark_ran(self) -> None:
+        with self._lock:
+            if self._ran:
+                raise RuntimeError("A Worker runs once; create a new Worker to run again.")
+            self._ran = True
+        self._started.set()
+
+    def run(self) -> None:
+        """Work until stopped (SIGTERM/SIGINT when in the main thread, or ``stop()``)."""
+        self._mark_ran()
+        self._run()
+
+    def start(self) -> threading.Thread:
+        """Run the worker in a background (daemon) thread; return that thread."""
+        self._mark_ran()
+        self._thread = threading.Thread(target=self._run, name=f"mopq-worker {self.identity}",
+                                        daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, wait: bool = True, timeout: float | None = None) -> bool:
+        """Stop claiming, let running handlers finish, record "stopped".
+
+        With ``wait`` (and unless called from a handler), block until the worker
+        has stopped or ``timeout`` passed; return whether it has stopped.
+        """
+        self._request_stop()
+        if not wait or not self._started.is_set():
+            return self._finished.is_set() or not self._started.is_set()
+        if threading.get_ident() in self._loop_threads:
+            return False  # a handler asking its own worker to stop cannot wait for itself
+        return self._finished.wait(timeout)
+
+    def _request_stop(self) -> None:
+        self._stopping.set()
+        self._beat_now.set()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self._stopping.is_set():
+            log.warning("mopq worker %s: second %s while stopping; exiting now (held messages "
+                        "come back when their lease expires)", self.identity,
+                        signal.Signals(signum).name)
+            raise SystemExit(128 + signum)
+        log.info("mopq worker %s: %s received; finishing current messages, then stopping "
+                 "(send it again to exit at once)", self.identity, signal.Signals(signum).name)
+        self._request_stop()
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {signum: signal.signal(signum, self._on_signal)
+                for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def _run(self) -> None:
+        previous = self._install_signal_handlers()
+        try:
+            self.started_at = utcnow()
+            self._beat()
+            heartbeat = threading.Thread(target=self._heartbeat_loop, daemon=True,
+                                         name=f"mopq-heartbeat {self.identity}")
+            heartbeat.start()
+            loops = [threading.Thread(target=self._loop, args=(index,), daemon=True,
+                                      name=f"mopq-worker-{index} {self.identity}")
+                     for index in range(self.concurrency)]
+            for thread in loops:
+                thread.start()
+            log.info("mopq worker %s: consuming %s with %d thread(s)", self.identity,
+                     ", ".join(queue.name for queue in self.queues), self.concurrency)
+            for thread in loops:
+                while thread.is_alive():
+                    thread.join(1.0)
+            self._stopping.set()
+            self._heartbeat_done.set()
+            self._beat_now.set()
+            heartbeat.join(FINAL_WRITE_LOCK_SECONDS)
+            self._write_stopped()
+            log.info("mopq worker %s: stopped (%d processed, %d failed)", self.identity,
+                     self.processed, self.failed)
+        finally:
+            self._finished.set()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _loop(self, index: int) -> None:
+        self._loop_threads.add(threading.get_ident())
+        turn = index % len(self.queues)
+        idle_wait = 0.0
+        error_wait = 0.0
+        while not self._stopping.is_set():
+            try:
+                message, turn = self._claim(turn)
+            except PyMongoError as error:
+                error_wait = min(MAX_ERROR_WAIT_SECONDS,
+                                 max(FIRST_ERROR_WAIT_SECONDS, error_wait * 2))
+                log.warning("mopq worker %s: cannot claim (%s); retrying in %.1f s",
+                            self.identity, error, error_wait)
+                self._stopping.wait(error_wait)
+                continue
+            except Exception:
+                error_wait = min(MAX_ERROR_WAIT_SECONDS,
+                                 max(FIRST_ERROR_WAIT_SECONDS, error_wait * 2))
+                log.exception("mopq worker %s: error while claiming; retrying in %.1f s",
+                              self.identity, error_wait)
+                self._stopping.wait(error_wait)
+                continue
+            error_wait = 0.0
+            if message is None:
+                idle_wait = min(self.poll_interval, max(FIRST_IDLE_WAIT_SECONDS, idle_wait * 2))
+                self._stopping.wait(idle_wait)
+                continue
+            idle_wait = 0.0
+            self._handle(index, message)
+
+    def _claim(self, turn: int) -> tuple[Message | None, int]:
+        """One message from the first queue, from ``turn`` on, that has one."""
+        count = len(self.queues)
+        for step in range(count):
+            position = (turn + step) % count
+            messages = self.queues[position].read(routing_key=self.routing_key,
+                                                  visibility_timeout=self.visibility_timeout,
+                                                  limit=1)
+            if messages:
+                return messages[0], (position + 1) % count
+        return None, turn
+
+    def _handle(self, index: int, message: Message) -> None:
+        with self._lock:
+            self._current[index] = {"message_id": str(message.id), "queue": message.queue.name,
+                                    "since": utcnow()}
+        try:
+            try:
+                self.handler(message)
+            except Exception as error:
+                log.warning("mopq worker %s: handler failed on %r: %s: %s", self.identity,
+                            message, type(error).__name__, error)
+                if self._settle(message, error):
+                    with self._lock:
+                        self._failed += 1
+            except BaseException as error:
+                # SystemExit/KeyboardInterrupt raised by the handler itself: record the
+                # attempt, then stop the whole worker, as the handler asked.
+                log.warning("mopq worker %s: handler raised %s on %r; stopping", self.identity,
+                            type(error).__name__, message)
+                if self._settle(message, error):
+                    with self._lock:
+                        self._failed += 1
+                self._request_stop()
+            else:
+                if self._settle(message, None):
+                    with self._lock:
+                        self._processed += 1
+        finally:
+            with self._lock:
+                self._current.pop(index, None)
+
+    def _settle(self, message: Message, error: BaseException | None) -> bool:
+        """Acknowledge (``error`` None) or fail the message; True if it was recorded.
+
+        A lost lease is a warning (another consumer may have it now). If the
+        engine does not answer, retry until the lease would expire anyway: after
+        that the message is delivered again, which is what at-least-once means.
+        """
+        what = "acknowledge" if error is None else "fail"
+        remaining = (message.lease_expires_at - utcnow()).total_seconds()
+        deadline = time.monotonic() + max(1.0, remaining)
+        wait = 0.2
+        while True:
+            try:
+                if error is None:
+                    message.delete()
+                else:
+                    message.fail(error)
+                return True
+            except LeaseLost as lost:
+                log.warning("mopq worker %s: %s", self.identity, lost)
+                return False
+            except PyMongoError as trouble:
+                if time.monotonic() + wait >= deadline:
+                    log.warning("mopq worker %s: could not %s %r (%s); it will be delivered "
+                                "again when its lease expires", self.identity, what, message,
+                                trouble)
+                    return False
+                log.warning("mopq worker %s: could not %s %r yet (%s); retrying in %.1f s",
+                            self.identity, what, message, trouble, wait)
+                time.sleep(wait)
+                wait = min(wait * 2, MAX_SETTLE_RETRY_WAIT_SECONDS)
