@@ -48,7 +48,9 @@ class Collector:
         self.db = db if db is not None else get_database(uri, database)
         self.batch_size = batch_size
         self.poll_interval = poll_interval
-        self.rebalance_interval = rebalance_interval
+        # Leases are renewed several times per lease period, so a busy moment
+        # does not hand them to another collector.
+        self.rebalance_interval = min(rebalance_interval, lease_seconds / 4)
         self.monitor_interval = monitor_interval
         self.lease_seconds = lease_seconds
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -57,6 +59,7 @@ class Collector:
         self.events_applied = 0
         self.monitor_passes = 0
         self.last_error: str | None = None
+        self.holds_monitor = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -95,9 +98,10 @@ class Collector:
                     now = time.monotonic()
                     if now >= next_rebalance:
                         self.partitions.rebalance(presence)
+                        self.holds_monitor = self._renew_monitor_lease()
                         next_rebalance = now + self.rebalance_interval
                     result = self.step()
-                    if self.monitor is not None and now >= next_monitor:
+                    if self.holds_monitor and now >= next_monitor:
                         self.run_monitor()
                         next_monitor = now + self.monitor_interval
                     failures = 0
@@ -126,12 +130,15 @@ class Collector:
         self.events_applied += result.applied
         return result
 
-    def run_monitor(self) -> bool:
-        """One monitor pass if this collector holds (or takes) the monitor lease."""
+    def _renew_monitor_lease(self) -> bool:
         if self.monitor is None:
             return False
-        if leases.acquire(self.db, MONITOR_LEASE, self.id, self.lease_seconds,
-                          {"kind": "monitor"}) is None:
+        return leases.acquire(self.db, MONITOR_LEASE, self.id, self.lease_seconds,
+                              {"kind": "monitor"}) is not None
+
+    def run_monitor(self) -> bool:
+        """One monitor pass if this collector holds (or takes) the monitor lease."""
+        if not self._renew_monitor_lease():
             return False
         self.monitor.run_once()
         self.monitor_passes += 1

@@ -237,7 +237,7 @@ def _monitor_passes(db) -> dict[str, int]:
 
 
 def test_three_collectors_share_partitions_and_one_monitor_acts(db_name, db):
-    collectors = [_collect_command("--lease-seconds", "2") for _ in range(3)]
+    collectors = [_collect_command("--lease-seconds", "3") for _ in range(3)]
     try:
         def spread():
             owners = [lease.get("owner") for lease in db.leases.find({"kind": "partition"})]
