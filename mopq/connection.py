@@ -33,13 +33,13 @@ def get_client(uri: str | None = None) -> MongoClient:
     with _lock:
         client = _clients.get(key)
         if client is None:
-            client = MongoClient(
-                key[1],
-                serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
-                connectTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
-                tz_aware=True,
-                appname="mopq",
-            )
+            # pymongo lets keyword options win over the URI's: give defaults only
+            # where the URI sets none.
+            given = key[1].lower()
+            timeouts = {name: SERVER_SELECTION_TIMEOUT_MS
+                        for name in ("serverSelectionTimeoutMS", "connectTimeoutMS")
+                        if name.lower() + "=" not in given}
+            client = MongoClient(key[1], tz_aware=True, appname="mopq", **timeouts)
             _clients[key] = client
         return client
 

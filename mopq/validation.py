@@ -23,9 +23,9 @@ def queue_name(name: object) -> str:
         raise InvalidQueueName(
             f"Queue name is {len(name)} characters; the limit is {MAX_QUEUE_NAME_LENGTH}."
         )
-    if "$" in name or "\x00" in name:
-        raise InvalidQueueName(f"Queue name {name!r} holds '$' or NUL; use letters, digits, "
-                               "'.', '-', '_' or ':'.")
+    if "$" in name or "\x00" in name or "/" in name:
+        raise InvalidQueueName(f"Queue name {name!r} holds '$', '/' or NUL; use letters, "
+                               "digits, '.', '-', '_' or ':'.")
     return name
 
 

@@ -16,6 +16,7 @@ import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from mopq import flush
 from mopq.connection import close_all
 from mopq.engine import Engine
 
@@ -43,6 +44,7 @@ def db_name(engine_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("MOPQ_MONGODB_URI", engine_uri)
     monkeypatch.setenv("MOPQ_DATABASE", name)
     yield name
+    flush(10)  # no publisher may still be writing into the database being dropped
     client = MongoClient(engine_uri)
     try:
         client.drop_database(name)

@@ -39,7 +39,8 @@ def test_bad_bodies_are_refused_and_nothing_is_written(queue, db, body, says):
 
 @pytest.mark.parametrize("name, says", [
     ("", "non-empty"), (None, "non-empty"), (7, "non-empty"),
-    ("q" * 121, "the limit is 120"), ("a$b", "'\\$' or NUL"), ("a\x00b", "'\\$' or NUL"),
+    ("q" * 121, "the limit is 120"), ("a$b", "'\\$', '/' or NUL"),
+    ("a\x00b", "'\\$', '/' or NUL"), ("a/b", "'\\$', '/' or NUL"),
 ])
 def test_bad_queue_names_are_refused(db_name, db, name, says):
     with pytest.raises(InvalidQueueName, match=says):
