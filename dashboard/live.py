@@ -1,18 +1,153 @@
-"""The Socket.IO namespace ``/live``: thin handlers, pushes built from MongoDB."""
+"""The Socket.IO namespace ``/live``: stats pushed to the pages when they change.
+
+Why this shape: pages must update without polling, yet a push is only worth
+sending when something a page shows has changed. So each gunicorn process
+runs one background task (started lazily, on its first connection) that
+builds a snapshot from MongoDB every ``MOPQ_LIVE_INTERVAL`` seconds (never
+more often than once a second) and emits it only when its fingerprint
+differs from the last one pushed. Processes share nothing: each reads
+MongoDB itself, so workers and hosts can be added, as long as clients use the
+websocket transport (a connection then stays on one process).
+
+The snapshot is the ``/api/stats`` document plus ``throughput``: the seconds
+of the last minute in which something was written, acknowledged or failed
+(only non-zero seconds, so a quiet system sends nothing). Values that grow
+with the clock alone (oldest pending age, collector lag) are left out of the
+fingerprint: pages extrapolate them between pushes; crossing the collector
+lag warning does change it. An engine error is pushed once as
+``{"engine_error": "..."}`` and the task keeps trying.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import logging
+import threading
+from typing import Any
+
 from flask import Flask, request
 from flask_socketio import SocketIO, emit
+from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
-from dashboard import auth
+from collectors.stats import read_stats
+from dashboard import auth, queries, store
+
+log = logging.getLogger("mopq.live")
 
 NAMESPACE = "/live"
+EVENT = "stats"
+MIN_INTERVAL_SECONDS = 1.0
+THROUGHPUT_SECONDS = 60
+LAG_WARNING_SECONDS = 10.0
+CLOCK_FIELDS = ("generated_at",)
+
+
+def build_snapshot(db: Database, now: dt.datetime | None = None) -> dict[str, Any]:
+    """What a push carries: the stats document and the recent non-zero seconds."""
+    now = now or dt.datetime.now(dt.UTC)
+    snapshot = read_stats(db, now)
+    series = queries.throughput(db, THROUGHPUT_SECONDS, now)
+    busy = [i for i, t in enumerate(series["t"])
+            if series["written"][i] or series["acked"][i] or series["failed"][i]]
+    snapshot["throughput"] = {"t": [series["t"][i].isoformat() for i in busy],
+                              **{kind: [series[kind][i] for i in busy]
+                                 for kind in ("written", "acked", "failed")}}
+    return snapshot
+
+
+def fingerprint(snapshot: dict[str, Any]) -> str:
+    """A stable dump of what a page shows, without what only the clock changes."""
+    stable = {key: value for key, value in snapshot.items() if key not in CLOCK_FIELDS}
+    if "queues" in stable:
+        stable["queues"] = {name: {k: v for k, v in row.items()
+                                   if k != "oldest_pending_age_seconds"}
+                            for name, row in stable["queues"].items()}
+    if "collector" in stable:
+        collector = dict(stable["collector"])
+        collector["behind"] = collector.pop("lag_seconds", 0) > LAG_WARNING_SECONDS
+        stable["collector"] = collector
+    return json.dumps(stable, sort_keys=True, default=str)
+
+
+class Pusher:
+    """This process's push loop; at most one, started by the first connection."""
+
+    def __init__(self, socketio: SocketIO, app: Flask) -> None:
+        self.socketio = socketio
+        self.app = app
+        self.latest: dict[str, Any] | None = None
+        self.pushes = 0
+        self._last: str | None = None
+        self._lock = threading.Lock()
+        self._started = False
+        self._clients = 0
+
+    def ensure_started(self) -> None:
+        with self._lock:
+            self._clients += 1
+            if self._started:
+                return
+            self._started = True
+        self.socketio.start_background_task(self._run)
+
+    def client_left(self) -> None:
+        with self._lock:
+            self._clients = max(0, self._clients - 1)
+            if not self._clients:  # the next visitor gets a fresh push, not an old one
+                self.latest = None
+                self._last = None
+
+    def _interval(self) -> float:
+        configured = self.app.config.get("MOPQ_LIVE_INTERVAL", MIN_INTERVAL_SECONDS)
+        return max(MIN_INTERVAL_SECONDS, float(configured))
+
+    def _run(self) -> None:
+        while True:
+            try:
+                if self._clients:
+                    self.push_once()
+            except Exception:  # the loop must outlive any one bad snapshot
+                log.exception("mopq live: building a push failed; trying again")
+            self.socketio.sleep(self._interval())
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.app.app_context():
+            try:
+                return build_snapshot(store.database())
+            except PyMongoError as error:
+                reason = " ".join(str(error).split())[:300]
+                return {"engine_error": f"the engine is unreachable: {reason}"}
+
+    def push_once(self) -> bool:
+        """Build a snapshot; emit it if it differs from the last push. True if emitted."""
+        snapshot = self.snapshot()
+        key = fingerprint(snapshot)
+        if "engine_error" in snapshot:
+            key = "engine_error"  # once per outage, whatever the reason's wording
+        self.latest = snapshot
+        if key == self._last:
+            return False
+        self._last = key
+        self.pushes += 1
+        self.socketio.emit(EVENT, snapshot, namespace=NAMESPACE)
+        return True
 
 
 def register(socketio: SocketIO, app: Flask) -> None:
+    pusher = Pusher(socketio, app)
+    app.extensions["mopq_live"] = pusher
+
     @socketio.on("connect", namespace=NAMESPACE)
     def on_connect(auth_data=None):
         if not auth.socket_allowed(request.headers.get("Authorization"), auth_data):
             return False
         emit("hello", {"namespace": NAMESPACE})
+        if pusher.latest is not None:
+            emit(EVENT, pusher.latest)
+        pusher.ensure_started()
+
+    @socketio.on("disconnect", namespace=NAMESPACE)
+    def on_disconnect(*_args):
+        pusher.client_left()

@@ -134,6 +134,15 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dashboard import demo
+
+    if args.seconds <= 0 or args.rate <= 0:
+        print("mopq demo: --seconds and --rate must be positive", file=sys.stderr)
+        return 2
+    return demo.run(seconds=args.seconds, rate=args.rate, collector=not args.no_collector)
+
+
 def _cmd_stats(args: argparse.Namespace) -> int:
     import json
 
@@ -245,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--no-monitor", action="store_true",
                          help="do not take part in worker monitoring and sweeps")
     collect.set_defaults(func=_cmd_collect)
+
+    demo = commands.add_parser("demo", help="producers, workers, events and a collector for a "
+                                             "first look at the dashboard")
+    demo.add_argument("--seconds", type=float, default=120.0,
+                      help="how long to run (default 120); Ctrl-C stops earlier")
+    demo.add_argument("--rate", type=float, default=20.0,
+                      help="messages written per second (default 20)")
+    demo.add_argument("--no-collector", action="store_true",
+                      help="do not start a collector (run `mopq collect` yourself)")
+    demo.set_defaults(func=_cmd_demo)
 
     stats = commands.add_parser("stats", help="queue, worker and collector figures")
     stats.add_argument("--json", action="store_true", help="print the /api/stats document")

@@ -1,0 +1,266 @@
+"""``mopq demo``: a few minutes of believable traffic, so a first look shows every page alive.
+
+Why it exists: an empty dashboard teaches nothing. In threads of one process,
+against ``MOPQ_MONGODB_URI`` (the database the dashboard reads), it runs
+
+* producers writing to three queues: ``orders`` (some with priority, a few
+  poison messages that always fail and end dead), ``emails`` (some delayed)
+  and ``reports`` (slow work), plus one activity of about 500 messages;
+* one worker per queue (``mopq.Worker``): order handlers fail at random and
+  are retried with a short backoff, report handlers are slow and call
+  ``message.progress()``;
+* business events (``order.paid`` with a value and a region tag, ``signup``);
+* a collector (unless ``--no-collector``), so the counters and charts move.
+
+It declares ``orders: order_id`` as a search field, prints what it does, and
+stops cleanly when its time is up or on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mopq import Envelope, Message, Queue, Worker, emit, exponential_backoff, flush
+from mopq.connection import get_database, resolve_uri
+from mopq.search import declare_search_field
+
+QUEUES = ("orders", "emails", "reports")
+REGIONS = ("eu", "us", "cn")
+ACTIVITY_SIZE = 500
+MAX_ATTEMPTS = 3
+# Each demo worker takes its own port number so that, like separate processes,
+# each has an identity (ip:port:start_time:pid) and a row on the Workers page.
+WORKER_PORTS = {"orders": 9101, "emails": 9102, "reports": 9103}
+REPORT_EVERY_SECONDS = 10.0
+
+
+class PaymentDeclined(Exception):
+    """A card was declined: the order handler's everyday failure."""
+
+
+class GatewayTimeout(Exception):
+    """The payment gateway did not answer in time."""
+
+
+@dataclass
+class Tally:
+    """What the demo did, for its progress lines."""
+
+    written: int = 0
+    handled: int = 0
+    raised: int = 0
+    events: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, **counts: int) -> None:
+        with self.lock:
+            for name, count in counts.items():
+                setattr(self, name, getattr(self, name) + count)
+
+    def line(self) -> str:
+        with self.lock:
+            return (f"{self.written:,} written, {self.handled:,} handled, "
+                    f"{self.raised:,} handler errors, {self.events:,} business events")
+
+
+class Demo:
+    """Producers, workers and a collector against one database, for a bounded time."""
+
+    def __init__(self, uri: str | None = None, database: str | None = None, *,
+                 rate: float = 20.0, collector: bool = True, seed: int | None = None,
+                 say: Callable[[str], None] = print) -> None:
+        self.uri = resolve_uri(uri)
+        self.db = get_database(self.uri, database)
+        self.database = self.db.name
+        self.rate = max(0.5, float(rate))
+        self.with_collector = collector
+        self.say = say
+        self.random = random.Random(seed)
+        self.tally = Tally()
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.workers: list[Worker] = []
+        self.collector = None
+        self._order_ids = itertools.count(1000)
+
+    def queue(self, name: str) -> Queue:
+        return Queue(name, uri=self.uri, database=self.database, max_attempts=MAX_ATTEMPTS,
+                     backoff=exponential_backoff(first=0.5, cap=4.0))
+
+    # -- handlers: what the workers do ------------------------------------------------------
+
+    def handle_order(self, message: Message) -> None:
+        body = message.body
+        if body.get("amount", 0) < 0:
+            raise ValueError(f"order {body.get('order_id')}: amount must be positive, "
+                             f"got {body.get('amount')}")
+        roll = self.random.random()
+        if roll < 0.08:
+            raise PaymentDeclined(f"card ending {self.random.randint(1000, 9999)} declined")
+        if roll < 0.12:
+            raise GatewayTimeout("payment gateway did not answer within 2 s")
+        time.sleep(self.random.uniform(0.02, 0.15))
+        self.event("order.paid", body["amount"], {"region": body["region"]})
+
+    def handle_email(self, message: Message) -> None:
+        if self.random.random() < 0.05:
+            raise ConnectionError("SMTP server closed the connection")
+        time.sleep(self.random.uniform(0.01, 0.05))
+        if message.body.get("template") == "welcome":
+            self.event("signup", 1, {"source": message.body.get("source", "web")})
+
+    def handle_report(self, message: Message) -> None:
+        steps = 1 if message.activity else self.random.randint(3, 8)
+        for step in range(steps):
+            if self.stopping.is_set() and step:
+                break
+            time.sleep(0.02 if message.activity else self.random.uniform(0.3, 0.8))
+            message.progress((step + 1) / steps, f"page {step + 1} of {steps}")
+        if message.activity and self.random.random() < 0.01:
+            raise RuntimeError(f"row {message.body.get('row')} has a malformed date")
+
+    def counted(self, handler: Callable[[Message], None]) -> Callable[[Message], None]:
+        def run(message: Message) -> None:
+            try:
+                handler(message)
+            except Exception:
+                self.tally.add(raised=1)
+                raise
+            self.tally.add(handled=1)
+        return run
+
+    def event(self, name: str, value: float, tags: dict[str, str]) -> None:
+        if emit(name, value=value, tags=tags, uri=self.uri, database=self.database):
+            self.tally.add(events=1)
+
+    # -- producers ----------------------------------------------------------------------------
+
+    def write_order(self, orders: Queue) -> None:
+        order_id = next(self._order_ids)
+        poison = self.random.random() < 0.03
+        amount = -1.0 if poison else round(self.random.uniform(5, 400), 2)
+        orders.write({"order_id": order_id, "amount": amount,
+                      "region": self.random.choice(REGIONS),
+                      "items": self.random.randint(1, 6)},
+                     priority=9 if self.random.random() < 0.2 else 0)
+
+    def write_email(self, emails: Queue) -> None:
+        n = self.random.randint(1, 99_999)
+        delayed = self.random.random() < 0.25
+        emails.write({"to": f"user{n}@example.com",
+                      "template": "reminder" if delayed else "welcome",
+                      "source": self.random.choice(("web", "app", "partner"))},
+                     delay=self.random.uniform(5, 40) if delayed else 0)
+
+    def write_report(self, reports: Queue) -> None:
+        reports.write({"report": self.random.choice(("sales", "stock", "churn")),
+                       "day": dt.date.today().isoformat()})
+
+    def produce(self) -> None:
+        """Write at about ``rate`` messages a second, mostly orders and emails."""
+        queues = {name: self.queue(name) for name in QUEUES}
+        writers = [(0.55, lambda: self.write_order(queues["orders"])),
+                   (0.35, lambda: self.write_email(queues["emails"])),
+                   (0.10, lambda: self.write_report(queues["reports"]))]
+        next_at = time.monotonic()
+        while not self.stopping.is_set():
+            roll, total = self.random.random(), 0.0
+            for share, write in writers:
+                total += share
+                if roll < total:
+                    write()
+                    break
+            self.tally.add(written=1)
+            next_at += self.random.expovariate(self.rate)
+            self.stopping.wait(max(0.0, next_at - time.monotonic()))
+
+    def write_activity(self) -> str:
+        name = f"nightly-import-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+        ids = self.queue("reports").write_many(
+            [Envelope({"row": row, "file": "customers.csv"}) for row in range(ACTIVITY_SIZE)],
+            activity=name)
+        self.tally.add(written=len(ids))
+        return name
+
+    # -- running ------------------------------------------------------------------------------
+
+    def quiet_expected_failures(self) -> None:
+        """Handler errors are the point of the demo: count them instead of logging each."""
+        worker_log = logging.getLogger("mopq.worker")
+        if not logging.getLogger().handlers and worker_log.level == logging.NOTSET:
+            worker_log.setLevel(logging.ERROR)
+
+    def start(self) -> None:
+        self.quiet_expected_failures()
+        declare_search_field("orders", "order_id", db=self.db)
+        self.say(f"mopq demo: database {self.database!r} at {self.uri}")
+        self.say("mopq demo: declared search field orders.order_id "
+                 "(try order_id=1000 on the Search page)")
+        if self.with_collector:
+            from collectors import Collector
+
+            self.collector = Collector(self.uri, self.database).start()
+            self.say(f"mopq demo: collector {self.collector.id} counting the business log")
+        else:
+            self.say("mopq demo: no collector (--no-collector): run `mopq collect` to count")
+        handlers = {"orders": (self.handle_order, 3), "emails": (self.handle_email, 2),
+                    "reports": (self.handle_report, 3)}
+        for name, (handler, concurrency) in handlers.items():
+            worker = Worker([name], self.counted(handler), concurrency, uri=self.uri,
+                            database=self.database, max_attempts=MAX_ATTEMPTS,
+                            backoff=exponential_backoff(first=0.5, cap=4.0),
+                            heartbeat_interval=2.0, poll_interval=0.5,
+                            port=WORKER_PORTS[name])
+            worker.start()
+            self.workers.append(worker)
+            self.say(f"mopq demo: worker {worker.identity} on {name} ({concurrency} threads)")
+        activity = self.write_activity()
+        self.say(f"mopq demo: activity {activity!r}: {ACTIVITY_SIZE} messages to reports")
+        producer = threading.Thread(target=self.produce, name="mopq-demo-producer", daemon=True)
+        producer.start()
+        self.threads.append(producer)
+        self.say(f"mopq demo: producing about {self.rate:g} messages/s to "
+                 f"{', '.join(QUEUES)}; some fail, some are slow, a few end dead")
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(5)
+        for worker in self.workers:
+            worker.stop(timeout=15)
+        flush(10)
+        if self.collector is not None:
+            self.collector.stop(5)
+
+    def run(self, seconds: float) -> int:
+        """Run for ``seconds`` (or until Ctrl-C); return the exit status."""
+        self.start()
+        deadline = time.monotonic() + seconds
+        next_report = time.monotonic() + REPORT_EVERY_SECONDS
+        try:
+            while not self.stopping.wait(max(0.0, min(deadline, next_report)
+                                             - time.monotonic())):
+                if time.monotonic() >= deadline:
+                    break
+                self.say(f"mopq demo: {self.tally.line()}")
+                next_report += REPORT_EVERY_SECONDS
+        except KeyboardInterrupt:
+            self.say("mopq demo: interrupted")
+        self.say("mopq demo: stopping (letting running handlers finish)…")
+        self.stop()
+        self.say(f"mopq demo: done: {self.tally.line()}. The data stays: open the "
+                 "dashboard (`make run` or `mopq serve`) to look around.")
+        return 0
+
+
+def run(seconds: float = 120.0, rate: float = 20.0, collector: bool = True,
+        uri: str | None = None, database: str | None = None) -> int:
+    """What ``mopq demo`` calls."""
+    return Demo(uri, database, rate=rate, collector=collector).run(seconds)

@@ -1,0 +1,142 @@
+"""The /live Socket.IO namespace of a live gunicorn, seen by a python-socketio client.
+
+A push arrives when something changed (messages written), none arrives while
+nothing changes, several gunicorn processes each push on their own, and the
+connection follows the dashboard's read rule (refused without the token).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import socketio
+
+from collectors import Collector
+from mopq import Queue
+from tests.helpers import free_port, wait_until
+from tests.live_server import live_dashboard
+
+QUIET_SECONDS = 3.0
+
+
+class Listener:
+    """A websocket client of /live that keeps every ``stats`` push it receives."""
+
+    def __init__(self) -> None:
+        self.client = socketio.Client(reconnection=False)
+        self.pushes: list[dict] = []
+        self._lock = threading.Lock()
+        self.client.on("stats", self._on_stats, namespace="/live")
+
+    def _on_stats(self, snapshot: dict) -> None:
+        with self._lock:
+            self.pushes.append(snapshot)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.pushes)
+
+    def last(self) -> dict:
+        with self._lock:
+            return self.pushes[-1] if self.pushes else {}
+
+    def connect(self, url: str, token: str | None = None) -> None:
+        self.client.connect(url, namespaces=["/live"], transports=["websocket"],
+                            auth={"token": token} if token else None, wait_timeout=10)
+
+
+@contextmanager
+def listening(url: str, token: str | None = None) -> Iterator[Listener]:
+    listener = Listener()
+    listener.connect(url, token)
+    try:
+        yield listener
+    finally:
+        listener.client.disconnect()
+
+
+@pytest.fixture
+def collector(engine_uri, db_name) -> Iterator[Collector]:
+    running = Collector(engine_uri, db_name, poll_interval=0.05).start()
+    yield running
+    running.stop(5.0)
+
+
+def pending_of(listener: Listener, queue: str) -> int | None:
+    row = (listener.last().get("queues") or {}).get(queue)
+    return row and row["pending"]
+
+
+def test_a_push_follows_a_change_and_none_comes_while_quiet(engine_uri, db_name, tmp_path,
+                                                            collector):
+    with live_dashboard(engine_uri, db_name, tmp_path) as url, listening(url) as listener:
+        wait_until(listener.count, message="the first push")
+        queue = Queue("live", uri=engine_uri, database=db_name)
+        queue.write_many([{"n": n} for n in range(4)])
+        wait_until(lambda: pending_of(listener, "live") == 4, message="a push with 4 pending")
+        wait_until(lambda: listener.last()["queues"]["live"]["written"] == 4
+                   and listener.last()["collector"]["events_waiting"] == 0,
+                   message="a push after the collector counted the writes")
+        snapshot = listener.last()
+        assert sum(snapshot["throughput"]["written"]) == 4
+        assert "generated_at" in snapshot and snapshot["workers"]["alive"] == 0
+
+        # Nothing changes now (the pending messages only grow older): no push.
+        before = listener.count()
+        time.sleep(QUIET_SECONDS)  # a negative check needs to watch for a while
+        assert listener.count() == before
+
+        for message in queue.read(visibility_timeout=30, limit=1):
+            message.delete()
+        wait_until(lambda: pending_of(listener, "live") == 3, message="a push after an ack")
+
+
+def test_each_gunicorn_process_pushes_to_its_own_clients(engine_uri, db_name, tmp_path):
+    with live_dashboard(engine_uri, db_name, tmp_path, workers=2) as url:
+        with listening(url) as first, listening(url) as second, listening(url) as third:
+            Queue("spread", uri=engine_uri, database=db_name).write({"n": 1})
+            for listener in (first, second, third):
+                wait_until(lambda listener=listener: pending_of(listener, "spread") == 1,
+                           message="every client to see the write")
+
+
+def test_a_client_needs_the_read_token_when_one_is_set(engine_uri, db_name, tmp_path):
+    with live_dashboard(engine_uri, db_name, tmp_path, MOPQ_READ_TOKEN="t0ken") as url:
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            with listening(url):
+                pass
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            with listening(url, token="wrong"):
+                pass
+        with listening(url, token="t0ken") as listener:
+            wait_until(listener.count, message="a push to the authorised client")
+            assert "queues" in listener.last()
+
+
+def test_an_engine_outage_is_pushed_once(db_name, tmp_path):
+    uri = f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=300"
+    with live_dashboard(uri, db_name, tmp_path) as url, listening(url) as listener:
+        wait_until(listener.count, timeout=20, message="the outage push")
+        assert "engine_error" in listener.last()
+        pushes = listener.count()
+        time.sleep(QUIET_SECONDS)  # the loop keeps trying but says it only once
+        assert listener.count() == pushes
+
+
+def test_snapshot_fingerprint_ignores_what_only_the_clock_changes():
+    from dashboard.live import fingerprint
+
+    base = {"queues": {"q": {"pending": 1, "oldest_pending_age_seconds": 1.0}},
+            "collector": {"lag_seconds": 1.0, "events_waiting": 2},
+            "generated_at": "2026-01-01T00:00:00+00:00"}
+    later = {"queues": {"q": {"pending": 1, "oldest_pending_age_seconds": 5.0}},
+             "collector": {"lag_seconds": 5.0, "events_waiting": 2},
+             "generated_at": "2026-01-01T00:00:04+00:00"}
+    behind = {**later, "collector": {"lag_seconds": 15.0, "events_waiting": 2}}
+    assert fingerprint(base) == fingerprint(later)
+    assert fingerprint(later) != fingerprint(behind)
+    assert fingerprint(base) != fingerprint({**base, "queues": {"q": {"pending": 2}}})
