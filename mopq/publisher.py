@@ -31,7 +31,7 @@ from typing import Any
 
 from pymongo import DeleteOne, UpdateOne
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from mopq import schema
 from mopq.events import as_document, business_event
@@ -45,6 +45,7 @@ BATCH = 5_000
 IDLE_WAIT_SECONDS = 0.2
 RETRY_WAIT_MAX_SECONDS = 5.0
 EXIT_FLUSH_SECONDS = 5.0
+MAX_OUTBOX_REFUSALS = 3
 DROPPED_EVENT_NAME = "mopq.events_dropped"
 
 
@@ -113,6 +114,7 @@ class Publisher:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        self._outbox_refusals = 0
 
     def add_outbox(self, outbox: Outbox) -> None:
         if not outbox.events:
@@ -196,7 +198,18 @@ class Publisher:
                 self._wake.clear()
                 continue
             try:
-                publish_outboxes(self.db, outboxes)
+                try:
+                    publish_outboxes(self.db, outboxes)
+                except (BulkWriteError, OperationFailure) as refused:
+                    # The server answered, but refused: retrying the same writes may
+                    # never succeed. Their events stay in the messages' outboxes, so
+                    # give up on this copy; the sweep publishes them from there.
+                    self._outbox_refusals += 1
+                    if self._outbox_refusals < MAX_OUTBOX_REFUSALS:
+                        raise
+                    log.error("mopq: the server refuses to publish %d outbox(es) (%s); "
+                              "leaving them to the sweep", len(outboxes), refused)
+                self._outbox_refusals = 0
                 outboxes = []
                 insert_events(self.db, [as_document(event) for event in business])
                 business = []

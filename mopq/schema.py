@@ -54,6 +54,7 @@ import zlib
 from dataclasses import dataclass
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.collection import Collection
 from pymongo.database import Database
 
 MESSAGES = "messages"
@@ -155,5 +156,20 @@ def ensure_indexes(db: Database) -> None:
         if key in _ensured:
             return
         for entry in INDEXES:
-            db[entry.collection].create_indexes(list(entry.indexes))
+            create_missing_indexes(db[entry.collection], list(entry.indexes))
         _ensured.add(key)
+
+
+def create_missing_indexes(collection: Collection, indexes: list[IndexModel]) -> None:
+    """Create only the indexes not there yet.
+
+    Why not just ``create_indexes``: on the embedded engine, building an index
+    while other connections change the collection can corrupt its ``_id``
+    index (seen here: "Found no position ... in MemoryUniqueIndex"). Every
+    worker and collector calls this at start, usually while traffic flows, so
+    it must not touch indexes that already exist.
+    """
+    existing = {index["name"] for index in collection.list_indexes()}
+    missing = [index for index in indexes if index.document["name"] not in existing]
+    if missing:
+        collection.create_indexes(missing)

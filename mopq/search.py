@@ -2,7 +2,10 @@
 
 Why declared: searching a body field nobody indexed scans every message,
 which on a large backlog is slow for everyone. Declaring a field creates the
-index once and lets the dashboard's search offer it::
+index once and lets the dashboard's search offer it. Declare fields when a
+service starts, before it writes: the embedded engine can corrupt a
+collection's ``_id`` index if an index is built while messages change (see
+``mopq.schema.create_missing_indexes``)::
 
     from mopq.search import declare_search_field
     declare_search_field("orders", "order_id")
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, IndexModel
 from pymongo.database import Database
 
 from mopq import schema, validation
@@ -34,8 +37,9 @@ def declare_search_field(queue: str, field: str, db: Database | None = None) -> 
     validation.queue_name(queue)
     check_field(field)
     db = db if db is not None else get_database()
-    db[schema.MESSAGES].create_index([("queue", ASCENDING), (f"body.{field}", ASCENDING)],
-                                     name=f"search_{field}", sparse=True)
+    schema.create_missing_indexes(db[schema.MESSAGES], [IndexModel(
+        [("queue", ASCENDING), (f"body.{field}", ASCENDING)], name=f"search_{field}",
+        sparse=True)])
     db[schema.SETTINGS].update_one({"_id": "search_fields"},
                                    {"$addToSet": {"fields": {"queue": queue, "field": field}}},
                                    upsert=True)

@@ -96,6 +96,7 @@ def drain(db):
 @pytest.fixture
 def data(drain):
     """A little of everything: acked, dead, failing, pending, delayed; events; an activity."""
+    declare_search_field("orders", "order_id")  # first, as a service would (mopq.search)
     orders = Queue("orders", max_attempts=1)
     ids = orders.write_many([{"order_id": i, "sku": f"s{i}"} for i in range(10)],
                             activity="batch-1")
@@ -111,7 +112,6 @@ def data(drain):
     mail.write({"to": "later@example.com"}, delay=600)
     failing = mail.read(limit=1)[0]
     failing.fail("SMTP timeout")
-    declare_search_field("orders", "order_id")
     emit("order.paid", 12.5, tags={"region": "cn"})
     emit("order.paid", 7.5, tags={"region": "us"})
     drain()

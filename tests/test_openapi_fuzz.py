@@ -58,11 +58,11 @@ def api_schema(engine_uri, db_name, db, monkeypatch):
     monkeypatch.setenv("MOPQ_READ_TOKEN", READ_TOKEN)
     # Named as the document's examples ("emails", "order_id=42", "order.paid"), so the
     # example requests find data.
+    declare_search_field("emails", "order_id")  # first, as a service would (mopq.search)
     emails = Queue("emails", max_attempts=1)
     emails.write_many([{"order_id": i} for i in range(40, 45)], activity="batch")
     for message in emails.read(limit=2):
         message.fail("boom")
-    declare_search_field("emails", "order_id")
     emit("order.paid", 3.0, tags={"region": "cn"})
     assert flush(20)
     collector = Collector(monitor=False)

@@ -1,0 +1,320 @@
+"""Queue benchmark of issue 3: mopq next to raw pymongo and kombu, same engine, same run.
+
+Run:  .venv/bin/python bench/bench_queue.py [--quick]
+
+It starts its own embedded engine (mongo-java-server, memory storage, loopback)
+unless MOPQ_MONGODB_URI is set, warms the engine up, and measures, each part in
+a fresh database:
+
+1. write: ``Queue.write_many`` of 10,000 small messages vs one raw
+   ``insert_many`` of documents with the same bodies and fields (minus mopq's
+   outbox). The 0.7x goal is compared on the call itself (the rate a producer
+   sees); the rate until ``mopq.flush()`` returns (the "written" events
+   published by the background thread) is shown next to it.
+2. claim+ack: ``q.read(limit=1)`` + ``m.delete()`` vs a raw
+   ``find_one_and_update`` (filter on state, set state and lease) +
+   ``delete_one`` loop. The 0.5x goal is compared on the loop; the loop plus a
+   final ``mopq.flush()`` (claimed/acked events published, done messages
+   removed) is shown too.
+3. kombu's MongoDB transport (what Celery uses): SimpleQueue put N, then get+ack
+   N, vs mopq ``write`` N (one call each, like kombu's put) then claim+ack N and
+   ``mopq.flush()``.
+4. claim+ack rate with 1,000 / 10,000 / 100,000 messages waiting, next to the
+   raw loop of part 2 (unsorted: it takes the first pending document it meets,
+   with no priority order) and the time of one mopq candidate read (the sorted
+   query ``Queue.read`` runs once per ``mopq.queue.MIN_CANDIDATES`` claims or
+   per second, whichever comes first); "vs 1st" is the rate relative to the
+   1,000 level.
+
+How to read it: rates are messages per second; a ratio is mopq / baseline, so
+above 1 means mopq is faster. Each figure is the best of a few rounds (other
+load on a shared machine only ever slows a round down). Only ratios from one
+run on one engine mean anything; absolute figures depend on the machine.
+``--quick`` uses smaller sizes (and 30,000 as the top backlog), one round each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import secrets
+import sys
+import time
+import urllib.parse
+import uuid
+
+import bson
+import kombu
+from pymongo import MongoClient, ReturnDocument
+
+import mopq
+from mopq.engine import Engine
+from mopq.queue import CANDIDATE_FIELDS, MIN_CANDIDATES
+
+# rounds: of parts 1 and 2; long_rounds: of parts 3 and 4 (each figure is the best round).
+FULL = {"write": 10_000, "cycle": 2_000, "kombu": 2_000, "rounds": 5, "long_rounds": 2,
+        "backlogs": (1_000, 10_000, 100_000), "claims": 500}
+QUICK = {"write": 10_000, "cycle": 500, "kombu": 500, "rounds": 1, "long_rounds": 1,
+         "backlogs": (1_000, 10_000, 30_000), "claims": 200}
+LOWER_IS_BETTER = {"candidates_ms", "fill", "m_flush"}
+FILL_CHUNK = 10_000
+FLUSH_TIMEOUT = 600.0
+clock = time.perf_counter
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def bodies(n: int) -> list[dict]:
+    return [{"to": f"user{i}@example.com", "template": "welcome", "n": i, "lang": "en"}
+            for i in range(n)]
+
+
+def raw_document(body: dict, now: dt.datetime) -> dict:
+    """What a hand-written queue stores: mopq's fields without its outbox."""
+    return {"queue": "bench", "routing_key": None, "body": body, "priority": 0,
+            "state": "pending", "attempts": 0, "created_at": now, "updated_at": now,
+            "visible_at": now, "expire_at": None}
+
+
+class Bench:
+    def __init__(self, client: MongoClient) -> None:
+        self.client = client
+
+    def fresh(self):
+        return self.client[f"bench_{uuid.uuid4().hex[:10]}"]
+
+    def drop(self, db) -> None:
+        mopq.flush(FLUSH_TIMEOUT)
+        self.client.drop_database(db.name)
+
+    def flush(self) -> None:
+        if not mopq.flush(FLUSH_TIMEOUT):
+            sys.exit(f"mopq.flush() did not finish within {FLUSH_TIMEOUT} s")
+
+    # -- 1. write_many vs insert_many ----------------------------------------------
+
+    def write(self, n: int) -> dict:
+        items = bodies(n)
+        db = self.fresh()
+        started = clock()
+        now = utcnow()
+        db.messages.insert_many([raw_document(b, now) for b in items], ordered=False)
+        raw = clock() - started
+        raw_size = len(bson.encode(db.messages.find_one()))
+        self.drop(db)
+
+        db = self.fresh()
+        queue = mopq.Queue("bench", db=db)
+        started = clock()
+        queue.write_many(items)
+        call = clock() - started
+        self.flush()
+        flushed = clock() - started
+        assert db.messages.count_documents({}) == n and db.events.count_documents({}) == n
+        mopq_size = len(bson.encode(db.messages.find_one()))  # its outbox now empty
+        event_size = len(bson.encode(db.events.find_one()))  # what the outbox held
+        self.drop(db)
+        return {"raw": n / raw, "call": n / call, "flushed": n / flushed,
+                "raw_size": raw_size, "mopq_size": mopq_size, "event_size": event_size}
+
+    # -- 2. claim+ack vs find_one_and_update + delete_one ------------------------------
+
+    def raw_cycles(self, messages, n: int) -> float:
+        started = clock()
+        for _ in range(n):
+            token, now = secrets.token_hex(8), utcnow()
+            document = messages.find_one_and_update(
+                {"state": "pending"},
+                {"$set": {"state": "inflight", "lease_token": token, "updated_at": now,
+                          "visible_at": now + dt.timedelta(seconds=30)},
+                 "$inc": {"attempts": 1}},
+                return_document=ReturnDocument.AFTER)
+            messages.delete_one({"_id": document["_id"], "lease_token": token})
+        return clock() - started
+
+    @staticmethod
+    def mopq_cycles(queue, n: int) -> float:
+        started = clock()
+        for _ in range(n):
+            [message] = queue.read(limit=1)
+            message.delete()
+        return clock() - started
+
+    def cycle(self, n: int) -> dict:
+        db = self.fresh()
+        now = utcnow()
+        db.messages.insert_many([raw_document(b, now) for b in bodies(n)])
+        raw = self.raw_cycles(db.messages, n)
+        assert db.messages.count_documents({}) == 0
+        self.drop(db)
+
+        db = self.fresh()
+        queue = mopq.Queue("bench", db=db)
+        queue.write_many(bodies(n))
+        self.flush()
+        loop = self.mopq_cycles(queue, n)
+        started = clock()
+        self.flush()
+        flushed = loop + clock() - started
+        assert db.messages.count_documents({}) == 0
+        assert db.events.count_documents({}) == 3 * n  # written, claimed, acked
+        self.drop(db)
+        return {"raw": n / raw, "loop": n / loop, "flushed": n / flushed}
+
+    # -- 3. kombu's MongoDB transport vs mopq -----------------------------------------
+
+    def kombu(self, uri: str, n: int) -> dict:
+        items = bodies(n)
+        db = self.fresh()
+        db.create_collection("messages.broadcast")  # kombu would make it capped: refused
+        parts = urllib.parse.urlsplit(uri)
+        url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/" + db.name, "", ""))
+        with kombu.Connection(url) as connection:
+            simple = connection.SimpleQueue("bench")
+            started = clock()
+            for body in items:
+                simple.put(body)
+            put = clock() - started
+            started = clock()
+            for _ in range(n):
+                simple.get_nowait().ack()
+            get = clock() - started
+            simple.close()
+        assert db.messages.count_documents({}) == 0
+        self.drop(db)
+
+        db = self.fresh()
+        queue = mopq.Queue("bench", db=db)
+        started = clock()
+        for body in items:
+            queue.write(body)
+        write = clock() - started
+        claim = self.mopq_cycles(queue, n)
+        started = clock()
+        self.flush()
+        flush = clock() - started
+        assert db.messages.count_documents({}) == 0
+        self.drop(db)
+        return {"k_put": n / put, "k_get": n / get, "k_total": n / (put + get),
+                "m_write": n / write, "m_claim": n / claim,
+                "m_total": n / (write + claim + flush), "m_flush": flush}
+
+    # -- 4. claim rate against the backlog -------------------------------------------
+
+    def backlog(self, level: int, claims: int) -> dict:
+        db = self.fresh()
+        now = utcnow()
+        for start in range(0, level, FILL_CHUNK):
+            db.messages.insert_many([raw_document(b, now)
+                                     for b in bodies(min(FILL_CHUNK, level - start))])
+        raw = self.raw_cycles(db.messages, claims)
+        self.drop(db)
+
+        db = self.fresh()
+        queue = mopq.Queue("bench", db=db)
+        started = clock()
+        for start in range(0, level, FILL_CHUNK):
+            queue.write_many(bodies(min(FILL_CHUNK, level - start)))
+        self.flush()
+        fill = clock() - started
+        started = clock()  # one candidate read, as Queue.read does it
+        list(db.messages.find({"queue": "bench", "state": {"$in": ["pending", "inflight"]},
+                               "visible_at": {"$lte": utcnow()}}, CANDIDATE_FIELDS)
+             .sort([("priority", -1), ("_id", 1)]).limit(MIN_CANDIDATES))
+        candidates = clock() - started
+        loop = self.mopq_cycles(queue, claims)
+        self.drop(db)
+        return {"level": level, "raw": claims / raw, "mopq": claims / loop,
+                "candidates_ms": candidates * 1000, "fill": fill}
+
+
+def best(runs: list[dict]) -> dict:
+    """Each figure's best over the rounds (other load on the machine only slows things)."""
+    return {key: (min if key in LOWER_IS_BETTER else max)(run[key] for run in runs)
+            for key in runs[0]}
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, about 2 minutes")
+    size = QUICK if parser.parse_args().quick else FULL
+    uri = os.environ.get("MOPQ_MONGODB_URI")
+    engine = None
+    if not uri:
+        engine = Engine()
+        uri = engine.start()
+    client = MongoClient(uri, tz_aware=True)
+    bench = Bench(client)
+    began = clock()
+    try:
+        print(f"engine: {'embedded mongo-java-server (memory), ' if engine else ''}{uri}")
+        print(f"cpus: {os.cpu_count()}, load average at start: "
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"sizes: {size}")
+        print("warming up ...", flush=True)
+        bench.write(2_000), bench.cycle(300), bench.kombu(uri, 300), bench.backlog(1_000, 100)
+
+        rounds = size["rounds"]
+        print(f"\n1. write {size['write']:,} messages (best of {rounds} rounds)", flush=True)
+        w = best([bench.write(size["write"]) for _ in range(rounds)])
+        print(f"   document size: raw {w['raw_size']} B; mopq {w['mopq_size']} B once published, "
+              f"plus its 'written' event (~{w['event_size']} B) in its outbox until then")
+        print(f"   {'':44}{'msg/s':>9}{'vs raw':>9}{'goal':>7}")
+        print(f"   {'raw insert_many':44}{w['raw']:>9,.0f}")
+        print(f"   {'mopq write_many (the call; goal compared)':44}{w['call']:>9,.0f}"
+              f"{ratio(w['call'], w['raw']):>9}{'0.7x':>7}"
+              f"  {'MET' if w['call'] >= 0.7 * w['raw'] else 'NOT MET'}")
+        print(f"   {'mopq write_many + flush (events published)':44}{w['flushed']:>9,.0f}"
+              f"{ratio(w['flushed'], w['raw']):>9}")
+
+        print(f"\n2. claim+ack {size['cycle']:,} messages (best of {rounds} rounds)", flush=True)
+        c = best([bench.cycle(size["cycle"]) for _ in range(rounds)])
+        print(f"   {'':44}{'msg/s':>9}{'vs raw':>9}{'goal':>7}")
+        print(f"   {'raw find_one_and_update + delete_one':44}{c['raw']:>9,.0f}")
+        print(f"   {'mopq read(limit=1) + delete (goal compared)':44}{c['loop']:>9,.0f}"
+              f"{ratio(c['loop'], c['raw']):>9}{'0.5x':>7}"
+              f"  {'MET' if c['loop'] >= 0.5 * c['raw'] else 'NOT MET'}")
+        print(f"   {'mopq loop + final flush':44}{c['flushed']:>9,.0f}"
+              f"{ratio(c['flushed'], c['raw']):>9}")
+
+        few = size["long_rounds"]
+        print(f"\n3. kombu MongoDB transport vs mopq, {size['kombu']:,} messages "
+              f"(best of {few} rounds)", flush=True)
+        k = best([bench.kombu(uri, size["kombu"]) for _ in range(few)])
+        print(f"   {'':30}{'kombu':>9}{'mopq':>9}{'mopq/kombu':>12}")
+        for label, kk, mk in (("put / write (one call each)", "k_put", "m_write"),
+                              ("get+ack / read+delete", "k_get", "m_claim"),
+                              ("whole run (msg/s)", "k_total", "m_total")):
+            print(f"   {label:30}{k[kk]:>9,.0f}{k[mk]:>9,.0f}{ratio(k[mk], k[kk]):>12}")
+        print(f"   (mopq's whole run includes {k['m_flush']:.2f} s of final flush)")
+
+        print(f"\n4. claim+ack rate against the backlog ({size['claims']} claims per level, "
+              f"best of {few} rounds; a candidate read per {MIN_CANDIDATES} claims or 1 s)",
+              flush=True)
+        print(f"   {'waiting':>9}{'mopq/s':>9}{'vs 1st':>8}{'raw/s':>9}{'vs 1st':>8}"
+              f"{'mopq/raw':>10}{'cand. read':>12}{'fill (s)':>10}")
+        first = None
+        for level in size["backlogs"]:
+            b = best([bench.backlog(level, size["claims"]) for _ in range(few)])
+            first = first or b
+            print(f"   {level:>9,}{b['mopq']:>9,.0f}{ratio(b['mopq'], first['mopq']):>8}"
+                  f"{b['raw']:>9,.0f}{ratio(b['raw'], first['raw']):>8}"
+                  f"{ratio(b['mopq'], b['raw']):>10}{b['candidates_ms']:>9,.0f} ms"
+                  f"{b['fill']:>10,.1f}", flush=True)
+        print(f"\ntotal time {clock() - began:,.0f} s, load average at the end: "
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    finally:
+        client.close()
+        if engine is not None:
+            engine.stop()
+
+
+if __name__ == "__main__":
+    main()
