@@ -43,6 +43,9 @@ MAX_BUFFERED_EVENTS = 100_000
 MAX_PENDING_OUTBOXES = 100_000
 BATCH = 5_000
 IDLE_WAIT_SECONDS = 0.2
+# Once woken, gather for this long so that events go out in batches, not one
+# outbox at a time competing with the caller for the engine.
+GATHER_SECONDS = 0.02
 RETRY_WAIT_MAX_SECONDS = 5.0
 EXIT_FLUSH_SECONDS = 5.0
 MAX_OUTBOX_REFUSALS = 3
@@ -84,17 +87,20 @@ def publish_outboxes(db: Database, outboxes: list[Outbox], republished: bool = F
         for document in documents:
             document["republished"] = True
     insert_events(db, documents)
-    operations: list[UpdateOne | DeleteOne] = []
-    for outbox in outboxes:
-        ids = [event["id"] for event in outbox.events]
-        operations.append(UpdateOne({"_id": outbox.message_id},
-                                    {"$pull": {"outbox": {"id": {"$in": ids}}}}))
-        if outbox.state in schema.TERMINAL_STATES:
-            # Events of other transitions may still wait in it (their publisher is
-            # slower, or died): then the sweep publishes them and deletes it.
-            operations.append(DeleteOne({"_id": outbox.message_id, "state": outbox.state,
-                                         "outbox.0": {"$exists": False}}))
-    db[schema.MESSAGES].bulk_write(operations, ordered=True)
+    # Every pull, then every delete: two commands for the whole batch (pymongo
+    # starts a new command whenever the kind of operation changes), and each
+    # message's pull still runs before its delete.
+    pulls: list[UpdateOne | DeleteOne] = [
+        UpdateOne({"_id": outbox.message_id},
+                  {"$pull": {"outbox": {"id": {"$in": [e["id"] for e in outbox.events]}}}})
+        for outbox in outboxes]
+    # A finished message goes once its outbox is empty. Events of other
+    # transitions may still wait in it (their publisher is slower, or died):
+    # then the sweep publishes them and deletes it.
+    deletes = [DeleteOne({"_id": outbox.message_id, "state": outbox.state,
+                          "outbox.0": {"$exists": False}})
+               for outbox in outboxes if outbox.state in schema.TERMINAL_STATES]
+    db[schema.MESSAGES].bulk_write(pulls + deletes, ordered=True)
 
 
 class Publisher:
@@ -117,12 +123,16 @@ class Publisher:
         self._outbox_refusals = 0
 
     def add_outbox(self, outbox: Outbox) -> None:
-        if not outbox.events:
+        self.add_outboxes([outbox])
+
+    def add_outboxes(self, outboxes: list[Outbox]) -> None:
+        outboxes = [outbox for outbox in outboxes if outbox.events]
+        if not outboxes:
             return
         with self._lock:
-            if len(self._outboxes) >= MAX_PENDING_OUTBOXES:
+            self._outboxes.extend(outboxes)
+            while len(self._outboxes) > MAX_PENDING_OUTBOXES:
                 self._outboxes.popleft()  # still durable in its message; the sweep publishes it
-            self._outboxes.append(outbox)
             self._idle.clear()
         self._ensure_thread()
         self._wake.set()
@@ -196,6 +206,7 @@ class Publisher:
                         self._idle.set()
                 self._wake.wait(IDLE_WAIT_SECONDS)
                 self._wake.clear()
+                time.sleep(GATHER_SECONDS)
                 continue
             try:
                 try:

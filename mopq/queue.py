@@ -12,7 +12,9 @@ nothing and moves on. So no message is ever held by two consumers at once,
 while most claims cost one update by ``_id``.
 
 The order is therefore "highest priority, then oldest" as of the last
-candidate read (at most ``CANDIDATE_TTL_SECONDS`` old); a message written
+candidate read, which is at most ``CANDIDATE_TTL_SECONDS`` old, or ten times
+as long as the read took when reads are slow (a large backlog on the
+embedded engine: then more candidates are read at once). A message written
 with a higher priority after that read waits at most that long to jump ahead.
 Under contention (a claim lost to another consumer) a queue tries its
 remaining candidates in random order within each priority, so consumers stop
@@ -113,6 +115,7 @@ class Queue:
         schema.ensure_indexes(self.db)
         self._candidates: dict[str | None, collections.deque[dict[str, Any]]] = {}
         self._candidates_read_at: dict[str | None, float] = {}
+        self._candidates_cost: dict[str | None, float] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -219,9 +222,8 @@ class Queue:
             written = [d for i, d in enumerate(documents) if i not in duplicate_indexes]
             for index in sorted(duplicate_indexes):
                 ids[index] = self._insert_one(documents[index])
-        for document in written:
-            self.publisher.add_outbox(Outbox(document["_id"], schema.PENDING,
-                                             document["outbox"]))
+        self.publisher.add_outboxes([Outbox(d["_id"], schema.PENDING, d["outbox"])
+                                     for d in written])
         return ids
 
     # -- claiming ------------------------------------------------------------------
@@ -237,16 +239,20 @@ class Queue:
     def _next_candidate(self, routing_key: str | None, want: int) -> dict[str, Any] | None:
         with self._lock:
             candidates = self._candidates.setdefault(routing_key, collections.deque())
-            fresh = time.monotonic() - self._candidates_read_at.get(routing_key, 0.0)
-            if not candidates or fresh > CANDIDATE_TTL_SECONDS:
+            age = time.monotonic() - self._candidates_read_at.get(routing_key, 0.0)
+            cost = self._candidates_cost.get(routing_key, 0.0)
+            if not candidates or age > max(CANDIDATE_TTL_SECONDS, 10 * cost):
                 candidates.clear()
+                started = time.monotonic()
+                size = MIN_CANDIDATES if cost < 0.01 else MAX_LIMIT
                 cursor = (self.messages
                           .find(self._candidate_filter(routing_key, utcnow()),
                                 CANDIDATE_FIELDS)
                           .sort([("priority", -1), ("_id", 1)])
-                          .limit(max(MIN_CANDIDATES, want * 4)))
+                          .limit(max(size, want * 4)))
                 candidates.extend(cursor)
                 self._candidates_read_at[routing_key] = time.monotonic()
+                self._candidates_cost[routing_key] = time.monotonic() - started
             return candidates.popleft() if candidates else None
 
     def _spread_candidates(self, routing_key: str | None) -> None:
