@@ -81,17 +81,10 @@ def _apply_counters(db: Database, events_by_partition: dict[int, list[dict[str, 
     matches nothing and collides on ``_id``; that counter then gets one update
     per partition, each guarded by its own mark, so every share lands once.
     """
-    shares: dict[str, dict[int, Delta]] = defaultdict(dict)
-    for partition, events in events_by_partition.items():
-        for counter_id, delta in deltas_of(events).items():
-            shares[counter_id][partition] = delta
-    combined: list[tuple[str, UpdateOne]] = []
-    for counter_id, by_partition in shares.items():
-        total = Delta(next(iter(by_partition.values())).identity)
-        for delta in by_partition.values():
-            total.merge(delta)
-        marks = {p: seqs[p] for p in by_partition}
-        combined.append((counter_id, _counter_update(counter_id, total, marks)))
+    totals = deltas_of(event for events in events_by_partition.values() for event in events)
+    combined = [(counter_id, _counter_update(counter_id, total,
+                                             {p: seqs[p] for p in total.partitions}))
+                for counter_id, total in totals.items()]
     if not combined:
         return
     try:
@@ -99,10 +92,11 @@ def _apply_counters(db: Database, events_by_partition: dict[int, list[dict[str, 
         return
     except BulkWriteError as error:
         _ignore_duplicates(error)
-        collided = [combined[e["index"]][0] for e in error.details["writeErrors"]]
-    separate = [_counter_update(counter_id, delta, {p: seqs[p]})
-                for counter_id in collided if len(shares[counter_id]) > 1
-                for p, delta in shares[counter_id].items()]
+        collided = {combined[e["index"]][0] for e in error.details["writeErrors"]
+                    if len(totals[combined[e["index"]][0]].partitions) > 1}
+    separate = [_counter_update(counter_id, delta, {partition: seqs[partition]})
+                for partition, events in events_by_partition.items()
+                for counter_id, delta in deltas_of(events).items() if counter_id in collided]
     if separate:
         try:
             db[schema.COUNTERS].bulk_write(separate, ordered=False)
@@ -188,16 +182,19 @@ def apply_batch(db: Database, owner: str, leases: dict[int, dict[str, Any]],
     journals = {p: {"seq": leases[p].get("seq", 0) + 1,
                     "apply": [e["_id"] for e in by_partition.get(p, [])],
                     "skip": skipped.get(p, [])} for p in partitions}
-    db[schema.LEASES].bulk_write([
+    journaled = db[schema.LEASES].bulk_write([
         UpdateOne({"_id": partition_lease_id(p), "owner": owner, "seq": leases[p].get("seq", 0),
                    "journal": None},
                   {"$set": {"journal": journal}})
         for p, journal in journals.items()], ordered=False)
-    written = {doc["partition"] for doc in db[schema.LEASES].find(
-        {"_id": {"$in": [partition_lease_id(p) for p in partitions]}, "owner": owner,
-         "journal.seq": {"$in": sorted({j["seq"] for j in journals.values()})}},
-        {"partition": 1, "journal.seq": 1})
-        if doc["journal"]["seq"] == journals[doc["partition"]]["seq"]}
+    if journaled.matched_count == len(journals):
+        written = set(journals)
+    else:  # some lease was lost meanwhile: find out which journals were written
+        written = {doc["partition"] for doc in db[schema.LEASES].find(
+            {"_id": {"$in": [partition_lease_id(p) for p in partitions]}, "owner": owner,
+             "journal.seq": {"$in": sorted({j["seq"] for j in journals.values()})}},
+            {"partition": 1, "journal.seq": 1})
+            if doc["journal"]["seq"] == journals[doc["partition"]]["seq"]}
     lost = tuple(p for p in partitions if p not in written)
     for partition in lost:
         leases.pop(partition, None)

@@ -87,12 +87,14 @@ class Delta:
     inc: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     low: float | None = None
     high: float | None = None
+    partitions: set[int] = field(default_factory=set)  # whose events it holds
 
     def observe(self, value: float) -> None:
         self.low = value if self.low is None else min(self.low, value)
         self.high = value if self.high is None else max(self.high, value)
 
     def merge(self, other: Delta) -> None:
+        self.partitions |= other.partitions
         for key, value in other.inc.items():
             self.inc[key] += value
         if other.low is not None:
@@ -151,7 +153,10 @@ def deltas_of(events: Iterable[dict[str, Any]]) -> dict[str, Delta]:
 
     for event in events:
         second = event["at"].replace(microsecond=0)
-        share(EVENTS_APPLIED_SERIES, second, {"scope": "collector"}).inc["count"] += 1
+        partition = event.get("partition", 0)
+        applied = share(EVENTS_APPLIED_SERIES, second, {"scope": "collector"})
+        applied.inc["count"] += 1
+        applied.partitions.add(partition)
         kind = event["kind"]
         if kind == schema.BUSINESS:
             name, tags, value = event["name"], event.get("tags") or {}, float(event["value"])
@@ -161,17 +166,20 @@ def deltas_of(events: Iterable[dict[str, Any]]) -> dict[str, Delta]:
             for series, series_tags in series_of:
                 delta = share(series, second,
                               {"scope": "business", "name": name, "tags": series_tags})
+                delta.partitions.add(partition)
                 delta.inc["count"] += 1
                 delta.inc["sum"] += value
                 delta.observe(value)
             continue
         queue = event["queue"]
-        share(f"q:{queue}", second, {"scope": "queue", "queue": queue}).inc[
-            f"counts.{kind}"] += 1
+        delta = share(f"q:{queue}", second, {"scope": "queue", "queue": queue})
+        delta.inc[f"counts.{kind}"] += 1
+        delta.partitions.add(partition)
         if event.get("activity"):
             activity = event["activity"]
-            share(f"a:{activity}", second, {"scope": "activity", "activity": activity}).inc[
-                f"counts.{kind}"] += 1
+            delta = share(f"a:{activity}", second, {"scope": "activity", "activity": activity})
+            delta.inc[f"counts.{kind}"] += 1
+            delta.partitions.add(partition)
         if kind == schema.ACKED and event.get("duration") is not None:
             routing_key = event.get("routing_key") or ""
             seconds = float(event["duration"])
@@ -180,6 +188,7 @@ def deltas_of(events: Iterable[dict[str, Any]]) -> dict[str, Delta]:
             delta.inc[f"hist.{histogram_bin(seconds)}"] += 1
             delta.inc["count"] += 1
             delta.inc["sum"] += seconds
+            delta.partitions.add(partition)
     deltas: dict[str, Delta] = {}
     for (series, second), delta in shares.items():
         _expand(deltas, series, second, identities[series], delta)
