@@ -64,11 +64,25 @@ def _ignore_duplicates(error: BulkWriteError) -> None:
 
 
 def _counter_update(counter_id: str, delta: Delta, marks: dict[int, int]) -> UpdateOne:
-    """Add ``delta`` only if the counter has none of these batches yet, and mark them."""
-    unapplied = [{"$or": [{f"applied.{p}": {"$lt": seq}}, {f"applied.{p}": {"$exists": False}}]}
-                 for p, seq in sorted(marks.items())]
-    query = {"_id": counter_id, **(unapplied[0] if len(unapplied) == 1 else {"$and": unapplied})}
+    """Add ``delta`` only if the counter has none of these batches yet, and mark them.
+
+    The filter is plain conditions on ``_id`` and the marks (no ``$or``, which
+    makes the embedded engine scan the collection instead of using ``_id``);
+    every counter is born with a mark for every partition (``Delta.update``).
+    """
+    query: dict[str, Any] = {"_id": counter_id}
+    query.update({f"applied.{p}": {"$lt": seq} for p, seq in sorted(marks.items())})
     return UpdateOne(query, delta.update(marks), upsert=True)
+
+
+def _mark_missing(db: Database, counter_ids: set[str]) -> None:
+    """Give counters written before a partition existed a 0 mark for it."""
+    for document in db[schema.COUNTERS].find({"_id": {"$in": sorted(counter_ids)}},
+                                              {"applied": 1}):
+        applied = document.get("applied") or {}
+        missing = {f"applied.{p}": 0 for p in range(schema.PARTITIONS) if str(p) not in applied}
+        if missing:
+            db[schema.COUNTERS].update_one({"_id": document["_id"]}, {"$set": missing})
 
 
 def _apply_counters(db: Database, events_by_partition: dict[int, list[dict[str, Any]]],
@@ -79,7 +93,8 @@ def _apply_counters(db: Database, events_by_partition: dict[int, list[dict[str, 
     of the batch. If a counter already carries one of those marks (a replay by
     another collector got there first for that partition), the combined update
     matches nothing and collides on ``_id``; that counter then gets one update
-    per partition, each guarded by its own mark, so every share lands once.
+    per partition, each guarded by its own mark, so every share lands once (a
+    counter missing a partition's mark gets a 0 mark first).
     """
     totals = deltas_of(event for events in events_by_partition.values() for event in events)
     combined = [(counter_id, _counter_update(counter_id, total,
@@ -92,8 +107,8 @@ def _apply_counters(db: Database, events_by_partition: dict[int, list[dict[str, 
         return
     except BulkWriteError as error:
         _ignore_duplicates(error)
-        collided = {combined[e["index"]][0] for e in error.details["writeErrors"]
-                    if len(totals[combined[e["index"]][0]].partitions) > 1}
+        collided = {combined[e["index"]][0] for e in error.details["writeErrors"]}
+    _mark_missing(db, collided)
     separate = [_counter_update(counter_id, delta, {partition: seqs[partition]})
                 for partition, events in events_by_partition.items()
                 for counter_id, delta in deltas_of(events).items() if counter_id in collided]

@@ -102,11 +102,16 @@ class Delta:
             self.observe(other.high)
 
     def update(self, marks: dict[int, int]) -> dict[str, Any]:
-        """The atomic update that adds this delta and records the batch marks."""
+        """The atomic update that adds this delta and records the batch marks.
+
+        A new counter starts with a mark of 0 for every other partition, so
+        that later batches can test each mark with a plain ``$lt``.
+        """
+        unmarked = {f"applied.{p}": 0 for p in range(schema.PARTITIONS) if p not in marks}
         update: dict[str, Any] = {
             "$inc": dict(self.inc),
             "$set": {f"applied.{partition}": seq for partition, seq in marks.items()},
-            "$setOnInsert": self.identity,
+            "$setOnInsert": {**self.identity, **unmarked},
         }
         if self.low is not None:
             update["$min"] = {"min": self.low}

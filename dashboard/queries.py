@@ -167,6 +167,8 @@ def message_view(document: dict[str, Any]) -> dict[str, Any]:
             "dead_at", "activity", "dedupe_key", "leased_by", "claimed_at", "progress", "log")
     view = {"id": str(document["_id"])}
     view.update({key: document[key] for key in keep if key in document})
+    if view.get("expire_at") == schema.NEVER:
+        view["expire_at"] = None
     return view
 
 

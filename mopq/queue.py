@@ -149,7 +149,7 @@ class Queue:
         expire_seconds = validation.non_negative("expire", expire, allow_none=True)
         document["visible_at"] = now + dt.timedelta(seconds=delay_seconds)
         document["expire_at"] = (now + dt.timedelta(seconds=expire_seconds)
-                                 if expire_seconds is not None else None)
+                                 if expire_seconds is not None else schema.NEVER)
         dedupe_key = validation.optional_key("dedupe_key", dedupe_key)
         if dedupe_key is not None:
             document["dedupe_key"] = dedupe_key
@@ -308,8 +308,8 @@ class Queue:
 
     def _claim(self, candidate: dict[str, Any], timeout: float) -> Message | None:
         now = utcnow()
-        expire_at = candidate.get("expire_at")
-        if expire_at is not None and expire_at <= now and candidate["state"] == schema.PENDING:
+        expire_at = candidate.get("expire_at") or schema.NEVER
+        if expire_at <= now and candidate["state"] == schema.PENDING:
             self._expire(candidate, now)
             return None
         token = new_token()
@@ -318,7 +318,7 @@ class Queue:
         if candidate["state"] == schema.INFLIGHT:
             query["lease_token"] = candidate.get("lease_token")
         else:
-            query["$or"] = [{"expire_at": None}, {"expire_at": {"$gt": now}}]
+            query["expire_at"] = {"$gt": now}
         events = []
         if candidate["state"] == schema.INFLIGHT:
             events.append(message_event(schema.RECLAIMED, candidate, now,

@@ -11,7 +11,7 @@ atomic update of it)::
 
     {_id: ObjectId, queue, routing_key, body, priority, state,
      visible_at,         # pending: claimable from then; inflight: lease deadline
-     expire_at,          # None, or: dropped as expired if still pending then
+     expire_at,          # dropped as expired if still pending then (NEVER: no expiry)
      created_at, updated_at, attempts, max_attempts,
      lease_token, leased_by, claimed_at, visibility_timeout,   # while inflight
      epoch,              # nonce renewed when an operator retries a dead message
@@ -49,6 +49,7 @@ and the dashboard; their shapes are documented where they are written
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import zlib
 from dataclasses import dataclass
@@ -90,6 +91,11 @@ DELETED = "deleted"
 BUSINESS = "business"
 MESSAGE_EVENT_KINDS = (WRITTEN, CLAIMED, ACKED, FAILED, RETRIED, DEAD_EVENT,
                        EXPIRED_EVENT, RECLAIMED, DELETED)
+
+# ``expire_at`` of a message that never expires. A date rather than null so
+# that a claim's filter needs no ``$or`` (with one, the embedded engine scans
+# the collection instead of using ``_id``: 54 ms instead of 4 at 100,000).
+NEVER = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
 
 # The business log is split into this many partitions; collectors share them.
 PARTITIONS = 16
