@@ -48,6 +48,7 @@ from mopq import schema
 from mopq.publisher import DUPLICATE_KEY
 
 RECEIPT_KEEP = dt.timedelta(hours=1)
+QUEUE_REGISTRY = "queues"
 
 
 @dataclass
@@ -119,6 +120,28 @@ def _apply_counters(db: Database, events_by_partition: dict[int, list[dict[str, 
             _ignore_duplicates(error)
 
 
+_registered: dict[tuple[int, str], set[str]] = {}
+
+
+def register_queues(db: Database, names: set[str]) -> None:
+    """Record queue names in the registry (``settings`` ``queues``) once each.
+
+    Why: the stats reader lists every queue, including those with no message
+    left, without scanning the counters (see ``collectors.stats``).
+    """
+    known = _registered.setdefault((id(db.client), db.name), set())
+    new = names - known
+    if new:
+        db[schema.SETTINGS].update_one({"_id": QUEUE_REGISTRY},
+                                       {"$addToSet": {"names": {"$each": sorted(new)}}},
+                                       upsert=True)
+        known.update(new)
+
+
+def registered_queues(db: Database) -> list[str]:
+    return sorted((db[schema.SETTINGS].find_one({"_id": QUEUE_REGISTRY}) or {}).get("names", []))
+
+
 def _already_applied(db: Database, candidates: list[str]) -> set[str]:
     if not candidates:
         return set()
@@ -133,6 +156,8 @@ def _finish(db: Database, owner: str, journals: dict[int, dict[str, Any]],
             events_by_partition: dict[int, list[dict[str, Any]]]) -> int:
     """Steps 3 and 4 for journals already written: counters, receipts, delete, clear."""
     _apply_counters(db, events_by_partition, {p: j["seq"] for p, j in journals.items()})
+    register_queues(db, {e["queue"] for events in events_by_partition.values() for e in events
+                         if e.get("queue")})
     now = dt.datetime.now(dt.UTC)
     receipts = [{"_id": f"{p}:{j['seq']}", "partition": p, "seq": j["seq"], "ids": j["apply"],
                  "at": now, "expires_at": now + RECEIPT_KEEP}

@@ -12,9 +12,11 @@ A counter document holds the sums of one *series* in one time *bucket*::
      applied: {"<partition>": seq}}                # see collectors.batch
 
 Series (scope):
-* ``queue``: ``q:<queue>`` — counts of each message event kind.
-* ``duration``: ``d:<queue>:<routing key>`` — claim-to-ack times as a fixed
-  histogram, from which p50/p95/p99 per bucket are read back.
+* ``queue``: ``q:<queue>`` — counts of each message event kind; scope
+  ``all_queues``: ``q:*``, the same summed over every queue.
+* ``duration``: ``d:<queue>:<routing key>`` and ``d:<queue>:*`` (all keys) —
+  claim-to-ack times as a fixed histogram, from which p50/p95/p99 per bucket
+  are read back.
 * ``business``: ``b:<name>:*`` over all events of a name, and
   ``b:<name>:<tags JSON>`` per exact non-empty tag set — count, sum, min, max
   of ``emit()`` values.
@@ -53,6 +55,7 @@ HISTOGRAM_EDGES: tuple[float, ...] = (
     600, 1800, 3600,
 )
 EVENTS_APPLIED_SERIES = "c:events"
+ALL_QUEUES_SERIES = "q:*"
 
 
 def bucket_start(at: dt.datetime, resolution: str) -> dt.datetime:
@@ -69,6 +72,22 @@ def bucket_start(at: dt.datetime, resolution: str) -> dt.datetime:
 
 def counter_id(series: str, resolution: str, bucket: dt.datetime | None) -> str:
     return f"{series}|{resolution}|{bucket.isoformat() if bucket else '-'}"
+
+
+def bucket_ids(series: str, resolution: str, since: dt.datetime,
+               until: dt.datetime) -> list[str]:
+    """The ``_id`` of every bucket of ``series`` from ``since`` to ``until``.
+
+    Reading buckets by ``_id`` uses the unique index on every engine; a query
+    on ``series`` and ``bucket`` would scan all counters on the embedded one.
+    """
+    width = RESOLUTIONS[resolution][0]
+    bucket = bucket_start(since, resolution)
+    ids = []
+    while bucket <= until:
+        ids.append(counter_id(series, resolution, bucket))
+        bucket += width
+    return ids
 
 
 def histogram_bin(seconds: float) -> int:
@@ -177,9 +196,11 @@ def deltas_of(events: Iterable[dict[str, Any]]) -> dict[str, Delta]:
                 delta.observe(value)
             continue
         queue = event["queue"]
-        delta = share(f"q:{queue}", second, {"scope": "queue", "queue": queue})
-        delta.inc[f"counts.{kind}"] += 1
-        delta.partitions.add(partition)
+        for series, identity in ((f"q:{queue}", {"scope": "queue", "queue": queue}),
+                                 (ALL_QUEUES_SERIES, {"scope": "all_queues"})):
+            delta = share(series, second, identity)
+            delta.inc[f"counts.{kind}"] += 1
+            delta.partitions.add(partition)
         if event.get("activity"):
             activity = event["activity"]
             delta = share(f"a:{activity}", second, {"scope": "activity", "activity": activity})
@@ -188,12 +209,13 @@ def deltas_of(events: Iterable[dict[str, Any]]) -> dict[str, Delta]:
         if kind == schema.ACKED and event.get("duration") is not None:
             routing_key = event.get("routing_key") or ""
             seconds = float(event["duration"])
-            delta = share(f"d:{queue}:{routing_key}", second,
-                          {"scope": "duration", "queue": queue, "routing_key": routing_key})
-            delta.inc[f"hist.{histogram_bin(seconds)}"] += 1
-            delta.inc["count"] += 1
-            delta.inc["sum"] += seconds
-            delta.partitions.add(partition)
+            for key in (routing_key, "*"):
+                delta = share(f"d:{queue}:{key}", second,
+                              {"scope": "duration", "queue": queue, "routing_key": key})
+                delta.inc[f"hist.{histogram_bin(seconds)}"] += 1
+                delta.inc["count"] += 1
+                delta.inc["sum"] += seconds
+                delta.partitions.add(partition)
     deltas: dict[str, Delta] = {}
     for (series, second), delta in shares.items():
         _expand(deltas, series, second, identities[series], delta)

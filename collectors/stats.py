@@ -15,6 +15,7 @@ from typing import Any
 from pymongo.database import Database
 
 from collectors import leases
+from collectors.batch import registered_queues
 from collectors.counters import EVENTS_APPLIED_SERIES, TOTAL, counter_id
 from collectors.monitor import WORKER_STATES, Thresholds, classify
 from mopq import schema
@@ -58,9 +59,12 @@ def queue_states(db: Database, now: dt.datetime) -> dict[str, dict[str, Any]]:
     return queues
 
 
-def queue_flows(db: Database) -> dict[str, dict[str, int]]:
+def queue_flows(db: Database, names: set[str]) -> dict[str, dict[str, int]]:
+    """All-time flows of the named queues and of every registered one, read by ``_id``."""
+    names = names | set(registered_queues(db))
     flows: dict[str, dict[str, int]] = {}
-    for document in db[schema.COUNTERS].find({"scope": "queue", "resolution": TOTAL},
+    ids = [counter_id(f"q:{name}", TOTAL, None) for name in sorted(names)]
+    for document in db[schema.COUNTERS].find({"_id": {"$in": ids}},
                                              {"queue": 1, "counts": 1}):
         counts = document.get("counts") or {}
         flows[document["queue"]] = {field: int(counts.get(kind, 0))
@@ -94,7 +98,7 @@ def read_stats(db: Database, now: dt.datetime | None = None) -> dict[str, Any]:
     """The ``/api/stats`` document (shared DESIGN.md names its fields)."""
     now = now or dt.datetime.now(dt.UTC)
     queues = queue_states(db, now)
-    for name, flows in queue_flows(db).items():
+    for name, flows in queue_flows(db, set(queues)).items():
         queues.setdefault(name, _empty_queue()).update(flows)
     return {
         "queues": dict(sorted(queues.items())),

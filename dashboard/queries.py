@@ -17,7 +17,15 @@ from bson.errors import InvalidId
 from pymongo import ASCENDING
 from pymongo.database import Database
 
-from collectors.counters import HOUR, MINUTE, SECOND, TOTAL, percentile
+from collectors.counters import (
+    ALL_QUEUES_SERIES,
+    HOUR,
+    MINUTE,
+    SECOND,
+    TOTAL,
+    bucket_ids,
+    percentile,
+)
 from collectors.monitor import Thresholds, classify
 from collectors.stats import read_stats
 from mopq import schema
@@ -33,8 +41,20 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _series(db: Database, series: str, resolution: str, since: dt.datetime,
+            until: dt.datetime) -> list[dict[str, Any]]:
+    """The buckets of one series, read by ``_id`` (see ``collectors.counters.bucket_ids``)."""
+    ids = bucket_ids(series, resolution, since, until)
+    return list(db[schema.COUNTERS].find(
+        {"_id": {"$in": ids}},
+        {"bucket": 1, "counts": 1, "count": 1, "sum": 1, "min": 1, "max": 1, "hist": 1},
+    ).sort([("bucket", ASCENDING)]))
+
+
 def _series_counts(db: Database, scope_filter: dict[str, Any], resolution: str,
                    since: dt.datetime, until: dt.datetime) -> list[dict[str, Any]]:
+    """Buckets of every series matching ``scope_filter`` (a scan on the embedded engine:
+    only for pages that need several series, such as a metric filtered by tags)."""
     return list(db[schema.COUNTERS].find(
         {**scope_filter, "resolution": resolution, "bucket": {"$gte": since, "$lte": until}},
         {"bucket": 1, "counts": 1, "queue": 1, "count": 1, "sum": 1, "min": 1, "max": 1,
@@ -48,11 +68,9 @@ def throughput(db: Database, seconds: int = 300, now: dt.datetime | None = None,
     now = now or _now()
     until = now.replace(microsecond=0)
     since = until - dt.timedelta(seconds=seconds - 1)
-    scope: dict[str, Any] = {"scope": "queue"}
-    if queue is not None:
-        scope["queue"] = queue
+    series = f"q:{queue}" if queue is not None else ALL_QUEUES_SERIES
     by_second: dict[dt.datetime, dict[str, int]] = {}
-    for document in _series_counts(db, scope, SECOND, since, until):
+    for document in _series(db, series, SECOND, since, until):
         row = by_second.setdefault(document["bucket"], {})
         for kind, count in (document.get("counts") or {}).items():
             row[kind] = row.get(kind, 0) + int(count)
@@ -69,8 +87,7 @@ def _rate_per_second(db: Database, queue: str, now: dt.datetime, kind: str,
                      minutes: int = 5) -> float:
     since = (now - dt.timedelta(minutes=minutes)).replace(second=0, microsecond=0)
     total = sum(int((d.get("counts") or {}).get(kind, 0))
-                for d in _series_counts(db, {"scope": "queue", "queue": queue}, MINUTE,
-                                        since, now))
+                for d in _series(db, f"q:{queue}", MINUTE, since, now))
     elapsed = max(1.0, (now - since).total_seconds())
     return total / elapsed
 
@@ -113,9 +130,8 @@ def queues(db: Database, now: dt.datetime | None = None,
 def queue_history(db: Database, queue: str, resolution: str, since: dt.datetime,
                   until: dt.datetime) -> dict[str, Any]:
     """Counts of each event kind per bucket for one queue, and handler time percentiles."""
-    documents = _series_counts(db, {"scope": "queue", "queue": queue}, resolution, since, until)
-    durations = {d["bucket"]: d for d in _series_counts(
-        db, {"scope": "duration", "queue": queue}, resolution, since, until)}
+    documents = _series(db, f"q:{queue}", resolution, since, until)
+    durations = {d["bucket"]: d for d in _series(db, f"d:{queue}:*", resolution, since, until)}
     series: dict[str, list[int]] = {kind: [] for kind in QUEUE_KINDS}
     times = []
     for document in documents:
@@ -241,8 +257,8 @@ def activities(db: Database, now: dt.datetime | None = None) -> list[dict[str, A
         dead = int(counts.get(schema.DEAD_EVENT, 0)) - int(counts.get(schema.RETRIED, 0))
         removed = int(counts.get(schema.DELETED, 0)) + int(counts.get(schema.EXPIRED_EVENT, 0))
         since = (now - dt.timedelta(minutes=5)).replace(second=0, microsecond=0)
-        recent = sum(int((d.get("counts") or {}).get(schema.ACKED, 0)) for d in _series_counts(
-            db, {"scope": "activity", "activity": document["activity"]}, MINUTE, since, now))
+        recent = sum(int((d.get("counts") or {}).get(schema.ACKED, 0)) for d in _series(
+            db, f"a:{document['activity']}", MINUTE, since, now))
         rate = recent / max(1.0, (now - since).total_seconds())
         left = max(0, total - done - max(0, dead) - removed)
         rows.append({"activity": document["activity"], "total": total, "done": done,
@@ -262,13 +278,14 @@ def metric_names(db: Database) -> list[str]:
 def metric(db: Database, name: str, resolution: str, since: dt.datetime, until: dt.datetime,
            tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Count, sum, min, max per bucket of one business event, optionally for matching tags."""
-    scope: dict[str, Any] = {"scope": "business", "name": name}
     if tags:
+        scope: dict[str, Any] = {"scope": "business", "name": name}
         scope.update({f"tags.{key}": value for key, value in tags.items()})
+        documents = _series_counts(db, scope, resolution, since, until)
     else:
-        scope["tags"] = None
+        documents = _series(db, f"b:{name}:*", resolution, since, until)
     buckets: dict[dt.datetime, dict[str, float]] = {}
-    for document in _series_counts(db, scope, resolution, since, until):
+    for document in documents:
         row = buckets.setdefault(document["bucket"], {"count": 0, "sum": 0.0, "min": None,
                                                       "max": None})
         row["count"] += int(document.get("count", 0))

@@ -39,7 +39,9 @@ start, rewritten every heartbeat, "stopped" on a clean stop)::
      zombie_reason, checked_at}   # written by the monitor
 
 ``settings`` — ``{_id: "search_fields", fields: [{queue, field}, ...]}``:
-body fields declared searchable (``mopq.search``), each with an index.
+body fields declared searchable (``mopq.search``), each with an index; and
+``{_id: "queues", names: [...]}``: every queue the collectors have seen
+(``collectors.batch.register_queues``).
 
 ``counters``, ``receipts``, ``leases``, ``audit`` — written by the collectors
 and the dashboard; their shapes are documented where they are written
