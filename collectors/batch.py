@@ -40,7 +40,7 @@ from typing import Any
 
 from pymongo import DeleteOne, UpdateOne
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from collectors.counters import Delta, deltas_of
 from collectors.leases import partition_lease_id
@@ -64,16 +64,36 @@ def _ignore_duplicates(error: BulkWriteError) -> None:
         raise error
 
 
-def _counter_update(counter_id: str, delta: Delta, marks: dict[int, int]) -> UpdateOne:
+CounterUpdate = tuple[dict[str, Any], dict[str, Any]]
+
+
+def _counter_update(counter_id: str, delta: Delta, marks: dict[int, int]) -> CounterUpdate:
     """Add ``delta`` only if the counter has none of these batches yet, and mark them.
 
-    The filter is plain conditions on ``_id`` and the marks (no ``$or``, which
-    makes the embedded engine scan the collection instead of using ``_id``);
+    The filter is plain conditions on ``_id`` and the marks (no ``$or``);
     every counter is born with a mark for every partition (``Delta.update``).
     """
     query: dict[str, Any] = {"_id": counter_id}
     query.update({f"applied.{p}": {"$lt": seq} for p, seq in sorted(marks.items())})
-    return UpdateOne(query, delta.update(marks), upsert=True)
+    return query, delta.update(marks)
+
+
+def _write_counters(db: Database, operations: list[CounterUpdate]) -> list[int]:
+    """Run the counter updates; return the indexes that collided (already applied).
+
+    One ``find_one_and_update`` each rather than one bulk write: the embedded
+    engine looks a ``find_one_and_update`` up by ``_id``, but scans the whole
+    collection for an ``update`` whose filter holds more than ``_id`` (measured
+    at 100,000 counters: 1.6 ms against 76 ms per update).
+    """
+    collided = []
+    counters = db[schema.COUNTERS]
+    for index, (query, update) in enumerate(operations):
+        try:
+            counters.find_one_and_update(query, update, projection={"_id": 1}, upsert=True)
+        except DuplicateKeyError:
+            collided.append(index)
+    return collided
 
 
 def _mark_missing(db: Database, counter_ids: set[str]) -> None:
@@ -103,21 +123,15 @@ def _apply_counters(db: Database, events_by_partition: dict[int, list[dict[str, 
                 for counter_id, total in totals.items()]
     if not combined:
         return
-    try:
-        db[schema.COUNTERS].bulk_write([operation for _, operation in combined], ordered=False)
+    collided = {combined[index][0]
+                for index in _write_counters(db, [operation for _, operation in combined])}
+    if not collided:
         return
-    except BulkWriteError as error:
-        _ignore_duplicates(error)
-        collided = {combined[e["index"]][0] for e in error.details["writeErrors"]}
     _mark_missing(db, collided)
-    separate = [_counter_update(counter_id, delta, {partition: seqs[partition]})
-                for partition, events in events_by_partition.items()
-                for counter_id, delta in deltas_of(events).items() if counter_id in collided]
-    if separate:
-        try:
-            db[schema.COUNTERS].bulk_write(separate, ordered=False)
-        except BulkWriteError as error:
-            _ignore_duplicates(error)
+    _write_counters(db, [_counter_update(counter_id, delta, {partition: seqs[partition]})
+                         for partition, events in events_by_partition.items()
+                         for counter_id, delta in deltas_of(events).items()
+                         if counter_id in collided])
 
 
 _registered: dict[tuple[int, str], set[str]] = {}

@@ -124,8 +124,9 @@ def test_a_journal_left_by_a_crash_is_replayed_exactly_once(db_name, db):
     from collectors.batch import _counter_update
     from collectors.counters import deltas_of
     partial = list(deltas_of(own).items())[:2]
-    db.counters.bulk_write([_counter_update(cid, delta, {partition: seq})
-                            for cid, delta in partial])
+    for cid, delta in partial:
+        db.counters.find_one_and_update(*_counter_update(cid, delta, {partition: seq}),
+                                        upsert=True)
     time.sleep(0.6)  # the first collector's leases lapse: it is gone
     second = Collector(monitor=False)
     _drain(db, second)
@@ -150,7 +151,8 @@ def test_a_batch_finishing_after_a_replay_adds_only_the_missing_shares(db_name, 
     from collectors.counters import deltas_of
     seq = leases[partition]["seq"] + 1
     key = counter_id("b:split:*", TOTAL, None)
-    db.counters.bulk_write([_counter_update(key, deltas_of(own)[key], {partition: seq})])
+    db.counters.find_one_and_update(*_counter_update(key, deltas_of(own)[key], {partition: seq}),
+                                    upsert=True)
     apply_batch(_mopq_db(), collector.id, leases)
     assert db.counters.find_one({"_id": key})["count"] == 60
 
