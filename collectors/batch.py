@@ -81,10 +81,11 @@ def _counter_update(counter_id: str, delta: Delta, marks: dict[int, int]) -> Cou
 def _write_counters(db: Database, operations: list[CounterUpdate]) -> list[int]:
     """Run the counter updates; return the indexes that collided (already applied).
 
-    One ``find_one_and_update`` each rather than one bulk write: the embedded
-    engine looks a ``find_one_and_update`` up by ``_id``, but scans the whole
-    collection for an ``update`` whose filter holds more than ``_id`` (measured
-    at 100,000 counters: 1.6 ms against 76 ms per update).
+    One ``find_one_and_update`` each rather than one bulk write: it stops at
+    the first match, so on the embedded engine (which uses ``_id`` only for a
+    filter on ``_id`` alone) it is faster for older counters; a new or recent
+    counter still costs a scan there (about 40 ms at 200,000 counters). Not
+    yet fast enough: see docs/BENCHMARKS.md, Dashboard.
     """
     collided = []
     counters = db[schema.COUNTERS]
