@@ -40,7 +40,7 @@ from typing import Any
 
 from pymongo import DeleteOne, UpdateOne
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError
 
 from collectors.counters import Delta, deltas_of
 from collectors.leases import partition_lease_id
@@ -79,22 +79,26 @@ def _counter_update(counter_id: str, delta: Delta, marks: dict[int, int]) -> Cou
 
 
 def _write_counters(db: Database, operations: list[CounterUpdate]) -> list[int]:
-    """Run the counter updates; return the indexes that collided (already applied).
+    """Run the counter updates in one unordered bulk; return the indexes that collided.
 
-    One ``find_one_and_update`` each rather than one bulk write: it stops at
-    the first match, so on the embedded engine (which uses ``_id`` only for a
-    filter on ``_id`` alone) it is faster for older counters; a new or recent
-    counter still costs a scan there (about 40 ms at 200,000 counters). Not
-    yet fast enough: see docs/BENCHMARKS.md, Dashboard.
+    A collision (duplicate ``_id`` on the upsert) means the counter already
+    carries one of the marks: that share was applied before. Unordered so one
+    collision does not stop the others. Each filter is ``_id`` plus mark
+    conditions; the engine launcher answers such a filter from the ``_id``
+    index (engine/IndexFirst.java), as MongoDB does.
     """
-    collided = []
-    counters = db[schema.COUNTERS]
-    for index, (query, update) in enumerate(operations):
-        try:
-            counters.find_one_and_update(query, update, projection={"_id": 1}, upsert=True)
-        except DuplicateKeyError:
-            collided.append(index)
-    return collided
+    if not operations:
+        return []
+    requests = [UpdateOne(query, update, upsert=True) for query, update in operations]
+    try:
+        db[schema.COUNTERS].bulk_write(requests, ordered=False)
+    except BulkWriteError as error:
+        failures = error.details.get("writeErrors", [])
+        others = [failure for failure in failures if failure.get("code") != DUPLICATE_KEY]
+        if others:
+            raise
+        return [failure["index"] for failure in failures]
+    return []
 
 
 def _mark_missing(db: Database, counter_ids: set[str]) -> None:

@@ -1,8 +1,6 @@
 import de.bwaldvogel.mongo.MongoBackend;
 import de.bwaldvogel.mongo.MongoServer;
 import de.bwaldvogel.mongo.MongoVersion;
-import de.bwaldvogel.mongo.backend.h2.H2Backend;
-import de.bwaldvogel.mongo.backend.memory.MemoryBackend;
 import org.h2.mvstore.MVStore;
 
 import java.io.File;
@@ -73,9 +71,9 @@ public final class Launcher {
                     .fileName(new File(dir, "mopq.mv.db").getPath())
                     .open();
             store.setAutoCommitDelay(AUTO_COMMIT_DELAY_MS);
-            backend = new H2Backend(store);
+            backend = new IndexFirst.H2(store);
         } else {
-            backend = new MemoryBackend();
+            backend = new IndexFirst.Memory();
         }
         backend.version(REPORTED_VERSION);
 

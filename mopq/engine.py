@@ -33,7 +33,6 @@ from pathlib import Path
 from mopq.config import settings
 
 ENGINE_SOURCE_DIR = Path(__file__).resolve().parent.parent / "engine"
-LAUNCHER_SOURCE = ENGINE_SOURCE_DIR / "Launcher.java"
 ENGINE_POM = ENGINE_SOURCE_DIR / "pom.xml"
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
@@ -55,8 +54,14 @@ def _require_tools() -> None:
 
 
 def _engine_home() -> Path:
-    digest = hashlib.sha256(ENGINE_POM.read_bytes() + LAUNCHER_SOURCE.read_bytes()).hexdigest()
-    return settings().cache_dir / f"engine-{digest[:16]}"
+    digest = hashlib.sha256(ENGINE_POM.read_bytes())
+    for source in _java_sources():
+        digest.update(source.name.encode() + source.read_bytes())
+    return settings().cache_dir / f"engine-{digest.hexdigest()[:16]}"
+
+
+def _java_sources() -> list[Path]:
+    return sorted(ENGINE_SOURCE_DIR.glob("*.java"))
 
 
 def prepare(verbose: bool = False) -> Path:
@@ -91,7 +96,7 @@ def prepare(verbose: bool = False) -> Path:
                 "Central, or set MOPQ_MONGODB_URI to use a MongoDB server instead."
             )
         compiled = subprocess.run(
-            ["javac", "-d", str(classes), "-cp", f"{jars}/*", str(LAUNCHER_SOURCE)],
+            ["javac", "-d", str(classes), "-cp", f"{jars}/*", *map(str, _java_sources())],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         if compiled.returncode != 0:

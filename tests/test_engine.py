@@ -11,6 +11,7 @@ import sys
 import psutil
 import pytest
 from pymongo import MongoClient
+from pymongo.errors import DuplicateKeyError
 
 from mopq.engine import Engine
 from tests.helpers import wait_until
@@ -111,3 +112,49 @@ def test_missing_java_is_explained(tmp_path):
     assert "needs Java 17+" in result.stderr
     assert "java, javac, mvn are not on PATH" in result.stderr
     assert "MOPQ_MONGODB_URI" in result.stderr
+
+
+def _filters_pinning_a_unique_index_match_exactly(db) -> None:
+    things = db.things
+    things.insert_many([{"_id": f"t{i}", "n": i % 3, **({"email": f"u{i}@x"} if i % 2 else {})}
+                        for i in range(30)])
+    things.create_index([("email", 1)], unique=True, sparse=True)
+
+    assert things.find_one({"_id": "t4", "n": 1})["_id"] == "t4"
+    assert things.find_one({"_id": "t4", "n": 2}) is None
+    found = things.find({"_id": {"$in": ["t1", "t2", "t4", "missing"]}, "n": 1}).sort("_id", -1)
+    assert [d["_id"] for d in found] == ["t4", "t1"]
+    assert [d["_id"] for d in things.find({"_id": {"$in": ["t1", "t4", "t7"]}, "n": 1},
+                                          skip=1, limit=1).sort("_id", 1)] == ["t4"]
+    assert things.find_one({"email": "u3@x", "n": 0})["_id"] == "t3"
+    assert things.find_one({"email": "u3@x", "n": 1}) is None
+    assert [d["_id"] for d in things.find({"email": None, "n": 2}).sort("_id", 1)] == [
+        "t14", "t2", "t20", "t26", "t8"]
+
+    assert things.update_one({"_id": "t5", "n": 0}, {"$inc": {"n": 10}}).modified_count == 0
+    assert things.update_one({"_id": "t5", "n": 2}, {"$inc": {"n": 10}}).modified_count == 1
+    assert things.find_one({"_id": "t5"})["n"] == 12
+    with pytest.raises(DuplicateKeyError):
+        things.update_one({"_id": "t5", "n": 0}, {"$set": {"x": 1}}, upsert=True)
+    assert things.find_one_and_update({"_id": "t6", "n": 0}, {"$set": {"x": 1}})["_id"] == "t6"
+    assert things.find_one_and_update({"_id": "t6", "n": 1}, {"$set": {"x": 2}}) is None
+    assert things.delete_one({"_id": "t8", "n": 0}).deleted_count == 0
+    assert things.delete_one({"_id": "t8", "n": 2}).deleted_count == 1
+    assert things.count_documents({}) == 29
+
+
+def test_filters_pinning_a_unique_index_match_exactly_in_memory(db):
+    """`_id` plus conditions is answered from the index (IndexFirst.java); results stay exact."""
+    _filters_pinning_a_unique_index_match_exactly(db)
+
+
+@needs_java
+def test_filters_pinning_a_unique_index_match_exactly_in_h2(tmp_path):
+    with Engine(data=tmp_path) as engine:
+        client = MongoClient(engine.uri)
+        _filters_pinning_a_unique_index_match_exactly(client.pinned)
+        client.close()
+    with Engine(data=tmp_path) as engine:
+        client = MongoClient(engine.uri)
+        assert client.pinned.things.find_one({"_id": "t5", "n": 12})["_id"] == "t5"
+        client.close()

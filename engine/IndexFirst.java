@@ -1,0 +1,117 @@
+import de.bwaldvogel.mongo.MongoCollection;
+import de.bwaldvogel.mongo.MongoDatabase;
+import de.bwaldvogel.mongo.backend.CollectionOptions;
+import de.bwaldvogel.mongo.backend.CursorRegistry;
+import de.bwaldvogel.mongo.backend.Index;
+import de.bwaldvogel.mongo.backend.IndexKey;
+import de.bwaldvogel.mongo.backend.QueryResult;
+import de.bwaldvogel.mongo.backend.h2.H2Backend;
+import de.bwaldvogel.mongo.backend.h2.H2Collection;
+import de.bwaldvogel.mongo.backend.h2.H2Database;
+import de.bwaldvogel.mongo.backend.memory.MemoryBackend;
+import de.bwaldvogel.mongo.backend.memory.MemoryCollection;
+import de.bwaldvogel.mongo.backend.memory.MemoryDatabase;
+import de.bwaldvogel.mongo.bson.Document;
+import org.h2.mvstore.MVMap;
+import org.h2.mvstore.MVStore;
+
+import java.util.function.Function;
+
+/**
+ * Backends whose collections answer a filter from a unique index whenever the
+ * filter pins every key of that index, not only when it holds nothing else.
+ *
+ * mongo-java-server uses an index only for a filter whose keys are exactly the
+ * index's keys, so {@code {_id: x, state: "inflight"}} (a compare-and-set, a
+ * counter update guarded by its applied marks) scans the whole collection:
+ * 40 ms at 200,000 documents, 350 ms at 770,000. MongoDB uses the index and
+ * then tests the remaining conditions; this does the same. It is safe because
+ * the documents matching the whole filter are a subset of those the index
+ * returns for its own keys, and the base class still tests every returned
+ * document against the whole filter. Nothing else about the engine changes.
+ */
+final class IndexFirst {
+
+    private IndexFirst() {
+    }
+
+    /** The documents at the positions of the first unique index the filter pins, or null. */
+    static <P> QueryResult query(MongoCollection<P> collection, Document filter,
+                                 Function<Iterable<P>, QueryResult> matchAt) {
+        if (filter.size() < 2) {
+            return null;
+        }
+        for (Index<P> index : collection.getIndexes()) {
+            Document pinned = new Document();
+            for (IndexKey key : index.getKeys()) {
+                if (!filter.containsKey(key.getKey())) {
+                    pinned = null;
+                    break;
+                }
+                pinned.put(key.getKey(), filter.get(key.getKey()));
+            }
+            if (pinned != null && pinned.size() < filter.size() && index.canHandle(pinned)) {
+                return matchAt.apply(index.getPositions(pinned));
+            }
+        }
+        return null;
+    }
+
+    /** Memory storage (tests, {@code mopq engine} without --data). */
+    static final class Memory extends MemoryBackend {
+        @Override
+        public MemoryDatabase openOrCreateDatabase(String databaseName) {
+            return new MemoryDatabase(databaseName, getCursorRegistry()) {
+                @Override
+                protected MemoryCollection openOrCreateCollection(String collectionName, CollectionOptions options) {
+                    return new MemoryCollection(this, collectionName, options, cursorRegistry) {
+                        @Override
+                        protected QueryResult queryDocuments(Document query, Document orderBy, int skip, int limit,
+                                                             int batchSize, Document fields) {
+                            QueryResult indexed = IndexFirst.query(this, query, positions ->
+                                    matchDocuments(query, positions, orderBy, skip, limit, batchSize, fields));
+                            return indexed != null ? indexed
+                                    : super.queryDocuments(query, orderBy, skip, limit, batchSize, fields);
+                        }
+                    };
+                }
+            };
+        }
+    }
+
+    /** H2 storage ({@code make run}, {@code mopq engine --data}). */
+    static final class H2 extends H2Backend {
+        /** Map names as H2Database spells them (package-private there); files written by either stay readable. */
+        private static final String DATA_PREFIX = "databases.";
+        private static final String META_PREFIX = "meta.";
+
+        H2(MVStore store) {
+            super(store);
+        }
+
+        @Override
+        protected MongoDatabase openOrCreateDatabase(String databaseName) {
+            MVStore store = getMvStore();
+            CursorRegistry cursors = getCursorRegistry();
+            return new H2Database(databaseName, store, cursors) {
+                @Override
+                protected MongoCollection<Object> openOrCreateCollection(String collectionName,
+                                                                         CollectionOptions options) {
+                    String namespace = getFullCollectionNamespace(collectionName);
+                    MVMap<Object, Document> data = store.openMap(DATA_PREFIX + namespace);
+                    MVMap<String, Object> meta = store.openMap(META_PREFIX + namespace);
+                    return new H2Collection(this, collectionName, options, data, meta, cursors) {
+                        @Override
+                        protected QueryResult queryDocuments(Document query, Document orderBy, int skip, int limit,
+                                                             int batchSize, Document fields) {
+                            QueryResult indexed = IndexFirst.query(this, query, positions ->
+                                    matchDocuments(query, positions, orderBy, skip, limit, batchSize, fields));
+                            return indexed != null ? indexed
+                                    : super.queryDocuments(query, orderBy, skip, limit, batchSize, fields);
+                        }
+                    };
+                }
+            };
+        }
+    }
+}
