@@ -8,10 +8,12 @@ clients to use the websocket transport (the dashboard's own JS does).
 
 import os
 
+from mopq.config import settings
+
 bind = os.environ.get("MOPQ_BIND", "127.0.0.1:8000")
 worker_class = "gthread"
 workers = int(os.environ.get("MOPQ_WEB_WORKERS", "1"))
-threads = int(os.environ.get("MOPQ_WEB_THREADS", "100"))
+threads = settings().web_threads  # each open live page holds one
 timeout = 60
 graceful_timeout = 5
 accesslog = os.environ.get("MOPQ_ACCESS_LOG") or None

@@ -15,7 +15,7 @@ from typing import Any
 from flask import Flask
 from flask_socketio import SocketIO
 
-from mopq.config import settings
+from mopq.config import LIVE_THREAD_RESERVE, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,15 +34,18 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         MOPQ_MONGODB_URI=current.mongodb_uri,
         MOPQ_DATABASE=current.database,
         MOPQ_LIVE_INTERVAL=1.0,
+        MOPQ_STATS_MAX_AGE=current.stats_max_age_seconds,
+        MOPQ_LIVE_MAX_CLIENTS=current.web_threads - LIVE_THREAD_RESERVE,
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
     if config:
         app.config.update(config)
 
-    from dashboard import api, auth, live, pages, security, vendor
+    from dashboard import api, auth, live, pages, security, stats_cache, vendor
 
     auth.init_app(app, current)
     security.init_app(app)
+    stats_cache.init_app(app, app.config["MOPQ_STATS_MAX_AGE"])
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(vendor.blueprint)

@@ -24,8 +24,7 @@ from flask.json.provider import DefaultJSONProvider
 from pymongo.errors import ConnectionFailure, PyMongoError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from collectors.stats import read_stats
-from dashboard import audit, openapi, prometheus, queries, store
+from dashboard import audit, openapi, prometheus, queries, stats_cache, store
 from dashboard import params as p
 from dashboard.auth import current_identity, require_admin, require_read
 from mopq import admin, schema
@@ -179,6 +178,7 @@ def _audited(action: str, target: dict[str, Any], run: Any) -> Response:
             pass
         raise
     audit.finish(db, record, count)
+    stats_cache.cache().invalidate()
     return jsonify({"count": count, "audit_id": str(record)})
 
 
@@ -188,14 +188,16 @@ def _audited(action: str, target: dict[str, Any], run: Any) -> Response:
 @require_read
 def stats() -> Any:
     _args({})
-    return jsonify(read_stats(store.database()))
+    return jsonify(stats_cache.stats(store.database()))
 
 
 @blueprint.get("/api/queues")
 @require_read
 def queue_list() -> Any:
     args = _args(p.page_fields(100))
-    return jsonify(_paged(queries.queues(store.database()), args["page"], args["per_page"]))
+    db = store.database()
+    rows = queries.queues(db, stats=stats_cache.stats(db))
+    return jsonify(_paged(rows, args["page"], args["per_page"]))
 
 
 @blueprint.get("/api/queues/<name>")
@@ -205,7 +207,7 @@ def queue_detail(name: str) -> Any:
     now = _now()
     resolution, since, until = p.time_range(_args(p.RANGE_FIELDS), now)
     db = store.database()
-    current = read_stats(db, now)["queues"].get(name)
+    current = stats_cache.stats(db)["queues"].get(name)
     if current is None:
         return _error(404, f"no queue named {name!r} has messages or counts.",
                       parameter="name")
@@ -383,7 +385,7 @@ def purge_queue(name: str) -> Any:
 @require_read
 def metrics() -> Any:
     _args({})
-    body = prometheus.render(read_stats(store.database()))
+    body = prometheus.render(stats_cache.stats(store.database()))
     return Response(body, status=200, content_type=prometheus.CONTENT_TYPE)
 
 

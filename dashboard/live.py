@@ -24,10 +24,11 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from typing import Any
 
 from flask import Flask, request
-from flask_socketio import SocketIO, emit
+from flask_socketio import ConnectionRefusedError, SocketIO, emit
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
@@ -39,15 +40,17 @@ log = logging.getLogger("mopq.live")
 NAMESPACE = "/live"
 EVENT = "stats"
 MIN_INTERVAL_SECONDS = 1.0
+MIN_SLEEP_SECONDS = 0.1
 THROUGHPUT_SECONDS = 60
 LAG_WARNING_SECONDS = 10.0
 CLOCK_FIELDS = ("generated_at",)
 
 
-def build_snapshot(db: Database, now: dt.datetime | None = None) -> dict[str, Any]:
+def build_snapshot(db: Database, now: dt.datetime | None = None,
+                   stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a push carries: the stats document and the recent non-zero seconds."""
     now = now or dt.datetime.now(dt.UTC)
-    snapshot = read_stats(db, now)
+    snapshot = dict(stats if stats is not None else read_stats(db, now))
     series = queries.throughput(db, THROUGHPUT_SECONDS, now)
     busy = [i for i, t in enumerate(series["t"])
             if series["written"][i] or series["acked"][i] or series["failed"][i]]
@@ -84,13 +87,21 @@ class Pusher:
         self._started = False
         self._clients = 0
 
-    def ensure_started(self) -> None:
+    def admit(self) -> bool:
+        """Count a new live page and start the loop; False (nothing counted) when full.
+
+        Each open page holds one of the process's gunicorn threads; beyond
+        ``MOPQ_LIVE_MAX_CLIENTS`` plain HTTP requests would find none left.
+        """
         with self._lock:
+            if self._clients >= self.app.config["MOPQ_LIVE_MAX_CLIENTS"]:
+                return False
             self._clients += 1
             if self._started:
-                return
+                return True
             self._started = True
         self.socketio.start_background_task(self._run)
+        return True
 
     def client_left(self) -> None:
         with self._lock:
@@ -105,17 +116,21 @@ class Pusher:
 
     def _run(self) -> None:
         while True:
+            started = time.monotonic()
             try:
                 if self._clients:
                     self.push_once()
             except Exception:  # the loop must outlive any one bad snapshot
                 log.exception("mopq live: building a push failed; trying again")
-            self.socketio.sleep(self._interval())
+            spent = time.monotonic() - started
+            self.socketio.sleep(max(MIN_SLEEP_SECONDS, self._interval() - spent))
 
     def snapshot(self) -> dict[str, Any]:
         with self.app.app_context():
             try:
-                return build_snapshot(store.database())
+                db = store.database()
+                stats = self.app.extensions["mopq_stats"].refresh(db)
+                return build_snapshot(db, stats=stats)
             except PyMongoError as error:
                 reason = " ".join(str(error).split())[:300]
                 return {"engine_error": f"the engine is unreachable: {reason}"}
@@ -143,10 +158,14 @@ def register(socketio: SocketIO, app: Flask) -> None:
     def on_connect(auth_data=None):
         if not auth.socket_allowed(request.headers.get("Authorization"), auth_data):
             return False
+        if not pusher.admit():
+            limit = app.config["MOPQ_LIVE_MAX_CLIENTS"]
+            raise ConnectionRefusedError(
+                f"this dashboard process already serves {limit} live pages; the page still "
+                "works on reload. Operators: raise MOPQ_WEB_THREADS or MOPQ_WEB_WORKERS.")
         emit("hello", {"namespace": NAMESPACE})
         if pusher.latest is not None:
             emit(EVENT, pusher.latest)
-        pusher.ensure_started()
 
     @socketio.on("disconnect", namespace=NAMESPACE)
     def on_disconnect(*_args):

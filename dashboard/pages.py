@@ -18,8 +18,7 @@ from flask import Blueprint, abort, render_template, request
 from pymongo.errors import PyMongoError
 
 from collectors.counters import HOUR, MINUTE
-from collectors.stats import read_stats
-from dashboard import charts, formatting, queries, store
+from dashboard import charts, formatting, queries, stats_cache, store
 from dashboard.auth import ADMIN, ENABLE_ADMIN, current_identity, policy, require_read
 from mopq import search as declared
 from mopq import validation
@@ -115,7 +114,7 @@ def _throughput_json(series: dict[str, Any]) -> dict[str, Any]:
 def overview() -> str:
     def render(db: Any) -> dict[str, Any]:
         engine = store.engine_info()
-        stats = read_stats(db)
+        stats = stats_cache.stats(db)
         collector = stats["collector"]
         return {
             "engine": engine, "stats": stats, "totals": _totals(stats),
@@ -131,8 +130,10 @@ def overview() -> str:
 @blueprint.get("/queues")
 @require_read
 def queue_list() -> str:
-    return render_template("queues.html",
-                           **_read(lambda db: {"queues": queries.queues(db)}))
+    def render(db: Any) -> dict[str, Any]:
+        return {"queues": queries.queues(db, stats=stats_cache.stats(db))}
+
+    return render_template("queues.html", **_read(render))
 
 
 @blueprint.get("/queues/<name>")
@@ -147,7 +148,8 @@ def queue_page(name: str) -> tuple[str, int]:
         resolution = MINUTE
 
     def render(db: Any) -> dict[str, Any]:
-        row = next((q for q in queries.queues(db) if q["name"] == name), None)
+        row = next((q for q in queries.queues(db, stats=stats_cache.stats(db))
+                    if q["name"] == name), None)
         now = dt.datetime.now(dt.UTC)
         history = queries.queue_history(db, name, resolution, now - HISTORY_RANGE[resolution],
                                         now)
@@ -175,7 +177,8 @@ def failed_page() -> str:
     def render(db: Any) -> dict[str, Any]:
         result = queries.failed(db, queue, error, state, page, per_page)
         pages = max(1, -(-result["total"] // per_page))
-        return {"result": result, "pages": pages, "queue_names": list(read_stats(db)["queues"])}
+        queue_names = list(stats_cache.stats(db)["queues"])
+        return {"result": result, "pages": pages, "queue_names": queue_names}
 
     return render_template("failed.html", queue=queue, error=error, state=state,
                            per_page=per_page, per_page_choices=PER_PAGE_CHOICES, page=page,

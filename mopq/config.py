@@ -38,6 +38,23 @@ def _seconds(env: os._Environ[str] | dict[str, str], name: str, default: float) 
     return value
 
 
+def _count(env: os._Environ[str] | dict[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be a whole number of at least {minimum}.")
+    return value
+
+
+# Threads of a dashboard process kept for plain HTTP whatever the live pages hold.
+LIVE_THREAD_RESERVE = 20
+
+
 @dataclass(frozen=True)
 class Settings:
     """A snapshot of the environment's settings.
@@ -63,6 +80,11 @@ class Settings:
     worker_no_progress_seconds: float = 1800.0
     # Dead or stopped workers are forgotten after this long.
     worker_forget_seconds: float = 86400.0
+    # Each dashboard process reads the stats at most this often (dashboard/stats_cache.py).
+    stats_max_age_seconds: float = 1.0
+    # gunicorn threads per dashboard process; each open live page holds one, so
+    # live pages are refused beyond web_threads - LIVE_THREAD_RESERVE.
+    web_threads: int = 300
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -81,6 +103,8 @@ class Settings:
             worker_zombie_seconds=_seconds(env, "MOPQ_WORKER_ZOMBIE_SECONDS", 60.0),
             worker_no_progress_seconds=_seconds(env, "MOPQ_WORKER_NO_PROGRESS_SECONDS", 1800.0),
             worker_forget_seconds=_seconds(env, "MOPQ_WORKER_FORGET_SECONDS", 86400.0),
+            stats_max_age_seconds=_seconds(env, "MOPQ_STATS_MAX_AGE_SECONDS", 1.0),
+            web_threads=_count(env, "MOPQ_WEB_THREADS", 300, minimum=LIVE_THREAD_RESERVE + 1),
         )
 
 

@@ -183,7 +183,10 @@
     socket = io("/live", { transports: ["websocket"] });
     socket.on("connect", function () { show("connected", "live"); });
     socket.on("disconnect", function () { show("disconnected", "live: disconnected"); });
-    socket.on("connect_error", function () { show("disconnected", "live: cannot connect"); });
+    socket.on("connect_error", function (error) {
+      const refused = error && error.data && error.data.message;
+      show("disconnected", refused ? "live: refused: " + refused : "live: cannot connect");
+    });
     socket.on("stats", function (snapshot) {
       latest = snapshot;
       receivedAt = Date.now();

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from bson import ObjectId
@@ -467,6 +468,36 @@ def test_basic_auth_admin_needs_the_csrf_token(anonymous, data, db):
     entry = _get(client, "/api/audit", headers=ops)["items"][0]
     assert entry["who"] == {"name": "ops", "via": "basic"} and entry["count"] == 1
 
+
+
+def test_stats_are_read_once_per_interval_however_many_readers_ask(engine_uri, db_name, data):
+    """Fifty readers in one process cost one stats read, not fifty (dashboard/stats_cache.py)."""
+    app = create_app({"MOPQ_MONGODB_URI": engine_uri, "MOPQ_DATABASE": db_name, "TESTING": True,
+                      "MOPQ_STATS_MAX_AGE": 60.0})
+    urls = ["/api/stats", "/metrics", "/api/queues", "/api/queues/orders"] * 12
+
+    def fetch(url: str) -> int:
+        return app.test_client().get(url).status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        assert set(pool.map(fetch, urls)) == {200}
+    assert app.extensions["mopq_stats"].reads == 1
+    pending = _get(app.test_client(), "/api/stats")["queues"]["orders"]["pending"]
+    Queue("orders").write({"order_id": 1000})
+    assert _get(app.test_client(), "/api/stats")["queues"]["orders"]["pending"] == pending
+
+    app.extensions["mopq_stats"].max_age_seconds = 0.2
+    assert wait_until(lambda: _get(app.test_client(), "/api/stats")["queues"]["orders"]["pending"]
+                      == pending + 1, timeout=5)
+
+
+def test_an_admin_action_shows_in_stats_at_once(make_app, data):
+    app = make_app(MOPQ_ADMIN_TOKEN=ADMIN_TOKEN)
+    app.extensions["mopq_stats"].max_age_seconds = 60.0
+    client = app.test_client()
+    assert _get(client, "/api/stats", headers=ADMIN)["queues"]["orders"]["dead"] == 2
+    assert _post(client, "/api/failed/retry", {"all_matching": True}, headers=ADMIN)["count"] == 2
+    assert _get(client, "/api/stats", headers=ADMIN)["queues"]["orders"]["dead"] == 0
 
 # -- admin actions and the audit log --------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,7 +31,12 @@ class Listener:
         self.client = socketio.Client(reconnection=False)
         self.pushes: list[dict] = []
         self._lock = threading.Lock()
+        self.refusal: object = None
         self.client.on("stats", self._on_stats, namespace="/live")
+        self.client.on("connect_error", self._on_refused, namespace="/live")
+
+    def _on_refused(self, data: object) -> None:
+        self.refusal = data
 
     def _on_stats(self, snapshot: dict) -> None:
         with self._lock:
@@ -116,6 +122,31 @@ def test_a_client_needs_the_read_token_when_one_is_set(engine_uri, db_name, tmp_
             wait_until(listener.count, message="a push to the authorised client")
             assert "queues" in listener.last()
 
+
+
+def test_live_pages_beyond_the_thread_budget_are_refused_and_http_still_answers(
+        engine_uri, db_name, tmp_path):
+    """Each live page holds a gunicorn thread; past threads - 20 the next is refused, saying why."""
+    with live_dashboard(engine_uri, db_name, tmp_path, MOPQ_WEB_THREADS="23") as url:
+        with listening(url) as first, listening(url), listening(url):
+            refused = Listener()
+            with pytest.raises(socketio.exceptions.ConnectionError):
+                refused.connect(url)
+            assert "MOPQ_WEB_THREADS" in str(refused.refusal)
+            with urllib.request.urlopen(url + "/api/stats", timeout=10) as response:
+                assert response.status == 200
+            first.client.disconnect()
+            wait_until(lambda: _connects(url), message="a free place once a page left")
+
+
+def _connects(url: str) -> bool:
+    listener = Listener()
+    try:
+        listener.connect(url)
+    except socketio.exceptions.ConnectionError:
+        return False
+    listener.client.disconnect()
+    return True
 
 def test_an_engine_outage_is_pushed_once(db_name, tmp_path):
     uri = f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=300"
