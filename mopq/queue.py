@@ -88,6 +88,15 @@ def new_token() -> str:
     return secrets.token_hex(8)
 
 
+@dataclass(frozen=True)
+class _Options:
+    """Checked fields shared by messages written with the same options."""
+
+    fields: dict[str, Any]
+    delayed: bool
+    now: dt.datetime
+
+
 class Queue:
     """A named queue in the ``messages`` collection.
 
@@ -131,44 +140,47 @@ class Queue:
 
     # -- writing -----------------------------------------------------------------
 
-    def _document(self, body: Mapping[str, Any], routing_key: str | None, expire: float | None,
-                  delay: float, priority: int, dedupe_key: str | None,
-                  activity: str | None, now: dt.datetime) -> dict[str, Any]:
-        document: dict[str, Any] = {
-            "_id": ObjectId(),
+    def _options(self, routing_key: str | None, expire: float | None, delay: float,
+                 priority: int, activity: str | None, now: dt.datetime) -> _Options:
+        """Check the options a message is written with; what the body does not change."""
+        delay_seconds = validation.non_negative("delay", delay)
+        expire_seconds = validation.non_negative("expire", expire, allow_none=True)
+        fields: dict[str, Any] = {
             "queue": self.name,
             "routing_key": validation.optional_key("routing_key", routing_key),
-            "body": validation.body(body, self.max_body_bytes),
             "priority": validation.integer("priority", priority, -MAX_PRIORITY, MAX_PRIORITY),
             "state": schema.PENDING,
             "created_at": now,
             "updated_at": now,
             "attempts": 0,
+            "visible_at": now + dt.timedelta(seconds=delay_seconds),
+            "expire_at": (now + dt.timedelta(seconds=expire_seconds)
+                          if expire_seconds is not None else schema.NEVER),
         }
-        delay_seconds = validation.non_negative("delay", delay)
-        expire_seconds = validation.non_negative("expire", expire, allow_none=True)
-        document["visible_at"] = now + dt.timedelta(seconds=delay_seconds)
-        document["expire_at"] = (now + dt.timedelta(seconds=expire_seconds)
-                                 if expire_seconds is not None else schema.NEVER)
+        activity = validation.optional_key("activity", activity)
+        if activity is not None:
+            fields["activity"] = activity
+        return _Options(fields, delay_seconds > 0, now)
+
+    def _document(self, body: Mapping[str, Any], options: _Options,
+                  dedupe_key: str | None) -> dict[str, Any]:
+        document: dict[str, Any] = {"_id": ObjectId(),
+                                    "body": validation.body(body, self.max_body_bytes)}
+        document.update(options.fields)
         dedupe_key = validation.optional_key("dedupe_key", dedupe_key)
         if dedupe_key is not None:
             document["dedupe_key"] = dedupe_key
             document["dedupe"] = f"{self.name}\x00{dedupe_key}"
-        activity = validation.optional_key("activity", activity)
-        if activity is not None:
-            document["activity"] = activity
-        document["outbox"] = [message_event(schema.WRITTEN, document, now,
-                                            delayed=delay_seconds > 0)]
+        document["outbox"] = [message_event(schema.WRITTEN, document, options.now,
+                                            delayed=options.delayed)]
         return document
 
     def write(self, body: Mapping[str, Any], routing_key: str | None = None,
               expire: float | None = None, delay: float = 0, priority: int = 0,
               dedupe_key: str | None = None, activity: str | None = None) -> ObjectId:
         """Write one message; return its id (the first one's, for a repeated ``dedupe_key``)."""
-        now = utcnow()
-        document = self._document(body, routing_key, expire, delay, priority, dedupe_key,
-                                  activity, now)
-        return self._insert_one(document)
+        options = self._options(routing_key, expire, delay, priority, activity, utcnow())
+        return self._insert_one(self._document(body, options, dedupe_key))
 
     def _insert_one(self, document: dict[str, Any]) -> ObjectId:
         """Insert, or return the id of the unfinished message holding the same dedupe key."""
@@ -195,19 +207,27 @@ class Queue:
         anything is written.
         """
         now = utcnow()
+        shared = self._options(routing_key, expire, delay, priority, activity, now)
+        options_of: dict[tuple[Any, ...], _Options] = {}
         documents = []
         for item in bodies:
-            if isinstance(item, Envelope):
-                documents.append(self._document(
-                    item.body, item.routing_key if item.routing_key is not None else routing_key,
-                    item.expire if item.expire is not None else expire,
-                    item.delay if item.delay is not None else delay,
-                    item.priority if item.priority is not None else priority,
-                    item.dedupe_key,
-                    item.activity if item.activity is not None else activity, now))
-            else:
-                documents.append(self._document(item, routing_key, expire, delay, priority,
-                                                None, activity, now))
+            if not isinstance(item, Envelope):
+                documents.append(self._document(item, shared, None))
+                continue
+            own = (item.routing_key if item.routing_key is not None else routing_key,
+                   item.expire if item.expire is not None else expire,
+                   item.delay if item.delay is not None else delay,
+                   item.priority if item.priority is not None else priority,
+                   item.activity if item.activity is not None else activity)
+            key = tuple((type(value), value) for value in own)  # True == 1, but not as an option
+            try:
+                options = options_of.get(key)
+            except TypeError:  # an unhashable option: validation says what is wrong
+                options = None
+            if options is None:
+                options = self._options(*own, now)
+                options_of[key] = options
+            documents.append(self._document(item.body, options, item.dedupe_key))
         if not documents:
             return []
         ids = [document["_id"] for document in documents]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mopq import InvalidBody, InvalidInput, InvalidQueueName, Queue
+from mopq import Envelope, InvalidBody, InvalidInput, InvalidQueueName, Queue
 
 
 @pytest.fixture
@@ -14,6 +14,13 @@ def queue(db_name) -> Queue:
 
 class Opaque:
     pass
+
+
+def _nested(levels: int) -> dict:
+    value: dict = {}
+    for _ in range(levels):
+        value = {"in": value}
+    return value
 
 
 @pytest.mark.parametrize("body, says", [
@@ -28,6 +35,8 @@ class Opaque:
     ({"n": float("inf")}, "no NaN or infinity"),
     ({"n": 2**70}, "64 bits"),
     ({"big": "x" * 20_000}, "the limit is 10000 bytes"),
+    ({"deep": _nested(70)}, "deeper than 64 levels"),
+    ({"list": [1, {"ok": [2, {"$gt": 1}]}]}, "body.list.1..ok.1...$gt' starts with"),
 ])
 def test_bad_bodies_are_refused_and_nothing_is_written(queue, db, body, says):
     with pytest.raises(InvalidBody, match=says.replace("$", r"\$")):
@@ -63,6 +72,12 @@ def test_a_queue_name_of_120_characters_is_fine(db_name):
     (lambda q: q.read(visibility_timeout=0), "more than 0"),
     (lambda q: q.read(limit=0), "limit must be a whole number from 1"),
     (lambda q: q.read(limit=10_000), "limit must be a whole number from 1 to 1000"),
+    (lambda q: q.write_many([{}], routing_key=""), "routing_key must be a non-empty string"),
+    (lambda q: q.write_many([Envelope({}, priority=1), Envelope({}, priority=True)]),
+     "priority must be a whole number"),
+    (lambda q: q.write_many([Envelope({}, delay=[1])]), "delay must be a number"),
+    (lambda q: q.write_many([Envelope({}, dedupe_key="a"), Envelope({}, dedupe_key="")]),
+     "dedupe_key must be a non-empty string"),
 ])
 def test_bad_arguments_are_refused(queue, db, call, says):
     with pytest.raises(InvalidInput, match=says):
