@@ -73,13 +73,33 @@ def insert_events(db: Database, documents: list[dict[str, Any]]) -> None:
             raise
 
 
+def _merged(outboxes: list[Outbox]) -> list[Outbox]:
+    """One outbox per message: its events in order, and the state of its last transition.
+
+    A claim and its ack often reach one batch; merged, they cost one pull (or
+    one delete) instead of two pulls and a delete.
+    """
+    merged: dict[Any, Outbox] = {}
+    for outbox in outboxes:
+        if not outbox.events:
+            continue
+        earlier = merged.get(outbox.message_id)
+        if earlier is None:
+            merged[outbox.message_id] = outbox
+            continue
+        known = {event["id"] for event in earlier.events}
+        events = earlier.events + [e for e in outbox.events if e["id"] not in known]
+        merged[outbox.message_id] = Outbox(outbox.message_id, outbox.state, events)
+    return list(merged.values())
+
+
 def publish_outboxes(db: Database, outboxes: list[Outbox], republished: bool = False) -> None:
     """Publish the events of ``outboxes``, then clear them from their messages.
 
     ``republished`` marks events that may have been published before (a retry
     after an error, or a sweep): collectors check those against their receipts.
     """
-    outboxes = [outbox for outbox in outboxes if outbox.events]
+    outboxes = _merged(outboxes)
     if not outboxes:
         return
     documents = [as_document(e) for outbox in outboxes for e in outbox.events]
@@ -87,6 +107,21 @@ def publish_outboxes(db: Database, outboxes: list[Outbox], republished: bool = F
         for document in documents:
             document["republished"] = True
     insert_events(db, documents)
+    messages = db[schema.MESSAGES]
+    # A finished message whose outbox holds exactly the events just published
+    # is deleted at once (its outbox would be empty after the pull).
+    finished = [outbox for outbox in outboxes if outbox.state in schema.TERMINAL_STATES]
+    if finished:
+        ids = [[e["id"] for e in outbox.events] for outbox in finished]
+        removed = messages.bulk_write([
+            DeleteOne({"_id": outbox.message_id, "state": outbox.state,
+                       "outbox": {"$size": len(event_ids)}, "outbox.id": {"$all": event_ids}})
+            for outbox, event_ids in zip(finished, ids, strict=True)], ordered=False)
+        if removed.deleted_count == len(finished):
+            outboxes = [outbox for outbox in outboxes
+                        if outbox.state not in schema.TERMINAL_STATES]
+            if not outboxes:
+                return
     # Every pull, then every delete: two commands for the whole batch (pymongo
     # starts a new command whenever the kind of operation changes), and each
     # message's pull still runs before its delete.
@@ -100,7 +135,7 @@ def publish_outboxes(db: Database, outboxes: list[Outbox], republished: bool = F
     deletes = [DeleteOne({"_id": outbox.message_id, "state": outbox.state,
                           "outbox.0": {"$exists": False}})
                for outbox in outboxes if outbox.state in schema.TERMINAL_STATES]
-    db[schema.MESSAGES].bulk_write(pulls + deletes, ordered=True)
+    messages.bulk_write(pulls + deletes, ordered=True)
 
 
 class Publisher:

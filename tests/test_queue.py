@@ -237,3 +237,24 @@ def test_every_transition_is_logged_once_with_stable_ids(queue, db):
         assert event["queue"] == "emails"
     acked = db.events.find_one({"kind": "acked"})
     assert acked["duration"] >= 0 and acked["message"] == str(first.id)
+
+
+def test_a_finished_message_stays_until_every_event_of_its_outbox_is_published(db_name, db):
+    """Publishing one transition of a done message must not delete it while another waits."""
+    from mopq.events import message_event
+    from mopq.publisher import Outbox, publish_outboxes
+
+    now = dt.datetime.now(dt.UTC)
+    message = {"_id": "m1", "queue": "q", "state": schema.DONE}
+    claimed = message_event(schema.CLAIMED, message, now, "t1")
+    acked = message_event(schema.ACKED, message, now, "t1")
+    db[schema.MESSAGES].insert_one({**message, "outbox": [claimed, acked]})
+
+    publish_outboxes(db, [Outbox("m1", schema.DONE, [acked])])
+    left = db[schema.MESSAGES].find_one({"_id": "m1"})
+    assert left is not None and [e["id"] for e in left["outbox"]] == [claimed["id"]]
+
+    publish_outboxes(db, [Outbox("m1", schema.INFLIGHT, [claimed]),
+                          Outbox("m1", schema.DONE, [acked])])  # merged: one delete
+    assert db[schema.MESSAGES].find_one({"_id": "m1"}) is None
+    assert sorted(db[schema.EVENTS].distinct("_id")) == sorted([claimed["id"], acked["id"]])
