@@ -62,6 +62,27 @@ def message_event(kind: str, message: dict[str, Any], at: dt.datetime,
     return event
 
 
+# What every event of a message repeats from the message document itself.
+_FROM_MESSAGE = ("partition", "queue", "routing_key", "message", "activity")
+
+
+def stored(event: dict[str, Any]) -> dict[str, Any]:
+    """The outbox entry of a message event: without what the message already says.
+
+    Messages are written in bulk with their "written" event in the outbox; not
+    repeating queue, routing key, ids and activity keeps that write small.
+    :func:`expanded` puts them back when the sweep publishes from the document.
+    """
+    return {key: value for key, value in event.items() if key not in _FROM_MESSAGE}
+
+
+def expanded(entry: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
+    """The full event of an outbox entry of ``message`` (stored or already full)."""
+    full = message_event(entry["kind"], message, entry["at"])
+    full.update(entry)
+    return full
+
+
 def business_event(name: str, value: float, tags: dict[str, str],
                    at: dt.datetime) -> dict[str, Any]:
     """An ``emit()`` event; its random id is fixed once, so re-sends stay one event."""

@@ -23,7 +23,7 @@ from typing import Any
 from pymongo.database import Database
 
 from mopq import schema
-from mopq.events import message_event
+from mopq.events import expanded, message_event
 from mopq.publisher import Outbox, publish_outboxes
 
 SWEEP_BATCH = 1_000
@@ -101,13 +101,14 @@ def republish_outboxes(db: Database, now: dt.datetime | None = None,
         {"updated_at": {"$lte": before},
          "$or": [{"outbox.id": {"$exists": True}},
                  {"state": {"$in": list(schema.TERMINAL_STATES)}}]},
-        {"state": 1, "outbox": 1},
+        {"state": 1, "outbox": 1, "queue": 1, "routing_key": 1, "activity": 1},
     ).limit(SWEEP_BATCH))
     for document in documents:
         if not document.get("outbox") and document["state"] in schema.TERMINAL_STATES:
             db[schema.MESSAGES].delete_one({"_id": document["_id"], "state": document["state"]})
-    publish_outboxes(db, [Outbox(d["_id"], d["state"], d.get("outbox", [])) for d in documents],
-                     republished=True)
+    publish_outboxes(db, [Outbox(d["_id"], d["state"],
+                                 [expanded(entry, d) for entry in d.get("outbox", [])])
+                          for d in documents], republished=True)
     return len(documents)
 
 

@@ -45,7 +45,7 @@ BATCH = 5_000
 IDLE_WAIT_SECONDS = 0.2
 # Once woken, gather for this long so that events go out in batches, not one
 # outbox at a time competing with the caller for the engine.
-GATHER_SECONDS = 0.02
+GATHER_SECONDS = 0.05
 RETRY_WAIT_MAX_SECONDS = 5.0
 EXIT_FLUSH_SECONDS = 5.0
 MAX_OUTBOX_REFUSALS = 3
@@ -129,12 +129,14 @@ def publish_outboxes(db: Database, outboxes: list[Outbox], republished: bool = F
         UpdateOne({"_id": outbox.message_id},
                   {"$pull": {"outbox": {"id": {"$in": [e["id"] for e in outbox.events]}}}})
         for outbox in outboxes]
-    # A finished message goes once its outbox is empty. Events of other
-    # transitions may still wait in it (their publisher is slower, or died):
-    # then the sweep publishes them and deletes it.
-    deletes = [DeleteOne({"_id": outbox.message_id, "state": outbox.state,
+    # A finished message goes once its outbox is empty, whichever publisher
+    # empties it: another process (or client) may have published its last
+    # transition while this one held an earlier one. If events still wait
+    # (their publisher is slower, or died), the sweep publishes them and deletes it.
+    deletes = [DeleteOne({"_id": outbox.message_id,
+                          "state": {"$in": list(schema.TERMINAL_STATES)},
                           "outbox.0": {"$exists": False}})
-               for outbox in outboxes if outbox.state in schema.TERMINAL_STATES]
+               for outbox in outboxes]
     messages.bulk_write(pulls + deletes, ordered=True)
 
 
@@ -200,6 +202,10 @@ class Publisher:
                                                     daemon=True)
                     self._thread.start()
 
+    def _full(self) -> bool:
+        with self._lock:
+            return len(self._outboxes) >= BATCH or len(self._business) >= BATCH
+
     def _take(self) -> tuple[list[Outbox], list[dict[str, Any]]]:
         with self._lock:
             outboxes = [self._outboxes.popleft() for _ in range(min(BATCH, len(self._outboxes)))]
@@ -262,6 +268,11 @@ class Publisher:
                 self._report_drops()
                 self.last_error = None
                 wait = 0.1
+                if not self._full():
+                    # Let the next batch gather: under a steady stream, publishing
+                    # each few outboxes at once costs the engine (and the caller's
+                    # own claims and acks) more round trips than events.
+                    time.sleep(GATHER_SECONDS)
             except PyMongoError as error:
                 self.last_error = str(error)
                 log.warning("mopq: cannot publish events yet (%s); retrying in %.1f s",

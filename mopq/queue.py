@@ -43,7 +43,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from mopq import schema, validation
 from mopq.connection import get_database
 from mopq.errors import InvalidInput
-from mopq.events import message_event
+from mopq.events import message_event, stored
 from mopq.message import Message
 from mopq.publisher import Outbox, Publisher, publisher_for
 
@@ -163,7 +163,8 @@ class Queue:
         return _Options(fields, delay_seconds > 0, now)
 
     def _document(self, body: Mapping[str, Any], options: _Options,
-                  dedupe_key: str | None) -> dict[str, Any]:
+                  dedupe_key: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The message document (its outbox holding the stored "written" event) and that event."""
         document: dict[str, Any] = {"_id": ObjectId(),
                                     "body": validation.body(body, self.max_body_bytes)}
         document.update(options.fields)
@@ -171,18 +172,18 @@ class Queue:
         if dedupe_key is not None:
             document["dedupe_key"] = dedupe_key
             document["dedupe"] = f"{self.name}\x00{dedupe_key}"
-        document["outbox"] = [message_event(schema.WRITTEN, document, options.now,
-                                            delayed=options.delayed)]
-        return document
+        written = message_event(schema.WRITTEN, document, options.now, delayed=options.delayed)
+        document["outbox"] = [stored(written)]
+        return document, written
 
     def write(self, body: Mapping[str, Any], routing_key: str | None = None,
               expire: float | None = None, delay: float = 0, priority: int = 0,
               dedupe_key: str | None = None, activity: str | None = None) -> ObjectId:
         """Write one message; return its id (the first one's, for a repeated ``dedupe_key``)."""
         options = self._options(routing_key, expire, delay, priority, activity, utcnow())
-        return self._insert_one(self._document(body, options, dedupe_key))
+        return self._insert_one(*self._document(body, options, dedupe_key))
 
-    def _insert_one(self, document: dict[str, Any]) -> ObjectId:
+    def _insert_one(self, document: dict[str, Any], written: dict[str, Any]) -> ObjectId:
         """Insert, or return the id of the unfinished message holding the same dedupe key."""
         while True:
             try:
@@ -193,7 +194,7 @@ class Queue:
                 if existing is not None:
                     return existing["_id"]
                 # The first one finished between our insert and our look-up: write anew.
-        self.publisher.add_outbox(Outbox(document["_id"], schema.PENDING, document["outbox"]))
+        self.publisher.add_outbox(Outbox(document["_id"], schema.PENDING, [written]))
         return document["_id"]
 
     def write_many(self, bodies: Iterable[Mapping[str, Any] | Envelope], *,
@@ -209,10 +210,10 @@ class Queue:
         now = utcnow()
         shared = self._options(routing_key, expire, delay, priority, activity, now)
         options_of: dict[tuple[Any, ...], _Options] = {}
-        documents = []
+        made: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for item in bodies:
             if not isinstance(item, Envelope):
-                documents.append(self._document(item, shared, None))
+                made.append(self._document(item, shared, None))
                 continue
             own = (item.routing_key if item.routing_key is not None else routing_key,
                    item.expire if item.expire is not None else expire,
@@ -227,23 +228,24 @@ class Queue:
             if options is None:
                 options = self._options(*own, now)
                 options_of[key] = options
-            documents.append(self._document(item.body, options, item.dedupe_key))
-        if not documents:
+            made.append(self._document(item.body, options, item.dedupe_key))
+        if not made:
             return []
+        documents = [document for document, _ in made]
         ids = [document["_id"] for document in documents]
         try:
             self.messages.insert_many(documents, ordered=False)
-            written = documents
+            inserted = made
         except BulkWriteError as error:
             failures = error.details.get("writeErrors", [])
             if any(f.get("code") != 11000 for f in failures):
                 raise
             duplicate_indexes = {f["index"] for f in failures}
-            written = [d for i, d in enumerate(documents) if i not in duplicate_indexes]
+            inserted = [pair for i, pair in enumerate(made) if i not in duplicate_indexes]
             for index in sorted(duplicate_indexes):
-                ids[index] = self._insert_one(documents[index])
-        self.publisher.add_outboxes([Outbox(d["_id"], schema.PENDING, d["outbox"])
-                                     for d in written])
+                ids[index] = self._insert_one(*made[index])
+        self.publisher.add_outboxes([Outbox(document["_id"], schema.PENDING, [written])
+                                     for document, written in inserted])
         return ids
 
     # -- claiming ------------------------------------------------------------------

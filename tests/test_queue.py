@@ -258,3 +258,21 @@ def test_a_finished_message_stays_until_every_event_of_its_outbox_is_published(d
                           Outbox("m1", schema.DONE, [acked])])  # merged: one delete
     assert db[schema.MESSAGES].find_one({"_id": "m1"}) is None
     assert sorted(db[schema.EVENTS].distinct("_id")) == sorted([claimed["id"], acked["id"]])
+
+
+def test_whichever_publisher_empties_a_finished_outbox_deletes_the_message(db_name, db):
+    """Two clients in one process have two publishers; the later one may hold the earlier events."""
+    from mopq.events import message_event
+    from mopq.publisher import Outbox, publish_outboxes
+
+    now = dt.datetime.now(dt.UTC)
+    message = {"_id": "m2", "queue": "q", "state": schema.REMOVED}
+    failed = message_event(schema.FAILED, message, now, "t1")
+    dead = message_event(schema.DEAD_EVENT, message, now, "t1")
+    removed = message_event(schema.DELETED, message, now)
+    db[schema.MESSAGES].insert_one({**message, "outbox": [failed, dead, removed]})
+
+    publish_outboxes(db, [Outbox("m2", schema.REMOVED, [removed])])
+    assert db[schema.MESSAGES].find_one({"_id": "m2"}) is not None  # two events still wait
+    publish_outboxes(db, [Outbox("m2", schema.DEAD, [failed, dead])])
+    assert db[schema.MESSAGES].find_one({"_id": "m2"}) is None
