@@ -12,7 +12,7 @@ from mopq.config import settings
 
 bind = os.environ.get("MOPQ_BIND", "127.0.0.1:8000")
 worker_class = "gthread"
-workers = int(os.environ.get("MOPQ_WEB_WORKERS", "1"))
+workers = settings().web_workers
 threads = settings().web_threads  # each open live page holds one
 timeout = 60
 graceful_timeout = 5

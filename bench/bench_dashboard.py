@@ -4,7 +4,8 @@ Run:  .venv/bin/python bench/bench_dashboard.py [--quick] [--load auto|wrk|pytho
 
 Starts its own embedded engine (memory storage) unless MOPQ_MONGODB_URI is
 set, and a live gunicorn per part (``python -m gunicorn -c gunicorn.conf.py
---bind 127.0.0.1:<free port> app:app`` from the repository root, one worker,
+--bind 127.0.0.1:<free port> app:app`` from the repository root, one worker
+(two for the second run of part 1),
 no credentials configured, so reading is open), then measures:
 
 1. ``/api/stats`` at 50 keep-alive connections for 20 s (5 s with --quick),
@@ -35,12 +36,16 @@ no credentials configured, so reading is open), then measures:
 3. 200 python-socketio clients (websocket transport, namespace /live) held
    by one gunicorn process for 40 s (30 s with --quick: past Engine.IO's
    first ping at 25 s) on the part-1 database while messages are written
-   (5/s) and a collector runs, with ``MOPQ_WEB_THREADS=300`` in the server's
-   environment, since every websocket holds one of gunicorn's threads.
-   Counts clients connected, still connected at the end, and those that
-   received a push during the hold; the worker process's RSS, threads and
-   /healthz latency while they are held. Then the same 200 clients against
-   the default thread count (100), briefly.
+   (5/s) and a collector runs, with the default thread count (300; every
+   websocket holds one of gunicorn's threads and the app admits live pages
+   up to threads - 20). Counts clients connected, still connected at the
+   end, and those that received a push during the hold; the worker
+   process's RSS, threads and /healthz latency while they are held. Then the
+   same 200 clients against ``MOPQ_WEB_THREADS=100``, briefly: 80 should be
+   admitted, the rest refused with a reason, and /healthz should still answer.
+
+``--parts 1,3`` runs only those parts; ``--workers 1,2`` (the default) runs
+part 1 once per number of gunicorn worker processes.
 
 Everything targets 127.0.0.1, is bounded in time, and stops what it started
 (engine, gunicorn, Chromium), also on SIGTERM.
@@ -169,12 +174,12 @@ def median_ms(function: Callable[[], Any], rounds: int = 3) -> float:
 
 @contextmanager
 def gunicorn(uri: str, database: str, log_dir: Path, threads: int | None = None,
-             ) -> Iterator[tuple[str, psutil.Process]]:
-    """A live ``gunicorn app:app`` (one worker) for ``database``: its URL and its worker."""
+             workers: int = 1) -> Iterator[tuple[str, psutil.Process]]:
+    """A live ``gunicorn app:app`` for ``database``: its URL and its (first) worker."""
     port = free_port()
     env = {k: v for k, v in os.environ.items()
            if k not in AUTH_VARIABLES and k not in ("MOPQ_WEB_THREADS", "MOPQ_ACCESS_LOG")}
-    env.update(MOPQ_MONGODB_URI=uri, MOPQ_DATABASE=database, MOPQ_WEB_WORKERS="1")
+    env.update(MOPQ_MONGODB_URI=uri, MOPQ_DATABASE=database, MOPQ_WEB_WORKERS=str(workers))
     if threads is not None:
         env["MOPQ_WEB_THREADS"] = str(threads)
     log_path = log_dir / f"gunicorn-{port}.log"
@@ -411,8 +416,9 @@ def wrk_load(url: str, path: str, connections: int, seconds: float, log_dir: Pat
 
 
 def part_stats_load(uri: str, database: str, db: Any, log_dir: Path, seconds: float,
-                    generators: tuple[str, ...], connections: int = 50) -> dict[str, Any]:
-    with gunicorn(uri, database, log_dir) as (url, worker):
+                    generators: tuple[str, ...], connections: int = 50,
+                    workers: int = 1) -> dict[str, Any]:
+    with gunicorn(uri, database, log_dir, workers=workers) as (url, worker):
         for path in ("/healthz", "/api/stats", "/api/stats"):
             status, body, _ = get(url, path, 60)
             assert status == 200, (path, status, body[:300])
@@ -700,6 +706,10 @@ def _load_row(label: str, r: dict[str, Any]) -> str:
             f"{errors:7}{detail}")
 
 
+def _numbers(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -708,6 +718,11 @@ def main() -> None:
     parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto",
                         help="load generator for part 1 (auto: wrk and python if wrk is "
                              "installed, else python)")
+    parser.add_argument("--parts", type=_numbers, default=(1, 2, 3),
+                        help="which parts to run, e.g. 1 or 1,3 (default: all)")
+    parser.add_argument("--workers", type=_numbers, default=(1, 2),
+                        help="gunicorn worker processes for part 1, one run each "
+                             "(default: 1,2)")
     parser.add_argument("--logs", metavar="DIR", type=Path,
                         help="keep the gunicorn logs in DIR (default: a temporary folder)")
     args = parser.parse_args()
@@ -750,89 +765,97 @@ def main() -> None:
 
             generators = ("wrk", "python") if args.load == "auto" and shutil.which("wrk") \
                 else ("python",) if args.load in ("auto", "python") else ("wrk",)
-            r1 = part_stats_load(uri, big, db, log_dir, load_seconds, generators)
-            print(f"\n1. GET under load: 50 keep-alive connections, {load_seconds} s per row, "
-                  f"one gunicorn worker ({r1['worker_threads']} threads in its process)")
-            print(f"   /api/stats: {r1['queues']} queues, events_total "
-                  f"{r1['events_total']:,}, {r1['size']:,} B; alone (10 sequential): "
-                  f"median {_ms(statistics.median(r1['serial']))}")
-            print(f"   {'':<20}{'req/s':>9} {'requests':>8} {'p50 ms':>9} {'p95 ms':>9} "
-                  f"{'p99 ms':>9} {'max ms':>9} {'errors':>7}")
-            for (generator, path), row in r1["runs"].items():
-                print(_load_row(f"{generator:<7}{path}", row))
-            for generator in generators:
-                base, stats = r1["runs"][generator, "/healthz"], r1["runs"][generator, "/api/stats"]
-                ratio = stats["rate"] / base["rate"] if base["rate"] else 0.0
-                ok = stats["p99"] < 0.1 and not stats["errors"]
-                goals.append((f"/api/stats p99 < 100 ms at 50 connections ({generator})", ok))
-                print(f"   {generator}: /api/stats rate {ratio:.3f}x /healthz; p99 "
-                      f"{_ms(stats['p99'])} (goal < 100 ms: {_met(ok)}); /healthz p99 "
-                      f"{_ms(base['p99'])}")
-            if "wrk" in generators:
-                print("   (wrk does not count requests still running when its time is up; the "
-                      "python generator waits for them)")
-            print("   diagnosis, each alone from this script (median of 3):")
-            for label, value in r1["diagnosis"].items():
-                shown = f"{value:,}" if label == "counter documents" else f"{value:9.1f} ms"
-                print(f"     {label:<66}{shown:>12}")
+            for workers in args.workers if 1 in args.parts else ():
+                r1 = part_stats_load(uri, big, db, log_dir, load_seconds, generators,
+                                     workers=workers)
+                print(f"\n1. GET under load: 50 keep-alive connections, {load_seconds} s per "
+                      f"row, {workers} gunicorn worker process{'es' if workers > 1 else ''} "
+                      f"({r1['worker_threads']} threads in the first)")
+                print(f"   /api/stats: {r1['queues']} queues, events_total "
+                      f"{r1['events_total']:,}, {r1['size']:,} B; alone (10 sequential): "
+                      f"median {_ms(statistics.median(r1['serial']))}")
+                print(f"   {'':<20}{'req/s':>9} {'requests':>8} {'p50 ms':>9} {'p95 ms':>9} "
+                      f"{'p99 ms':>9} {'max ms':>9} {'errors':>7}")
+                for (generator, path), row in r1["runs"].items():
+                    print(_load_row(f"{generator:<7}{path}", row))
+                for generator in generators:
+                    base = r1["runs"][generator, "/healthz"]
+                    stats = r1["runs"][generator, "/api/stats"]
+                    ratio = stats["rate"] / base["rate"] if base["rate"] else 0.0
+                    ok = stats["p99"] < 0.1 and not stats["errors"]
+                    goals.append((f"/api/stats p99 < 100 ms at 50 connections ({generator}, "
+                                  f"{workers} worker{'s' if workers > 1 else ''})", ok))
+                    print(f"   {generator}: /api/stats rate {ratio:.3f}x /healthz; p99 "
+                          f"{_ms(stats['p99'])} (goal < 100 ms: {_met(ok)}); /healthz p99 "
+                          f"{_ms(base['p99'])}")
+                if "wrk" in generators:
+                    print("   (wrk does not count requests still running when its time is up; "
+                          "the python generator waits for them)")
+            if 1 in args.parts:
+                print("   diagnosis, each alone from this script (median of 3):")
+                for label, value in r1["diagnosis"].items():
+                    shown = f"{value:,}" if label == "counter documents" else f"{value:9.1f} ms"
+                    print(f"     {label:<66}{shown:>12}")
 
-            from playwright.sync_api import sync_playwright
+            if 2 in args.parts:
+                from playwright.sync_api import sync_playwright
 
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                                     args=CHROMIUM_ARGS)
-                try:
-                    print(f"\n2. event-to-browser latency, Chromium {browser.version}: "
-                          f"20 messages/s for {live_seconds} s, a collector (defaults) running")
-                    print(f"   {'database':<22}{'sent':>5}{'seen':>6}{'pushes':>7}"
-                          f"{'p50 s':>8}{'p99 s':>8}{'max s':>8}{'push gap':>9}"
-                          f"{'lag':>7}  goal p99 < 2 s")
-                    for label, name in (("fresh (1 queue)", small),
-                                        ("100 queues, part 1", big)):
-                        schema.ensure_indexes(client[name])
-                        r2 = part_browser(browser, uri, name, log_dir, live_seconds, 20,
-                                          drain=30)
-                        ok = r2["unseen"] == 0 and r2["p99"] < 2.0
-                        goals.append((f"event-to-browser p99 < 2 s, {label}", ok))
-                        print(f"   {label:<22}{r2['sent']:5}{r2['seen']:6}{r2['pushes']:7}"
-                              f"{r2['p50']:8.2f}{r2['p99']:8.2f}{r2['max']:8.2f}"
-                              f"{r2['gap']:8.2f}s{r2['lag']:6.1f}s  {_met(ok)}"
-                              + (f" ({r2['unseen']} never seen)" if r2["unseen"] else ""))
-                    print("   (push gap: median time between pushes in the page; lag: median "
-                          "collector lag the pushes carried)")
-                finally:
-                    browser.close()
+                with sync_playwright() as playwright:
+                    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                                         args=CHROMIUM_ARGS)
+                    try:
+                        print(f"\n2. event-to-browser latency, Chromium {browser.version}: "
+                              f"20 messages/s for {live_seconds} s, a collector (defaults) running")
+                        print(f"   {'database':<22}{'sent':>5}{'seen':>6}{'pushes':>7}"
+                              f"{'p50 s':>8}{'p99 s':>8}{'max s':>8}{'push gap':>9}"
+                              f"{'lag':>7}  goal p99 < 2 s")
+                        for label, name in (("fresh (1 queue)", small),
+                                            ("100 queues, part 1", big)):
+                            schema.ensure_indexes(client[name])
+                            r2 = part_browser(browser, uri, name, log_dir, live_seconds, 20,
+                                              drain=30)
+                            ok = r2["unseen"] == 0 and r2["p99"] < 2.0
+                            goals.append((f"event-to-browser p99 < 2 s, {label}", ok))
+                            print(f"   {label:<22}{r2['sent']:5}{r2['seen']:6}{r2['pushes']:7}"
+                                  f"{r2['p50']:8.2f}{r2['p99']:8.2f}{r2['max']:8.2f}"
+                                  f"{r2['gap']:8.2f}s{r2['lag']:6.1f}s  {_met(ok)}"
+                                  + (f" ({r2['unseen']} never seen)" if r2["unseen"] else ""))
+                        print("   (push gap: median time between pushes in the page; lag: median "
+                              "collector lag the pushes carried)")
+                    finally:
+                        browser.close()
 
-            print("\n3. Socket.IO clients (python-socketio, websocket, /live) on one gunicorn "
-                  "process, database of part 1")
-            runs = [(300, hold, True), (None, 5, False)]
-            for threads, held_for, write in runs:
-                r3 = part_clients(uri, big, log_dir, 200, held_for, threads, write)
-                label = (f"MOPQ_WEB_THREADS={threads}" if threads
-                         else "default threads (gunicorn.conf.py: 100)")
-                print(f"   {label}: 200 clients, held {held_for} s"
-                      + (" while 5 messages/s are written" if write else ", nothing written"))
-                print(f"     connected {r3['connected']}/200 in {r3['connect_seconds']:.1f} s; "
-                      f"still connected at the end {r3['still']}; received a push during "
-                      f"the hold {r3['with_push']} (median {r3['pushes_median']} pushes)")
-                print(f"     worker RSS: {r3['rss_before']:.1f} MiB before, "
-                      f"{r3['rss_connected']:.1f} connected, {r3['rss_max']:.1f} max, "
-                      f"{r3['rss_after']:.1f} after disconnecting; threads "
-                      f"{r3['threads_before']} -> {r3['threads_held']}")
-                probe = r3["probe"]
-                print(f"     /healthz while held: median {_ms(probe['p50'])}, max "
-                      f"{_ms(probe['max'])}, {probe['failures']}/{probe['count']} without an "
-                      "answer within 5 s")
-                print(f"     worker CPU: {r3['cpu_connect']:.1f} s while connecting, "
-                      f"{r3['cpu_hold'] * 100:.0f}% of a core while held")
-                if r3["dropped"]:
-                    print(f"     disconnect reasons seen by clients: {r3['dropped']}")
-                for line, count in sorted(r3["client_log"].items()):
-                    print(f"     logged by the clients before closing, x{count}: {line}")
-                if threads:
-                    ok = r3["connected"] == 200 and r3["still"] == 200 \
-                        and r3["with_push"] == 200
-                    goals.append(("200 clients held by one process (300 threads)", ok))
+            if 3 in args.parts:
+                print("\n3. Socket.IO clients (python-socketio, websocket, /live) on one gunicorn "
+                      "process, database of part 1")
+                runs = [(None, hold, True), (100, 5, False)]
+                for threads, held_for, write in runs:
+                    r3 = part_clients(uri, big, log_dir, 200, held_for, threads, write)
+                    label = (f"MOPQ_WEB_THREADS={threads} (live pages refused past {threads - 20})"
+                             if threads else "default threads (300: live pages up to 280)")
+                    print(f"   {label}: 200 clients, held {held_for} s"
+                          + (" while 5 messages/s are written" if write else ", nothing written"))
+                    print(f"     connected {r3['connected']}/200 in {r3['connect_seconds']:.1f} s; "
+                          f"still connected at the end {r3['still']}; received a push during "
+                          f"the hold {r3['with_push']} (median {r3['pushes_median']} pushes)")
+                    print(f"     worker RSS: {r3['rss_before']:.1f} MiB before, "
+                          f"{r3['rss_connected']:.1f} connected, {r3['rss_max']:.1f} max, "
+                          f"{r3['rss_after']:.1f} after disconnecting; threads "
+                          f"{r3['threads_before']} -> {r3['threads_held']}")
+                    probe = r3["probe"]
+                    print(f"     /healthz while held: median {_ms(probe['p50'])}, max "
+                          f"{_ms(probe['max'])}, {probe['failures']}/{probe['count']} without an "
+                          "answer within 5 s")
+                    print(f"     worker CPU: {r3['cpu_connect']:.1f} s while connecting, "
+                          f"{r3['cpu_hold'] * 100:.0f}% of a core while held")
+                    if r3["dropped"]:
+                        print(f"     disconnect reasons seen by clients: {r3['dropped']}")
+                    for line, count in sorted(r3["client_log"].items()):
+                        print(f"     logged by the clients before closing, x{count}: {line}")
+                    if not threads:
+                        ok = r3["connected"] == 200 and r3["still"] == 200 \
+                            and r3["with_push"] == 200
+                        goals.append(("200 clients held by one process (default threads)", ok))
     finally:
         client.close()
         if engine is not None:

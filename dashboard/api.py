@@ -188,7 +188,7 @@ def _audited(action: str, target: dict[str, Any], run: Any) -> Response:
 @require_read
 def stats() -> Any:
     _args({})
-    return jsonify(stats_cache.stats(store.database()))
+    return Response(stats_cache.stats_json(store.database()), mimetype="application/json")
 
 
 @blueprint.get("/api/queues")
