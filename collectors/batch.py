@@ -38,9 +38,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import DeleteOne, UpdateOne
+from pymongo import UpdateOne
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, OperationFailure
 
 from collectors.counters import Delta, deltas_of
 from collectors.leases import partition_lease_id
@@ -186,15 +186,30 @@ def _finish(db: Database, owner: str, journals: dict[int, dict[str, Any]],
             db[schema.RECEIPTS].insert_many(receipts, ordered=False)
         except BulkWriteError as error:
             _ignore_duplicates(error)
-    deletes = [DeleteOne({"_id": event_id}) for j in journals.values()
-               for event_id in j["apply"] + j["skip"]]
-    if deletes:
-        db[schema.EVENTS].bulk_write(deletes, ordered=False)
+    _delete_events(db, [event_id for j in journals.values() for event_id in j["apply"] + j["skip"]])
     db[schema.LEASES].bulk_write([
         UpdateOne({"_id": partition_lease_id(p), "owner": owner, "journal.seq": j["seq"]},
                   {"$set": {"seq": j["seq"]}, "$unset": {"journal": ""}})
         for p, j in journals.items()], ordered=False)
     return sum(len(j["apply"]) for j in journals.values())
+
+
+DELETE_CHUNK = 10_000
+
+
+def _delete_events(db: Database, ids: list[str]) -> None:
+    """Delete events by ``_id``: the ``delete`` command ``bulk_write`` would send.
+
+    Built as plain statements: a ``DeleteOne`` object per event cost about a
+    fifth of the collector's Python time. (``delete_many`` with ``$in`` is three
+    times slower on the embedded engine.)
+    """
+    for start in range(0, len(ids), DELETE_CHUNK):
+        statements = [{"q": {"_id": event_id}, "limit": 1}
+                      for event_id in ids[start:start + DELETE_CHUNK]]
+        answer = db.command("delete", schema.EVENTS, deletes=statements, ordered=False)
+        if answer.get("writeErrors"):
+            raise OperationFailure(f"deleting applied events failed: {answer['writeErrors'][:3]}")
 
 
 def replay(db: Database, owner: str, partition: int, journal: dict[str, Any]) -> int:

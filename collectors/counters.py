@@ -166,6 +166,8 @@ def deltas_of(events: Iterable[dict[str, Any]]) -> dict[str, Delta]:
     """
     shares: dict[tuple[str, dt.datetime], Delta] = {}
     identities: dict[str, dict[str, Any]] = {}
+    tag_keys: dict[tuple[tuple[str, Any], ...], str] = {}
+    second_of: dict[dt.datetime, dt.datetime] = {}
 
     def share(series: str, second: dt.datetime, identity: dict[str, Any]) -> Delta:
         key = (series, second)
@@ -176,7 +178,10 @@ def deltas_of(events: Iterable[dict[str, Any]]) -> dict[str, Delta]:
         return found
 
     for event in events:
-        second = event["at"].replace(microsecond=0)
+        at = event["at"]
+        second = second_of.get(at)
+        if second is None:
+            second = second_of[at] = at.replace(microsecond=0)
         partition = event.get("partition", 0)
         applied = share(EVENTS_APPLIED_SERIES, second, {"scope": "collector"})
         applied.inc["count"] += 1
@@ -186,14 +191,21 @@ def deltas_of(events: Iterable[dict[str, Any]]) -> dict[str, Delta]:
             name, tags, value = event["name"], event.get("tags") or {}, float(event["value"])
             series_of = [(f"b:{name}:*", None)]
             if tags:
-                series_of.append((f"b:{name}:{tags_key(tags)}", tags))
+                items = tuple(sorted(tags.items()))
+                key = tag_keys.get(items)
+                if key is None:
+                    key = tag_keys[items] = tags_key(tags)
+                series_of.append((f"b:{name}:{key}", tags))
             for series, series_tags in series_of:
                 delta = share(series, second,
                               {"scope": "business", "name": name, "tags": series_tags})
                 delta.partitions.add(partition)
                 delta.inc["count"] += 1
                 delta.inc["sum"] += value
-                delta.observe(value)
+                if delta.low is None or value < delta.low:
+                    delta.low = value
+                if delta.high is None or value > delta.high:
+                    delta.high = value
             continue
         queue = event["queue"]
         for series, identity in ((f"q:{queue}", {"scope": "queue", "queue": queue}),

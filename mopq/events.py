@@ -63,7 +63,7 @@ def message_event(kind: str, message: dict[str, Any], at: dt.datetime,
 
 
 # What every event of a message repeats from the message document itself.
-_FROM_MESSAGE = ("partition", "queue", "routing_key", "message", "activity")
+_FROM_MESSAGE = frozenset(("partition", "queue", "routing_key", "message", "activity"))
 
 
 def stored(event: dict[str, Any]) -> dict[str, Any]:
