@@ -31,7 +31,7 @@ from typing import Any
 
 from pymongo import DeleteOne, UpdateOne
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, InvalidOperation, OperationFailure, PyMongoError
 
 from mopq import schema
 from mopq.events import as_document, business_event
@@ -202,6 +202,25 @@ class Publisher:
                                                     daemon=True)
                     self._thread.start()
 
+    def _retire(self, outboxes: list[Outbox], business: list[dict[str, Any]],
+                error: InvalidOperation) -> None:
+        with self._lock:
+            business_lost = len(business) + len(self._business)
+            outboxes_left = len(outboxes) + len(self._outboxes)
+            self._business.clear()
+            self._outboxes.clear()
+            self.dropped += business_lost
+            self._stopping = True
+            self.last_error = str(error)
+            self._idle.set()
+        with _publishers_lock:
+            for key, publisher in list(_publishers.items()):
+                if publisher is self:
+                    del _publishers[key]
+        log.error("mopq: the MongoClient of database %r was closed (%s); %d emitted event(s) "
+                  "dropped, %d outbox(es) left to the sweep. Close clients only after "
+                  "mopq.flush().", self.db.name, error, business_lost, outboxes_left)
+
     def _full(self) -> bool:
         with self._lock:
             return len(self._outboxes) >= BATCH or len(self._business) >= BATCH
@@ -273,6 +292,12 @@ class Publisher:
                     # each few outboxes at once costs the engine (and the caller's
                     # own claims and acks) more round trips than events.
                     time.sleep(GATHER_SECONDS)
+            except InvalidOperation as error:
+                # The client was closed under us: nothing sent through it can succeed.
+                # Outbox events stay in their messages (the sweep publishes them);
+                # emitted events only lived here, so they count as dropped.
+                self._retire(outboxes, business, error)
+                return
             except PyMongoError as error:
                 self.last_error = str(error)
                 log.warning("mopq: cannot publish events yet (%s); retrying in %.1f s",

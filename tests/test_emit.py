@@ -83,3 +83,23 @@ def test_a_full_buffer_drops_the_oldest_and_reports_the_drop():
     finally:
         client.close()
         engine.stop()
+
+
+def test_a_closed_client_stops_its_publisher_with_a_clear_error(engine_uri, db_name, caplog):
+    """Closing a client with events still buffered: said once, counted, and flush() returns."""
+    from mopq import Queue, flush
+
+    client = MongoClient(engine_uri, tz_aware=True)
+    database = client[db_name]
+    Queue("closing", db=database).write({"n": 1})
+    publisher = publisher_for(database)
+    client.close()
+    publisher.add_business(business_event("late", 1, {}, dt.datetime.now(dt.UTC)))
+    started = time.monotonic()
+    assert wait_until(lambda: publisher.last_error and publisher.pending() == 0, timeout=10,
+                      message="the publisher to give up on the closed client")
+    assert flush(5) and time.monotonic() - started < 10
+    assert publisher.dropped >= 1
+    errors = [r.getMessage() for r in caplog.records if r.name == "mopq.publisher"]
+    assert any("was closed" in message and "mopq.flush()" in message for message in errors)
+    assert publisher_for(database) is not publisher  # a later use starts afresh
