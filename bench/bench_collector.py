@@ -7,8 +7,9 @@ set, and measures, each in a fresh database of the same engine:
 
 1. throughput — the collector applying N waiting events (exactly-once
    batches: journal, counters, receipt, delete) next to a raw consume of the
-   same events with pymongo (read a batch, delete it by id); the ratio is
-   collector / raw (goal >= 0.5).
+   same events with pymongo (read a batch, delete it by id), alternating, three
+   rounds each (one with --quick) on fresh databases; the ratio is the best
+   collector round / the best raw round (goal >= 0.5).
 2. lag — events emitted at a steady 1,000/s for a while with a collector
    running; every 100 ms the age of the oldest event not yet applied is
    sampled; p50 / p99 of those samples (goal: p99 under 1 s).
@@ -54,33 +55,43 @@ def fill(db, count: int) -> None:
         db[schema.EVENTS].insert_many(make_events(min(10_000, count - start)), ordered=False)
 
 
-def throughput(client: MongoClient, count: int) -> tuple[float, float]:
-    raw_db = client["bench_raw"]
-    fill(raw_db, count)
-    started = time.perf_counter()
-    while True:
-        batch = list(raw_db[schema.EVENTS].find({}, {"_id": 1}).limit(BATCH))
-        if not batch:
-            break
-        raw_db[schema.EVENTS].bulk_write([DeleteOne({"_id": e["_id"]}) for e in batch],
-                                         ordered=False)
-    raw_rate = count / (time.perf_counter() - started)
+def throughput(client: MongoClient, count: int, rounds: int) -> tuple[list[float], list[float]]:
+    """Rates of the collector and of the raw consume, one of each per round, alternating.
 
-    db = client["bench_collector"]
-    schema.ensure_indexes(db)
-    fill(db, count)
-    collector = Collector(db=db, monitor=False, batch_size=BATCH)
-    collector.partitions.rebalance({})
-    started = time.perf_counter()
-    applied = 0
-    while True:
-        step = collector.step().applied
-        if not step:
-            break
-        applied += step
-    rate = applied / (time.perf_counter() - started)
-    assert applied == count, (applied, count)
-    return rate, raw_rate
+    Each round fills a fresh database; the best round of each counts (other
+    load on a shared machine only ever slows a round down).
+    """
+    rates: list[float] = []
+    raw_rates: list[float] = []
+    for round_number in range(rounds):
+        raw_db = client[f"bench_raw_{round_number}"]
+        fill(raw_db, count)
+        started = time.perf_counter()
+        while True:
+            batch = list(raw_db[schema.EVENTS].find({}, {"_id": 1}).limit(BATCH))
+            if not batch:
+                break
+            raw_db[schema.EVENTS].bulk_write([DeleteOne({"_id": e["_id"]}) for e in batch],
+                                             ordered=False)
+        raw_rates.append(count / (time.perf_counter() - started))
+        client.drop_database(raw_db.name)
+
+        db = client[f"bench_collector_{round_number}"]
+        schema.ensure_indexes(db)
+        fill(db, count)
+        collector = Collector(db=db, monitor=False, batch_size=BATCH)
+        collector.partitions.rebalance({})
+        started = time.perf_counter()
+        applied = 0
+        while True:
+            step = collector.step().applied
+            if not step:
+                break
+            applied += step
+        rates.append(applied / (time.perf_counter() - started))
+        assert applied == count, (applied, count)
+        client.drop_database(db.name)
+    return rates, raw_rates
 
 
 def lag(client: MongoClient, seconds: float, per_second: int = 1000) -> list[float]:
@@ -163,10 +174,15 @@ def main() -> None:
     client = MongoClient(uri, tz_aware=True)
     try:
         print(f"engine: {uri}  ({'quick' if args.quick else 'full'} run)")
-        rate, raw_rate = throughput(client, events)
-        print(f"\n1. throughput, {events:,} events waiting")
-        print(f"   collector (exactly-once)  {rate:10,.0f} events/s")
-        print(f"   raw consume (find+delete) {raw_rate:10,.0f} events/s")
+        rounds = 1 if args.quick else 3
+        rates, raw_rates = throughput(client, events, rounds)
+        rate, raw_rate = max(rates), max(raw_rates)
+        print(f"\n1. throughput, {events:,} events waiting (best of {rounds} "
+              f"round{'s' if rounds > 1 else ''}, alternating)")
+        print(f"   collector (exactly-once)  {rate:10,.0f} events/s   rounds: "
+              + ", ".join(f"{r:,.0f}" for r in rates))
+        print(f"   raw consume (find+delete) {raw_rate:10,.0f} events/s   rounds: "
+              + ", ".join(f"{r:,.0f}" for r in raw_rates))
         print(f"   ratio collector/raw       {rate / raw_rate:10.2f}   (goal >= 0.5)")
 
         samples = lag(client, lag_seconds)

@@ -158,76 +158,107 @@ def _expand(deltas: dict[str, Delta], series: str, second: dt.datetime,
 def deltas_of(events: Iterable[dict[str, Any]]) -> dict[str, Delta]:
     """The counter changes a batch of events makes, keyed by counter ``_id``.
 
-    Events are first summed per (series, second), then each sum is added to
-    its 1 s, 1 min, 1 h buckets and the total: a batch spans few seconds, so
-    bucket keys are computed a few times rather than once per event. Every
-    event counts in the buckets of its own time, so the changes of any subset
-    of a batch touch only counters that the whole batch touches.
+    Events are first tallied per (what they count, second) in plain tuples,
+    then each tally becomes a share of its series for that second, and each
+    share is added to its 1 s, 1 min, 1 h buckets and the total: a batch spans
+    few seconds, so bucket keys are computed a few times rather than once per
+    event. Every event counts in the buckets of its own time, so the changes
+    of any subset of a batch touch only counters that the whole batch touches.
     """
-    shares: dict[tuple[str, dt.datetime], Delta] = {}
-    identities: dict[str, dict[str, Any]] = {}
-    tag_keys: dict[tuple[tuple[str, Any], ...], str] = {}
     second_of: dict[dt.datetime, dt.datetime] = {}
-
-    def share(series: str, second: dt.datetime, identity: dict[str, Any]) -> Delta:
-        key = (series, second)
-        found = shares.get(key)
-        if found is None:
-            identities.setdefault(series, identity)
-            found = shares[key] = Delta(identity)
-        return found
-
+    applied: dict[dt.datetime, list[Any]] = {}  # second -> [count, partitions]
+    business: dict[tuple[str, tuple[tuple[str, Any], ...], dt.datetime], list[Any]] = {}
+    transitions: dict[tuple[str, str | None, str, dt.datetime], list[Any]] = {}
+    durations: dict[tuple[str, str, dt.datetime], list[Any]] = {}
     for event in events:
         at = event["at"]
         second = second_of.get(at)
         if second is None:
             second = second_of[at] = at.replace(microsecond=0)
         partition = event.get("partition", 0)
-        applied = share(EVENTS_APPLIED_SERIES, second, {"scope": "collector"})
-        applied.inc["count"] += 1
-        applied.partitions.add(partition)
+        tally = applied.get(second)
+        if tally is None:
+            tally = applied[second] = [0, set()]
+        tally[0] += 1
+        tally[1].add(partition)
         kind = event["kind"]
         if kind == schema.BUSINESS:
-            name, tags, value = event["name"], event.get("tags") or {}, float(event["value"])
-            series_of = [(f"b:{name}:*", None)]
-            if tags:
-                items = tuple(sorted(tags.items()))
-                key = tag_keys.get(items)
-                if key is None:
-                    key = tag_keys[items] = tags_key(tags)
-                series_of.append((f"b:{name}:{key}", tags))
-            for series, series_tags in series_of:
-                delta = share(series, second,
-                              {"scope": "business", "name": name, "tags": series_tags})
-                delta.partitions.add(partition)
-                delta.inc["count"] += 1
-                delta.inc["sum"] += value
-                if delta.low is None or value < delta.low:
-                    delta.low = value
-                if delta.high is None or value > delta.high:
-                    delta.high = value
+            tags = event.get("tags")
+            value = float(event["value"])
+            key = (event["name"], tuple(sorted(tags.items())) if tags else (), second)
+            tally = business.get(key)
+            if tally is None:
+                business[key] = [1, value, value, value, {partition}, tags or {}]
+                continue
+            tally[0] += 1
+            tally[1] += value
+            if value < tally[2]:
+                tally[2] = value
+            if value > tally[3]:
+                tally[3] = value
+            tally[4].add(partition)
             continue
         queue = event["queue"]
+        key = (queue, event.get("activity") or None, kind, second)
+        tally = transitions.get(key)
+        if tally is None:
+            tally = transitions[key] = [0, set()]
+        tally[0] += 1
+        tally[1].add(partition)
+        if kind == schema.ACKED and event.get("duration") is not None:
+            key = (queue, event.get("routing_key") or "", second)
+            tally = durations.get(key)
+            if tally is None:
+                tally = durations[key] = [[], set()]
+            tally[0].append(float(event["duration"]))
+            tally[1].add(partition)
+
+    shares: dict[tuple[str, dt.datetime], Delta] = {}
+    identities: dict[str, dict[str, Any]] = {}
+
+    def share(series: str, second: dt.datetime, identity: dict[str, Any],
+              partitions: set[int]) -> Delta:
+        key = (series, second)
+        found = shares.get(key)
+        if found is None:
+            identities.setdefault(series, identity)
+            found = shares[key] = Delta(identity)
+        found.partitions |= partitions
+        return found
+
+    for second, (count, partitions) in applied.items():
+        delta = share(EVENTS_APPLIED_SERIES, second, {"scope": "collector"}, partitions)
+        delta.inc["count"] += count
+    tag_keys: dict[tuple[tuple[str, Any], ...], str] = {}
+    for (name, items, second), (count, total, low, high, partitions, tags) in business.items():
+        series_of = [(f"b:{name}:*", None)]
+        if items:
+            tag_key = tag_keys.get(items)
+            if tag_key is None:
+                tag_key = tag_keys[items] = tags_key(tags)
+            series_of.append((f"b:{name}:{tag_key}", tags))
+        for series, series_tags in series_of:
+            delta = share(series, second, {"scope": "business", "name": name, "tags": series_tags},
+                          partitions)
+            delta.inc["count"] += count
+            delta.inc["sum"] += total
+            delta.observe(low)
+            delta.observe(high)
+    for (queue, activity, kind, second), (count, partitions) in transitions.items():
         for series, identity in ((f"q:{queue}", {"scope": "queue", "queue": queue}),
                                  (ALL_QUEUES_SERIES, {"scope": "all_queues"})):
-            delta = share(series, second, identity)
-            delta.inc[f"counts.{kind}"] += 1
-            delta.partitions.add(partition)
-        if event.get("activity"):
-            activity = event["activity"]
-            delta = share(f"a:{activity}", second, {"scope": "activity", "activity": activity})
-            delta.inc[f"counts.{kind}"] += 1
-            delta.partitions.add(partition)
-        if kind == schema.ACKED and event.get("duration") is not None:
-            routing_key = event.get("routing_key") or ""
-            seconds = float(event["duration"])
-            for key in (routing_key, "*"):
-                delta = share(f"d:{queue}:{key}", second,
-                              {"scope": "duration", "queue": queue, "routing_key": key})
+            share(series, second, identity, partitions).inc[f"counts.{kind}"] += count
+        if activity:
+            share(f"a:{activity}", second, {"scope": "activity", "activity": activity},
+                  partitions).inc[f"counts.{kind}"] += count
+    for (queue, routing_key, second), (observed, partitions) in durations.items():
+        for key in (routing_key, "*"):
+            delta = share(f"d:{queue}:{key}", second,
+                          {"scope": "duration", "queue": queue, "routing_key": key}, partitions)
+            for seconds in observed:
                 delta.inc[f"hist.{histogram_bin(seconds)}"] += 1
-                delta.inc["count"] += 1
-                delta.inc["sum"] += seconds
-                delta.partitions.add(partition)
+            delta.inc["count"] += len(observed)
+            delta.inc["sum"] += sum(observed)
     deltas: dict[str, Delta] = {}
     for (series, second), delta in shares.items():
         _expand(deltas, series, second, identities[series], delta)

@@ -345,3 +345,53 @@ def test_partition_leases_keep_a_fair_share(db_name, db):
     second.rebalance({})
     assert len(first.held) == len(second.held) == schema.PARTITIONS // 2
     assert not set(first.held) & set(second.held)
+
+
+def test_a_batch_counts_business_values_durations_and_activities_per_bucket():
+    """What a dashboard chart reads back: count, sum, min, max, histogram, activity counts."""
+    from collectors.counters import deltas_of, histogram_bin
+
+    at = dt.datetime(2026, 11, 26, 12, 30, 15, 250_000, tzinfo=dt.UTC)
+    later = at + dt.timedelta(seconds=1)
+    events = [
+        {"kind": "business", "name": "order.paid", "value": 12.5, "tags": {"r": "eu", "c": "x"},
+         "at": at, "partition": 1},
+        {"kind": "business", "name": "order.paid", "value": 2, "tags": {"c": "x", "r": "eu"},
+         "at": at, "partition": 2},
+        {"kind": "business", "name": "order.paid", "value": 7, "tags": {}, "at": later,
+         "partition": 3},
+        {"kind": "acked", "queue": "mail", "routing_key": "fast", "activity": "import-1",
+         "duration": 0.02, "at": at, "partition": 4},
+        {"kind": "acked", "queue": "mail", "routing_key": None, "duration": 3.0, "at": at,
+         "partition": 5},
+        {"kind": "written", "queue": "mail", "activity": "import-1", "at": later, "partition": 6},
+    ]
+    deltas = deltas_of(events)
+
+    def delta(series: str, resolution: str = SECOND, when: dt.datetime = at):
+        bucket = None if resolution == TOTAL else bucket_start(when, resolution)
+        return deltas[counter_id(series, resolution, bucket)]
+
+    everything = delta("b:order.paid:*", TOTAL)
+    assert everything.inc["count"] == 3 and everything.inc["sum"] == 21.5
+    assert (everything.low, everything.high) == (2, 12.5)
+    assert everything.partitions == {1, 2, 3}
+    tagged = delta('b:order.paid:{"c":"x","r":"eu"}')
+    assert tagged.inc["count"] == 2 and tagged.inc["sum"] == 14.5
+    assert (tagged.low, tagged.high) == (2, 12.5)
+    assert tagged.identity["tags"] == {"r": "eu", "c": "x"}
+    assert delta("b:order.paid:*", MINUTE).inc["count"] == 3
+    assert delta("b:order.paid:*", SECOND, later).inc["count"] == 1
+
+    fast = delta("d:mail:fast", HOUR)
+    assert fast.inc == {f"hist.{histogram_bin(0.02)}": 1, "count": 1, "sum": 0.02}
+    both = delta("d:mail:*")
+    assert both.inc["count"] == 2 and both.inc["sum"] == 3.02
+    assert both.inc[f"hist.{histogram_bin(3.0)}"] == 1 and both.partitions == {4, 5}
+    assert delta("d:mail:", TOTAL).inc["count"] == 1  # no routing key
+
+    assert delta("a:import-1", TOTAL).inc == {"counts.acked": 1, "counts.written": 1}
+    assert delta("q:mail", TOTAL).inc == {"counts.acked": 2, "counts.written": 1}
+    assert delta("q:*", MINUTE).inc == {"counts.acked": 2, "counts.written": 1}
+    assert delta("c:events", TOTAL).inc["count"] == 6
+    assert delta("c:events", TOTAL).partitions == {1, 2, 3, 4, 5, 6}
