@@ -5,16 +5,18 @@ duplicate events, without multi-document transactions:
 
 1. Each partition's lease document carries ``seq``, the number of the last
    batch applied to it. A batch for partition *p* gets ``seq + 1`` = *s*.
-2. Before touching a counter, the collector writes a *journal* into the lease
-   (a compare-and-set on ``owner``, so only the holder can): *s*, the ids of
-   the events to apply, and the ids to skip as duplicates.
+2. Before touching a counter, the collector stores a *receipt* of the batch
+   (the ids of the events to apply, and the ids to skip as duplicates), then
+   writes a *journal* into the lease (a compare-and-set on ``owner``, so only
+   the holder can): *s* and the receipt's id. The ids are written once: the
+   receipt that later proves an event applied is the journal's list.
 3. Every counter update is conditional on the counter's own mark for *p*
    being below *s*, and sets it to *s* in the same atomic update. Applying a
    batch twice therefore changes each counter once, whoever does it. (A batch
    spans several partitions; see ``_apply_counters`` for how one update per
    counter covers them all and stays exact when a replay came first.)
-4. Then a receipt of the applied ids is stored, the events are deleted, and
-   the journal is cleared while ``seq`` becomes *s* (one update).
+4. Then the events are deleted, and the journal is cleared while ``seq``
+   becomes *s* (one update). The receipt stays.
 
 A collector that takes over a partition with a journal replays it: it
 recomputes the counter changes from the journal's events that still exist.
@@ -28,12 +30,17 @@ publication was cut short); such copies carry ``republished``. If the first
 copy is still waiting, the second insert collided on ``_id`` and never
 existed. If the first copy was already applied and deleted, its id is in a
 receipt, and the copy is skipped. Receipts are kept ``RECEIPT_KEEP``, far
-longer than a republication can lag behind while collectors run.
+longer than a republication can lag behind while collectors run. A receipt
+whose journal was never written (the lease was lost in between) names events
+that were not applied yet; it is harmless: while an event waits in the log,
+a copy of it cannot be inserted (same ``_id``), and once it is applied under
+another receipt, skipping a later copy is right.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -177,15 +184,8 @@ def _finish(db: Database, owner: str, journals: dict[int, dict[str, Any]],
     _apply_counters(db, events_by_partition, {p: j["seq"] for p, j in journals.items()})
     register_queues(db, {e["queue"] for events in events_by_partition.values() for e in events
                          if e.get("queue")})
-    now = dt.datetime.now(dt.UTC)
-    receipts = [{"_id": f"{p}:{j['seq']}", "partition": p, "seq": j["seq"], "ids": j["apply"],
-                 "at": now, "expires_at": now + RECEIPT_KEEP}
-                for p, j in journals.items() if j["apply"]]
-    if receipts:
-        try:
-            db[schema.RECEIPTS].insert_many(receipts, ordered=False)
-        except BulkWriteError as error:
-            _ignore_duplicates(error)
+    # Journals written before receipts held the ids carry them themselves.
+    _store_receipts(db, {p: j for p, j in journals.items() if "receipt" not in j})
     _delete_events(db, [event_id for j in journals.values() for event_id in j["apply"] + j["skip"]])
     db[schema.LEASES].bulk_write([
         UpdateOne({"_id": partition_lease_id(p), "owner": owner, "journal.seq": j["seq"]},
@@ -212,8 +212,29 @@ def _delete_events(db: Database, ids: list[str]) -> None:
             raise OperationFailure(f"deleting applied events failed: {answer['writeErrors'][:3]}")
 
 
+def _store_receipts(db: Database, journals: dict[int, dict[str, Any]]) -> None:
+    now = dt.datetime.now(dt.UTC)
+    receipts = [{"_id": j.get("receipt") or f"{p}:{j['seq']}", "partition": p, "seq": j["seq"],
+                 "ids": j["apply"], "skip": j["skip"], "at": now, "expires_at": now + RECEIPT_KEEP}
+                for p, j in journals.items()]
+    if receipts:
+        try:
+            db[schema.RECEIPTS].insert_many(receipts, ordered=False)
+        except BulkWriteError as error:
+            _ignore_duplicates(error)
+
+
 def replay(db: Database, owner: str, partition: int, journal: dict[str, Any]) -> int:
     """Finish a journal left by a collector that stopped mid-batch; return events applied."""
+    if "receipt" in journal:
+        receipt = db[schema.RECEIPTS].find_one({"_id": journal["receipt"]})
+        if receipt is None:
+            raise RuntimeError(
+                f"partition {partition}: the receipt {journal['receipt']} of its unfinished "
+                "batch is missing, so the batch cannot be replayed exactly. Was the receipts "
+                "collection dropped or edited? Restore it, or clear the lease's journal to "
+                "accept a possible double count.")
+        journal = {**journal, "apply": receipt["ids"], "skip": receipt.get("skip", [])}
     events = list(db[schema.EVENTS].find({"_id": {"$in": journal["apply"]}}))
     return _finish(db, owner, {partition: journal}, {partition: events} if events else {})
 
@@ -253,13 +274,14 @@ def apply_batch(db: Database, owner: str, leases: dict[int, dict[str, Any]],
         else:
             by_partition[event["partition"]].append(event)
     partitions = sorted(set(by_partition) | set(skipped))
-    journals = {p: {"seq": leases[p].get("seq", 0) + 1,
+    journals = {p: {"seq": leases[p].get("seq", 0) + 1, "receipt": uuid.uuid4().hex,
                     "apply": [e["_id"] for e in by_partition.get(p, [])],
                     "skip": skipped.get(p, [])} for p in partitions}
+    _store_receipts(db, journals)
     journaled = db[schema.LEASES].bulk_write([
         UpdateOne({"_id": partition_lease_id(p), "owner": owner, "seq": leases[p].get("seq", 0),
                    "journal": None},
-                  {"$set": {"journal": journal}})
+                  {"$set": {"journal": {"seq": journal["seq"], "receipt": journal["receipt"]}}})
         for p, journal in journals.items()], ordered=False)
     if journaled.matched_count == len(journals):
         written = set(journals)
@@ -284,5 +306,11 @@ def apply_batch(db: Database, owner: str, leases: dict[int, dict[str, Any]],
 
 
 def expire_receipts(db: Database, now: dt.datetime | None = None) -> int:
+    """Drop receipts past their keep time, except those a journal still needs for a replay."""
     now = now or dt.datetime.now(dt.UTC)
-    return db[schema.RECEIPTS].delete_many({"expires_at": {"$lte": now}}).deleted_count
+    needed = [lease["journal"]["receipt"] for lease in db[schema.LEASES].find(
+        {"journal.receipt": {"$exists": True}}, {"journal.receipt": 1})]
+    query: dict[str, Any] = {"expires_at": {"$lte": now}}
+    if needed:
+        query["_id"] = {"$nin": needed}
+    return db[schema.RECEIPTS].delete_many(query).deleted_count
