@@ -76,6 +76,16 @@ def stored(event: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in event.items() if key not in _FROM_MESSAGE}
 
 
+def written_entry(message_id: Any, at: dt.datetime, delayed: bool) -> dict[str, Any]:
+    """The stored "written" entry of a new message: ``stored(message_event(WRITTEN, ...))``.
+
+    Built directly because ``write_many`` makes one per message while the
+    producer waits; the publisher expands it in the background.
+    """
+    return {"id": f"{message_id}:{_SUFFIX[WRITTEN]}", "kind": WRITTEN, "at": at,
+            "delayed": delayed}
+
+
 def expanded(entry: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
     """The full event of an outbox entry of ``message`` (stored or already full)."""
     full = message_event(entry["kind"], message, entry["at"])

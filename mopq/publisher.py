@@ -34,7 +34,7 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, InvalidOperation, OperationFailure, PyMongoError
 
 from mopq import schema
-from mopq.events import as_document, business_event
+from mopq.events import as_document, business_event, expanded
 
 log = logging.getLogger("mopq.publisher")
 
@@ -59,6 +59,16 @@ class Outbox:
     message_id: Any
     state: str
     events: list[dict[str, Any]]
+    # The message fields stored events leave out (queue, routing_key, activity);
+    # None when the events are already full (see mopq.events.stored).
+    source: dict[str, Any] | None = None
+
+    def full(self) -> Outbox:
+        """This outbox with every event complete, as the business log stores it."""
+        if self.source is None:
+            return self
+        message = {**self.source, "_id": self.message_id}
+        return Outbox(self.message_id, self.state, [expanded(e, message) for e in self.events])
 
 
 def insert_events(db: Database, documents: list[dict[str, Any]]) -> None:
@@ -83,6 +93,7 @@ def _merged(outboxes: list[Outbox]) -> list[Outbox]:
     for outbox in outboxes:
         if not outbox.events:
             continue
+        outbox = outbox.full()
         earlier = merged.get(outbox.message_id)
         if earlier is None:
             merged[outbox.message_id] = outbox
@@ -246,8 +257,8 @@ class Publisher:
         # The failed attempt may have inserted some of them: mark them as possible repeats.
         for event in business:
             event["republished"] = True
-        outboxes = [Outbox(o.message_id, o.state, [dict(e, republished=True) for e in o.events])
-                    for o in outboxes]
+        outboxes = [Outbox(o.message_id, o.state, [dict(e, republished=True) for e in o.events],
+                           o.source) for o in outboxes]
         with self._lock:
             self._outboxes.extendleft(reversed(outboxes))
             self._business.extendleft(reversed(business))

@@ -43,7 +43,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from mopq import schema, validation
 from mopq.connection import get_database
 from mopq.errors import InvalidInput
-from mopq.events import message_event, stored
+from mopq.events import message_event, written_entry
 from mopq.message import Message
 from mopq.publisher import Outbox, Publisher, publisher_for
 
@@ -95,6 +95,7 @@ class _Options:
     fields: dict[str, Any]
     delayed: bool
     now: dt.datetime
+    source: dict[str, Any]  # what the stored "written" event leaves to the message
 
 
 class Queue:
@@ -160,11 +161,12 @@ class Queue:
         activity = validation.optional_key("activity", activity)
         if activity is not None:
             fields["activity"] = activity
-        return _Options(fields, delay_seconds > 0, now)
+        source = {"queue": self.name, "routing_key": fields["routing_key"], "activity": activity}
+        return _Options(fields, delay_seconds > 0, now, source)
 
     def _document(self, body: Mapping[str, Any], options: _Options,
-                  dedupe_key: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The message document (its outbox holding the stored "written" event) and that event."""
+                  dedupe_key: str | None) -> tuple[dict[str, Any], Outbox]:
+        """The message document, its outbox holding the "written" event, and that outbox."""
         document: dict[str, Any] = {"_id": ObjectId(),
                                     "body": validation.body(body, self.max_body_bytes)}
         document.update(options.fields)
@@ -172,9 +174,9 @@ class Queue:
         if dedupe_key is not None:
             document["dedupe_key"] = dedupe_key
             document["dedupe"] = f"{self.name}\x00{dedupe_key}"
-        written = message_event(schema.WRITTEN, document, options.now, delayed=options.delayed)
-        document["outbox"] = [stored(written)]
-        return document, written
+        document["outbox"] = [written_entry(document["_id"], options.now, options.delayed)]
+        return document, Outbox(document["_id"], schema.PENDING, document["outbox"],
+                                options.source)
 
     def write(self, body: Mapping[str, Any], routing_key: str | None = None,
               expire: float | None = None, delay: float = 0, priority: int = 0,
@@ -183,7 +185,7 @@ class Queue:
         options = self._options(routing_key, expire, delay, priority, activity, utcnow())
         return self._insert_one(*self._document(body, options, dedupe_key))
 
-    def _insert_one(self, document: dict[str, Any], written: dict[str, Any]) -> ObjectId:
+    def _insert_one(self, document: dict[str, Any], outbox: Outbox) -> ObjectId:
         """Insert, or return the id of the unfinished message holding the same dedupe key."""
         while True:
             try:
@@ -194,7 +196,7 @@ class Queue:
                 if existing is not None:
                     return existing["_id"]
                 # The first one finished between our insert and our look-up: write anew.
-        self.publisher.add_outbox(Outbox(document["_id"], schema.PENDING, [written]))
+        self.publisher.add_outbox(outbox)
         return document["_id"]
 
     def write_many(self, bodies: Iterable[Mapping[str, Any] | Envelope], *,
@@ -210,7 +212,7 @@ class Queue:
         now = utcnow()
         shared = self._options(routing_key, expire, delay, priority, activity, now)
         options_of: dict[tuple[Any, ...], _Options] = {}
-        made: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        made: list[tuple[dict[str, Any], Outbox]] = []
         for item in bodies:
             if not isinstance(item, Envelope):
                 made.append(self._document(item, shared, None))
@@ -244,8 +246,7 @@ class Queue:
             inserted = [pair for i, pair in enumerate(made) if i not in duplicate_indexes]
             for index in sorted(duplicate_indexes):
                 ids[index] = self._insert_one(*made[index])
-        self.publisher.add_outboxes([Outbox(document["_id"], schema.PENDING, [written])
-                                     for document, written in inserted])
+        self.publisher.add_outboxes([outbox for _, outbox in inserted])
         return ids
 
     # -- claiming ------------------------------------------------------------------

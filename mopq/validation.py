@@ -55,34 +55,51 @@ def _check_value(value: Any, path: str, depth: int) -> None:
 
 
 _INT64 = (-2**63, 2**63)
+BODY_FIELD_BYTES = len(bson.encode({"body": {}}))  # what wraps the body in the size check
 
 
-def _plainly_fine(value: Any, depth: int) -> bool:
-    """True if ``value`` is a body made of the plain built-in types only.
+_NOT_PLAIN = -1
 
-    The fast path for the common body: exact types, no error paths built. A
-    False sends the body through ``_check_value``, which either names what is
-    wrong or accepts what this skips (subclasses, other Mappings, tuples).
+
+def _plain_size(value: Any, depth: int) -> int:
+    """An upper bound of ``value``'s BSON size if it is made of plain built-in types only.
+
+    The fast path for the common body: exact types, no error paths built, no
+    encoding (a character takes at most 4 bytes in UTF-8). ``_NOT_PLAIN`` sends
+    the body through ``_check_value``, which either names what is wrong or
+    accepts what this skips (subclasses, other Mappings, tuples).
     """
     kind = type(value)
-    if kind is str or kind is bool or value is None:
-        return True
+    if kind is str:
+        return 5 + 4 * len(value)
+    if kind is bool or value is None:
+        return 1
     if kind is int:
-        return _INT64[0] <= value < _INT64[1]
+        return 8 if _INT64[0] <= value < _INT64[1] else _NOT_PLAIN
     if kind is float:
-        return math.isfinite(value)
+        return 8 if math.isfinite(value) else _NOT_PLAIN
+    if kind is dt.datetime:
+        return 8
     if depth >= _MAX_DEPTH:
-        return False
+        return _NOT_PLAIN
+    size = 5
     if kind is dict:
         for key, inner in value.items():
             if type(key) is not str or key[:1] == "$" or "\x00" in key:
-                return False
-            if not _plainly_fine(inner, depth + 1):
-                return False
-        return True
+                return _NOT_PLAIN
+            inner_size = _plain_size(inner, depth + 1)
+            if inner_size < 0:
+                return _NOT_PLAIN
+            size += 2 + 4 * len(key) + inner_size
+        return size
     if kind is list:
-        return all(_plainly_fine(inner, depth + 1) for inner in value)
-    return kind is dt.datetime
+        for index, inner in enumerate(value):
+            inner_size = _plain_size(inner, depth + 1)
+            if inner_size < 0:
+                return _NOT_PLAIN
+            size += 3 + len(str(index)) + inner_size
+        return size
+    return _NOT_PLAIN
 
 
 def body(value: object, max_bytes: int) -> dict:
@@ -90,9 +107,12 @@ def body(value: object, max_bytes: int) -> dict:
     if not isinstance(value, Mapping):
         raise InvalidBody(f"A message body must be a dict (a JSON-like document), "
                           f"got {type(value).__name__}.")
-    if not _plainly_fine(value, 0):
+    bound = _plain_size(value, 0)
+    if bound < 0:
         _check_value(value, "body", 0)
     document = dict(value)
+    if bound >= 0 and bound + BODY_FIELD_BYTES <= max_bytes:
+        return document  # surely small enough: no need to encode it to know
     size = len(bson.encode({"body": document}))
     if size > max_bytes:
         raise InvalidBody(f"Body is {size} bytes encoded; the limit is {max_bytes} bytes "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bson
 import pytest
 
 from mopq import Envelope, InvalidBody, InvalidInput, InvalidQueueName, Queue
@@ -104,3 +105,15 @@ def test_bad_arguments_to_a_claimed_message_are_refused(queue, db):
         message.log(42)
     document = db.messages.find_one({"_id": message.id})
     assert "progress" not in document and "log" not in document
+
+
+def test_a_body_near_the_size_limit_is_measured_exactly(queue, db):
+    """The quick size bound may only let through what is surely small; the rest is encoded."""
+    wrapper = len(bson.encode({"body": {"big": ""}}))
+    fits = {"big": "x" * (10_000 - wrapper)}  # exactly the limit
+    queue.write(fits)
+    with pytest.raises(InvalidBody, match="10001 bytes"):
+        queue.write({"big": "x" * (10_001 - wrapper)})
+    with pytest.raises(InvalidBody, match="the limit is 10000 bytes"):
+        queue.write({"big": ("é" * 5_000, ("tuple", "inside"))})  # not plain: checked the slow way
+    assert db.messages.count_documents({}) == 1

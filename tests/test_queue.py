@@ -276,3 +276,17 @@ def test_whichever_publisher_empties_a_finished_outbox_deletes_the_message(db_na
     assert db[schema.MESSAGES].find_one({"_id": "m2"}) is not None  # two events still wait
     publish_outboxes(db, [Outbox("m2", schema.DEAD, [failed, dead])])
     assert db[schema.MESSAGES].find_one({"_id": "m2"}) is None
+
+
+def test_the_stored_written_entry_expands_to_the_full_event():
+    """write_many stores a short "written" entry; the business log must get the same event."""
+    from bson import ObjectId
+
+    from mopq.events import expanded, message_event, stored, written_entry
+
+    message = {"_id": ObjectId(), "queue": "q", "routing_key": "rk", "activity": "a1"}
+    at = dt.datetime.now(dt.UTC)
+    full = message_event(schema.WRITTEN, message, at, delayed=True)
+    entry = written_entry(message["_id"], at, True)
+    assert entry == stored(full)
+    assert expanded(entry, message) == full
