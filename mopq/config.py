@@ -7,8 +7,10 @@ flag. Nothing else in the code base reads ``os.environ`` for settings.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_DATABASE = "mopq"
 
@@ -25,30 +27,32 @@ class ConfigError(ValueError):
     """A setting in the environment has a value mopq cannot use."""
 
 
-def _seconds(env: os._Environ[str] | dict[str, str], name: str, default: float) -> float:
+Env = os._Environ[str] | dict[str, str]
+
+
+def _parsed(env: Env, name: str, default: Any, parse: Callable[[str], Any],
+            fine: Callable[[Any], bool], expected: str) -> Any:
+    """``env[name]`` parsed, ``default`` when unset; a ConfigError saying what was expected."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = float(raw)
+        value = parse(raw)
     except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ConfigError(f"{name}={raw!r} is not a positive number of seconds.")
+        value = None
+    if value is None or not fine(value):
+        raise ConfigError(f"{name}={raw!r} {expected}.")
     return value
 
 
-def _count(env: os._Environ[str] | dict[str, str], name: str, default: int, minimum: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be a whole number of at least {minimum}.")
-    return value
+def _seconds(env: Env, name: str, default: float) -> float:
+    return _parsed(env, name, default, float, lambda value: value > 0,
+                   "is not a positive number of seconds")
+
+
+def _count(env: Env, name: str, default: int, minimum: int) -> int:
+    return _parsed(env, name, default, int, lambda value: value >= minimum,
+                   f"must be a whole number of at least {minimum}")
 
 
 # Threads of a dashboard process kept for plain HTTP whatever the live pages hold.

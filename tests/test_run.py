@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
 
 from tests.helpers import free_port, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _get(url: str) -> tuple[int, str] | None:
@@ -50,3 +54,18 @@ def test_run_serves_the_page_and_ctrl_c_stops_everything(tmp_path, monkeypatch):
     gone, alive = psutil.wait_procs(family, timeout=15)
     assert not alive, f"left behind: {[p.cmdline() for p in alive]}"
     assert _get(f"http://127.0.0.1:{port}/") is None
+
+
+@pytest.mark.parametrize("name, value, says", [
+    ("MOPQ_WEB_THREADS", "5", "must be a whole number of at least 21"),
+    ("MOPQ_WEB_WORKERS", "two", "must be a whole number of at least 1"),
+    ("MOPQ_STATS_MAX_AGE_SECONDS", "-1", "is not a positive number of seconds"),
+])
+def test_bad_dashboard_settings_stop_gunicorn_with_the_reason(name, value, says):
+    """gunicorn.conf.py reads mopq's settings; a bad value must say what is wrong, not crash."""
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                             "--check-config", "app:app"],
+                            cwd=ROOT, env={**os.environ, name: value}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert f"{name}={value!r} {says}" in result.stdout + result.stderr
