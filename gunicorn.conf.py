@@ -10,10 +10,11 @@ import os
 
 from mopq.config import settings
 
+current = settings()
 bind = os.environ.get("MOPQ_BIND", "127.0.0.1:8000")
 worker_class = "gthread"
-workers = settings().web_workers
-threads = settings().web_threads  # each open live page holds one
+workers = current.web_workers
+threads = current.web_threads  # each open live page holds one
 timeout = 60
 graceful_timeout = 5
 accesslog = os.environ.get("MOPQ_ACCESS_LOG") or None

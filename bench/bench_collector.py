@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from collectors import Collector  # noqa: E402
 from mopq import schema  # noqa: E402
-from mopq.engine import Engine  # noqa: E402
+from mopq.engine import start_unless_configured  # noqa: E402
 from mopq.events import as_document, business_event  # noqa: E402
 from mopq.publisher import Publisher  # noqa: E402
 
@@ -166,11 +166,7 @@ def main() -> None:
     lag_seconds = 15 if args.quick else 60
     memory_events = 100_000 if args.quick else 1_000_000
 
-    engine = None
-    uri = os.environ.get("MOPQ_MONGODB_URI")
-    if not uri:
-        engine = Engine()
-        uri = engine.start()
+    uri, engine = start_unless_configured()
     client = MongoClient(uri, tz_aware=True)
     try:
         print(f"engine: {uri}  ({'quick' if args.quick else 'full'} run)")

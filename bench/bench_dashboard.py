@@ -99,7 +99,8 @@ from collectors.stats import (  # noqa: E402
 from dashboard import queries  # noqa: E402
 from dashboard.live import build_snapshot  # noqa: E402
 from mopq import Queue, flush, schema  # noqa: E402
-from mopq.engine import Engine  # noqa: E402
+from mopq.engine import start_unless_configured  # noqa: E402
+from tests.live_server import stop_gunicorn  # noqa: E402
 
 HOST = "127.0.0.1"
 CHROMIUM = "/usr/bin/chromium"
@@ -205,17 +206,7 @@ def gunicorn(uri: str, database: str, log_dir: Path, threads: int | None = None,
         family = psutil.Process(server.pid).children(recursive=True)
         yield url, family[0]
     finally:
-        if not family and server.poll() is None:
-            family = psutil.Process(server.pid).children(recursive=True)
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        _, alive = psutil.wait_procs(family, timeout=10)
-        for process in alive:
-            process.kill()
+        stop_gunicorn(server, family)
 
 
 class Writer(threading.Thread):
@@ -734,11 +725,7 @@ def main() -> None:
     hold = 30 if args.quick else 40  # past Engine.IO's first ping (25 s) and its pong
     total_started = time.monotonic()
 
-    engine = None
-    uri = os.environ.get("MOPQ_MONGODB_URI")
-    if not uri:
-        engine = Engine()
-        uri = engine.start()
+    uri, engine = start_unless_configured()
     client = MongoClient(uri, tz_aware=True)
     stamp = time.strftime("%H%M%S")
     big, small = f"bench_dash_{stamp}", f"bench_dash_live_{stamp}"

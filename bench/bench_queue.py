@@ -49,7 +49,7 @@ import kombu
 from pymongo import MongoClient, ReturnDocument
 
 import mopq
-from mopq.engine import Engine
+from mopq.engine import start_unless_configured
 from mopq.queue import CANDIDATE_FIELDS, MIN_CANDIDATES
 
 # rounds: of parts 1 and 2; long_rounds: of parts 3 and 4 (each figure is the best round).
@@ -247,11 +247,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, about 2 minutes")
     size = QUICK if parser.parse_args().quick else FULL
-    uri = os.environ.get("MOPQ_MONGODB_URI")
-    engine = None
-    if not uri:
-        engine = Engine()
-        uri = engine.start()
+    uri, engine = start_unless_configured()
     client = MongoClient(uri, tz_aware=True)
     bench = Bench(client)
     began = clock()

@@ -12,7 +12,6 @@ Chromium — and be easy to take again after a change::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 from dashboard.demo import Demo  # noqa: E402
 from mopq import Queue  # noqa: E402
-from mopq.engine import Engine  # noqa: E402
+from mopq.engine import start_unless_configured  # noqa: E402
 from tests.live_server import live_dashboard  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -78,11 +77,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    engine = None
-    uri = os.environ.get("MOPQ_MONGODB_URI")
-    if not uri:
-        engine = Engine()
-        uri = engine.start()
+    uri, engine = start_unless_configured()
     database = f"mopq_screenshots_{int(time.time())}"
     demo = Demo(uri, database, rate=args.rate, seed=7)
     try:

@@ -33,7 +33,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from collectors.stats import read_stats
-from dashboard import auth, queries, store
+from dashboard import auth, queries, stats_cache, store
 
 log = logging.getLogger("mopq.live")
 
@@ -129,7 +129,7 @@ class Pusher:
         with self.app.app_context():
             try:
                 db = store.database()
-                stats = self.app.extensions["mopq_stats"].refresh(db)
+                stats = stats_cache.cache().refresh(db)
                 return build_snapshot(db, stats=stats)
             except PyMongoError as error:
                 reason = " ".join(str(error).split())[:300]

@@ -194,6 +194,18 @@ class Engine:
         self.stop()
 
 
+def start_unless_configured() -> tuple[str, Engine | None]:
+    """``MOPQ_MONGODB_URI`` if set, else the URI of an embedded engine started now.
+
+    The engine is returned too (None when the URI was configured): the caller stops it.
+    """
+    configured = settings().mongodb_uri
+    if configured:
+        return configured, None
+    engine = Engine()
+    return engine.start(), engine
+
+
 def _read_line_with_timeout(process: subprocess.Popen[str], timeout: float) -> str:
     result: list[str] = []
     reader = threading.Thread(

@@ -62,25 +62,13 @@ def message_event(kind: str, message: dict[str, Any], at: dt.datetime,
     return event
 
 
-# What every event of a message repeats from the message document itself.
-_FROM_MESSAGE = frozenset(("partition", "queue", "routing_key", "message", "activity"))
-
-
-def stored(event: dict[str, Any]) -> dict[str, Any]:
-    """The outbox entry of a message event: without what the message already says.
-
-    Messages are written in bulk with their "written" event in the outbox; not
-    repeating queue, routing key, ids and activity keeps that write small.
-    :func:`expanded` puts them back when the sweep publishes from the document.
-    """
-    return {key: value for key, value in event.items() if key not in _FROM_MESSAGE}
-
-
 def written_entry(message_id: Any, at: dt.datetime, delayed: bool) -> dict[str, Any]:
-    """The stored "written" entry of a new message: ``stored(message_event(WRITTEN, ...))``.
+    """The "written" event as a new message's outbox stores it: without what the message says.
 
-    Built directly because ``write_many`` makes one per message while the
-    producer waits; the publisher expands it in the background.
+    Messages are written in bulk with this entry in their outbox; leaving out
+    the partition, queue, routing key, message id and activity keeps that write
+    small and spares the producer building the full event. :func:`expanded`
+    rebuilds it (the publisher in the background, or the sweep from the document).
     """
     return {"id": f"{message_id}:{_SUFFIX[WRITTEN]}", "kind": WRITTEN, "at": at,
             "delayed": delayed}

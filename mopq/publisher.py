@@ -60,7 +60,7 @@ class Outbox:
     state: str
     events: list[dict[str, Any]]
     # The message fields stored events leave out (queue, routing_key, activity);
-    # None when the events are already full (see mopq.events.stored).
+    # None when the events are already full (see mopq.events.written_entry).
     source: dict[str, Any] | None = None
 
     def full(self) -> Outbox:

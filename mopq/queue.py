@@ -95,7 +95,7 @@ class _Options:
     fields: dict[str, Any]
     delayed: bool
     now: dt.datetime
-    source: dict[str, Any]  # what the stored "written" event leaves to the message
+    source: dict[str, Any]  # what the stored "written" entry leaves to the message
 
 
 class Queue:

@@ -18,17 +18,15 @@ from pymongo.database import Database
 
 from mopq import flush
 from mopq.connection import close_all
-from mopq.engine import Engine
+from mopq.engine import start_unless_configured
 
 
 @pytest.fixture(scope="session")
 def engine_uri() -> Iterator[str]:
-    uri = os.environ.get("MOPQ_MONGODB_URI")
-    if uri:
+    uri, engine = start_unless_configured()
+    if engine is None:
         yield uri
         return
-    engine = Engine()
-    uri = engine.start()
     os.environ["MOPQ_MONGODB_URI"] = uri
     try:
         yield uri

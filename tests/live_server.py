@@ -65,15 +65,24 @@ def live_dashboard(uri: str, database: str, log_dir: Path, workers: int = 1,
         family = psutil.Process(server.pid).children(recursive=True)
         yield url
     finally:
-        if not family and server.poll() is None:
-            family = psutil.Process(server.pid).children(recursive=True)
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        _, alive = psutil.wait_procs(family, timeout=10)
-        for process in alive:
-            process.kill()
-        assert not alive, f"gunicorn left processes behind: {[p.pid for p in alive]}"
+        left = stop_gunicorn(server, family)
+        assert not left, f"gunicorn left processes behind: {[p.pid for p in left]}"
+
+
+def stop_gunicorn(server: subprocess.Popen, workers: list[psutil.Process]) -> list[psutil.Process]:
+    """SIGTERM the master, then kill whatever of it and ``workers`` outlives the grace time.
+
+    Returns the workers that had to be killed (none, when gunicorn stops as it should).
+    """
+    if not workers and server.poll() is None:
+        workers = psutil.Process(server.pid).children(recursive=True)
+    server.terminate()
+    try:
+        server.wait(20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    for process in alive:
+        process.kill()
+    return alive
