@@ -208,6 +208,9 @@ def test_collector_killed_repeatedly_ends_with_exact_counts(db_name, db):
     def working(pid: int) -> bool:
         return db.leases.count_documents({"kind": "partition", "owner": {"$regex": f":{pid}:"}})
 
+    def journaled() -> bool:
+        return db.leases.count_documents({"kind": "partition", "journal": {"$ne": None}}) > 0
+
     try:
         while sent < 20_000:
             for _ in range(2_000):
@@ -219,12 +222,16 @@ def test_collector_killed_repeatedly_ends_with_exact_counts(db_name, db):
             assert len(ids) == 100 and flush(30)
             pid = collector.pid
             wait_until(lambda: working(pid), timeout=30, message="partitions taken")  # noqa: B023
-            time.sleep(rng.uniform(0.05, 0.6))
+            if kills % 2:
+                time.sleep(rng.uniform(0.05, 0.6))  # any moment
+            else:  # while a batch is being applied, if one is caught within 2 s
+                deadline = time.monotonic() + 2
+                while not journaled() and time.monotonic() < deadline:
+                    time.sleep(0.002)
             collector.send_signal(signal.SIGKILL)
             collector.wait()
             kills += 1
-            mid_batch += db.leases.count_documents({"kind": "partition",
-                                                    "journal": {"$ne": None}}) > 0
+            mid_batch += journaled()
             collector = _collect_command("--lease-seconds", "1.5", "--no-monitor")
         assert flush(60)
         wait_until(lambda: _quiet_and_counted(db), timeout=180, interval=0.5,
