@@ -165,7 +165,7 @@ class Publisher:
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
-        self._stopping = False
+        self._retired = False
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
         self._outbox_refusals = 0
@@ -178,6 +178,8 @@ class Publisher:
         if not outboxes:
             return
         with self._lock:
+            if self._retired:  # its client is closed; the messages keep them for the sweep
+                return
             self._outboxes.extend(outboxes)
             while len(self._outboxes) > MAX_PENDING_OUTBOXES:
                 self._outboxes.popleft()  # still durable in its message; the sweep publishes it
@@ -187,6 +189,9 @@ class Publisher:
 
     def add_business(self, event: dict[str, Any]) -> None:
         with self._lock:
+            if self._retired:  # its client is closed: nothing can be sent any more
+                self.dropped += 1
+                return
             if len(self._business) >= self.max_buffered:
                 self._business.popleft()
                 self.dropped += 1
@@ -221,7 +226,7 @@ class Publisher:
             self._business.clear()
             self._outboxes.clear()
             self.dropped += business_lost
-            self._stopping = True
+            self._retired = True
             self.last_error = str(error)
             self._idle.set()
         with _publishers_lock:
@@ -269,7 +274,7 @@ class Publisher:
 
     def _run(self) -> None:
         wait = 0.1
-        while not self._stopping:
+        while not self._retired:
             outboxes, business = self._take()
             if not outboxes and not business:
                 with self._lock:

@@ -107,3 +107,6 @@ def test_a_closed_client_stops_its_publisher_with_a_clear_error(engine_uri, db_n
     errors = [r.getMessage() for r in caplog.records if r.name == "mopq.publisher"]
     assert any("was closed" in message and "mopq.flush()" in message for message in errors)
     assert publisher_for(database) is not publisher  # a later use starts afresh
+    dropped = publisher.dropped
+    publisher.add_business(business_event("later", 1, {}, dt.datetime.now(dt.UTC)))
+    assert publisher.dropped == dropped + 1 and publisher.pending() == 0
