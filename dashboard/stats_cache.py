@@ -7,6 +7,10 @@ in one gunicorn process (measured: p99 1.5 s at 50 connections). The numbers
 change at most once a collector batch, so each process reads at most once per
 ``MOPQ_STATS_MAX_AGE_SECONDS`` (default 1 s), one reader at a time, and every
 caller in between gets that answer; ``generated_at`` says how old it is.
+While one caller reads anew, the others keep getting the previous answer
+(stale-while-revalidate) instead of all queueing behind that read once a
+second, up to ``STALE_LIMIT_SECONDS`` past its age; only with no answer, or
+one older than that (the engine too slow or down), do they wait for the read.
 An admin action in this process drops the cached answer so its effect shows
 at once; other processes see it within the interval.
 """
@@ -24,6 +28,7 @@ from pymongo.database import Database
 from collectors.stats import read_stats
 
 Reader = Callable[[Database], dict[str, Any]]
+STALE_LIMIT_SECONDS = 5.0
 
 
 class StatsCache:
@@ -44,10 +49,24 @@ class StatsCache:
         return None
 
     def get(self, db: Database) -> dict[str, Any]:
-        """The cached document if young enough, else a new read (one thread reads, others wait)."""
-        value = self._fresh()
+        """The cached document if young enough, else a new read.
+
+        One thread reads; the others get the previous document meanwhile if it
+        is within the stale limit, and wait for the read otherwise.
+        """
+        value, read_at = self._value, self._read_at
         if value is not None:
-            return value
+            age = time.monotonic() - read_at
+            if age < self.max_age_seconds:
+                return value
+            if age < self.max_age_seconds + STALE_LIMIT_SECONDS:
+                if not self._lock.acquire(blocking=False):
+                    return value  # another thread is reading
+                try:
+                    value = self._fresh()
+                    return value if value is not None else self._read(db)
+                finally:
+                    self._lock.release()
         with self._lock:
             value = self._fresh()
             if value is None:

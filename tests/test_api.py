@@ -12,14 +12,18 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 
 import pytest
 from bson import ObjectId
 from prometheus_client.parser import text_string_to_metric_families
 
 from collectors import Collector
+from collectors.stats import read_stats
 from dashboard import create_app
+from dashboard.stats_cache import STALE_LIMIT_SECONDS, StatsCache
 from mopq import Queue, Worker, emit, flush, schema
 from mopq import connection as mopq_connection
 from mopq.search import declare_search_field
@@ -489,6 +493,37 @@ def test_stats_are_read_once_per_interval_however_many_readers_ask(engine_uri, d
     app.extensions["mopq_stats"].max_age_seconds = 0.2
     assert wait_until(lambda: _get(app.test_client(), "/api/stats")["queues"]["orders"]["pending"]
                       == pending + 1, timeout=5)
+
+
+def test_readers_keep_the_previous_stats_while_one_reads_anew(db, data):
+    """Once a second one read is slow; the other readers must not all queue behind it."""
+    gate = threading.Event()
+    gate.set()
+
+    def slow_read(database):
+        assert gate.wait(timeout=10)
+        return read_stats(database)
+
+    cache = StatsCache(60.0, reader=slow_read)
+    first = cache.get(db)
+    cache.max_age_seconds = 0.0  # expired from now on, within the stale limit
+    gate.clear()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        refreshing = pool.submit(cache.get, db)
+        assert wait_until(lambda: cache._lock.locked(), timeout=5)
+        assert cache.get(db) is first  # answered at once, from the previous read
+        gate.set()
+        assert refreshing.result(timeout=10) is not first
+        assert cache.reads == 2
+
+        cache.max_age_seconds = 60.0
+        cache._read_at -= 60.0 + STALE_LIMIT_SECONDS + 1  # too old to serve: readers wait
+        gate.clear()
+        waiting = [pool.submit(cache.get, db) for _ in range(2)]
+        assert not futures_wait(waiting, timeout=0.3).done
+        gate.set()
+        assert all(f.result(timeout=10) is not first for f in waiting)
+    assert cache.reads == 3
 
 
 def test_an_admin_action_shows_in_stats_at_once(make_app, data):
