@@ -251,6 +251,23 @@ def _partition_filter(leases: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return {"partition": {"$in": sorted(leases)}}
 
 
+def _read_events(db: Database, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` events in one reply: the ``find`` command, not a cursor.
+
+    Why: iterating a pymongo cursor costs a Python call per document plus a
+    second round trip (the first reply holds 101 documents), about a tenth of
+    the collector's time; one reply is decoded in one C call. A reply is
+    capped at 16 MiB, so a batch may come back shorter; the rest waits for
+    the next batch.
+    """
+    answer = db.command("find", schema.EVENTS, filter=query, limit=limit, batchSize=limit,
+                        singleBatch=True)
+    cursor = answer["cursor"]
+    if cursor.get("id"):  # a server that ignores singleBatch: do not leave it open
+        db.command("killCursors", schema.EVENTS, cursors=[cursor["id"]])
+    return cursor["firstBatch"]
+
+
 def apply_batch(db: Database, owner: str, leases: dict[int, dict[str, Any]],
                 limit: int = 2000) -> BatchResult:
     """Read up to ``limit`` events of the held partitions and apply them exactly once."""
@@ -262,7 +279,7 @@ def apply_batch(db: Database, owner: str, leases: dict[int, dict[str, Any]],
             lease.pop("journal")
     if not leases:
         return result
-    events = list(db[schema.EVENTS].find(_partition_filter(leases)).limit(limit))
+    events = _read_events(db, _partition_filter(leases), limit)
     if not events:
         return result
     duplicates = _already_applied(db, [e["_id"] for e in events if e.get("republished")])

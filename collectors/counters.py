@@ -166,7 +166,6 @@ def deltas_of(events: Iterable[dict[str, Any]]) -> dict[str, Delta]:
     of any subset of a batch touch only counters that the whole batch touches.
     """
     second_of: dict[dt.datetime, dt.datetime] = {}
-    applied: dict[dt.datetime, list[Any]] = {}  # second -> [count, partitions]
     business: dict[tuple[str, tuple[tuple[str, Any], ...], dt.datetime], list[Any]] = {}
     transitions: dict[tuple[str, str | None, str, dt.datetime], list[Any]] = {}
     durations: dict[tuple[str, str, dt.datetime], list[Any]] = {}
@@ -176,16 +175,17 @@ def deltas_of(events: Iterable[dict[str, Any]]) -> dict[str, Delta]:
         if second is None:
             second = second_of[at] = at.replace(microsecond=0)
         partition = event.get("partition", 0)
-        tally = applied.get(second)
-        if tally is None:
-            tally = applied[second] = [0, set()]
-        tally[0] += 1
-        tally[1].add(partition)
         kind = event["kind"]
         if kind == schema.BUSINESS:
             tags = event.get("tags")
             value = float(event["value"])
-            key = (event["name"], tuple(sorted(tags.items())) if tags else (), second)
+            if tags:
+                items = tuple(tags.items())
+                if len(items) > 1:
+                    items = tuple(sorted(items))
+            else:
+                items = ()
+            key = (event["name"], items, second)
             tally = business.get(key)
             if tally is None:
                 business[key] = [1, value, value, value, {partition}, tags or {}]
@@ -226,6 +226,13 @@ def deltas_of(events: Iterable[dict[str, Any]]) -> dict[str, Delta]:
         found.partitions |= partitions
         return found
 
+    applied: dict[dt.datetime, list[Any]] = {}  # second -> [events, their partitions]
+    tallied = [(key[-1], tally[0], tally[4]) for key, tally in business.items()]
+    tallied += [(key[-1], tally[0], tally[1]) for key, tally in transitions.items()]
+    for second, count, partitions in tallied:  # every event is in one of the two
+        total = applied.setdefault(second, [0, set()])
+        total[0] += count
+        total[1] |= partitions
     for second, (count, partitions) in applied.items():
         delta = share(EVENTS_APPLIED_SERIES, second, {"scope": "collector"}, partitions)
         delta.inc["count"] += count
