@@ -45,6 +45,7 @@ from mopq.connection import get_database
 from mopq.errors import InvalidInput
 from mopq.events import message_event, written_entry
 from mopq.message import Message
+from mopq.object_ids import object_ids
 from mopq.publisher import Outbox, Publisher, publisher_for
 
 CANDIDATE_TTL_SECONDS = 1.0
@@ -164,26 +165,26 @@ class Queue:
         source = {"queue": self.name, "routing_key": fields["routing_key"], "activity": activity}
         return _Options(fields, delay_seconds > 0, now, source)
 
-    def _document(self, body: Mapping[str, Any], options: _Options,
-                  dedupe_key: str | None) -> tuple[dict[str, Any], Outbox]:
+    def _document(self, body: Mapping[str, Any], options: _Options, dedupe_key: str | None,
+                  message_id: ObjectId) -> tuple[dict[str, Any], Outbox]:
         """The message document, its outbox holding the "written" event, and that outbox."""
-        document: dict[str, Any] = {"_id": ObjectId(),
-                                    "body": validation.body(body, self.max_body_bytes)}
-        document.update(options.fields)
-        dedupe_key = validation.optional_key("dedupe_key", dedupe_key)
+        document: dict[str, Any] = {"_id": message_id,
+                                    "body": validation.body(body, self.max_body_bytes),
+                                    **options.fields}
         if dedupe_key is not None:
+            dedupe_key = validation.optional_key("dedupe_key", dedupe_key)
             document["dedupe_key"] = dedupe_key
             document["dedupe"] = f"{self.name}\x00{dedupe_key}"
-        document["outbox"] = [written_entry(document["_id"], options.now, options.delayed)]
-        return document, Outbox(document["_id"], schema.PENDING, document["outbox"],
-                                options.source)
+        outbox = [written_entry(message_id, options.now, options.delayed)]
+        document["outbox"] = outbox
+        return document, Outbox(message_id, schema.PENDING, outbox, options.source)
 
     def write(self, body: Mapping[str, Any], routing_key: str | None = None,
               expire: float | None = None, delay: float = 0, priority: int = 0,
               dedupe_key: str | None = None, activity: str | None = None) -> ObjectId:
         """Write one message; return its id (the first one's, for a repeated ``dedupe_key``)."""
         options = self._options(routing_key, expire, delay, priority, activity, utcnow())
-        return self._insert_one(*self._document(body, options, dedupe_key))
+        return self._insert_one(*self._document(body, options, dedupe_key, object_ids(1)[0]))
 
     def _insert_one(self, document: dict[str, Any], outbox: Outbox) -> ObjectId:
         """Insert, or return the id of the unfinished message holding the same dedupe key."""
@@ -213,9 +214,10 @@ class Queue:
         shared = self._options(routing_key, expire, delay, priority, activity, now)
         options_of: dict[tuple[Any, ...], _Options] = {}
         made: list[tuple[dict[str, Any], Outbox]] = []
-        for item in bodies:
+        items = list(bodies)
+        for item, message_id in zip(items, object_ids(len(items)), strict=True):
             if not isinstance(item, Envelope):
-                made.append(self._document(item, shared, None))
+                made.append(self._document(item, shared, None, message_id))
                 continue
             own = (item.routing_key if item.routing_key is not None else routing_key,
                    item.expire if item.expire is not None else expire,
@@ -230,7 +232,7 @@ class Queue:
             if options is None:
                 options = self._options(*own, now)
                 options_of[key] = options
-            made.append(self._document(item.body, options, item.dedupe_key))
+            made.append(self._document(item.body, options, item.dedupe_key, message_id))
         if not made:
             return []
         documents = [document for document, _ in made]

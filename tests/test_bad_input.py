@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import random
+
 import bson
 import pytest
 
@@ -117,3 +120,29 @@ def test_a_body_near_the_size_limit_is_measured_exactly(queue, db):
     with pytest.raises(InvalidBody, match="the limit is 10000 bytes"):
         queue.write({"big": ("é" * 5_000, ("tuple", "inside"))})  # not plain: checked the slow way
     assert db.messages.count_documents({}) == 1
+
+
+def test_the_quick_size_bound_is_never_below_the_encoded_size():
+    """Bodies the bound lets through unencoded must really fit: it may only overestimate."""
+    from mopq.validation import _plain_size
+
+    rng = random.Random(20261126)
+    texts = ["", "a", "é", "€uro", "\U0001f600" * 3, "x" * 90]
+    scalars = [lambda: rng.choice(texts)[:rng.randint(0, 90)],
+               lambda: rng.randint(-2**63, 2**63 - 1), lambda: rng.random() * 1e9,
+               lambda: rng.choice([True, False, None]),
+               lambda: dt.datetime(2026, 1, 1, tzinfo=dt.UTC)]
+
+    def value(depth: int):
+        roll = rng.random()
+        if depth < 4 and roll < 0.2:
+            return {rng.choice(["k", "é", "key" * rng.randint(1, 5)]) + str(i): value(depth + 1)
+                    for i in range(rng.randint(0, 6))}
+        if depth < 4 and roll < 0.35:
+            return [value(depth + 1) for _ in range(rng.randint(0, 12))]
+        return rng.choice(scalars)()
+
+    for _ in range(3000):
+        body = {f"f{i}": value(1) for i in range(rng.randint(0, 8))}
+        bound = _plain_size(body, 0)
+        assert bound >= len(bson.encode(body)), body

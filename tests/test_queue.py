@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 
 import pytest
@@ -47,6 +48,33 @@ def test_highest_priority_first_then_oldest(queue):
     queue.write({"n": "low-new"}, priority=0)
     bodies = [m.body["n"] for m in queue.read(limit=3)]
     assert bodies == ["high", "low-old", "low-new"]
+
+
+def test_one_process_messages_are_claimed_in_the_order_written_one_by_one_or_in_bulk(queue):
+    queue.write({"n": 0})
+    queue.write_many([{"n": 1}, {"n": 2}])
+    queue.write({"n": 3})
+    queue.write_many([{"n": 4}])
+    assert [m.body["n"] for m in queue.read(limit=5)] == [0, 1, 2, 3, 4]
+
+
+def test_message_ids_are_distinct_ordered_and_differ_after_a_fork():
+    from mopq.object_ids import object_ids
+
+    ids = object_ids(5000) + object_ids(1) + object_ids(3000)
+    counters = [int.from_bytes(oid.binary[9:], "big") for oid in ids]
+    assert all((later - earlier) % 2**24 == 1 for earlier, later in zip(counters, counters[1:]))
+    assert len(set(ids)) == len(ids)
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child reports the random part of its next id, then leaves at once
+        os.write(writer, object_ids(1)[0].binary[4:9])
+        os._exit(0)
+    os.close(writer)
+    assert os.waitpid(child, 0)[1] == 0
+    with os.fdopen(reader, "rb") as pipe:
+        assert pipe.read() != ids[0].binary[4:9]
+    assert object_ids(1)[0].binary[4:9] == ids[0].binary[4:9]  # ours is unchanged
 
 
 def test_read_limit_claims_several_atomically(queue):
