@@ -9,8 +9,9 @@ set, and measures, each in a fresh database of the same engine:
    batches: journal, counters, receipt, delete) next to a raw consume of the
    same events with pymongo (read a batch of events with ``find``, delete them
    by id with ``bulk_write``), alternating, three rounds each (one with
-   --quick) on fresh databases; the ratio is the best collector round / the
-   best raw round (goal >= 0.5). The raw consume reads whole events, as any
+   --quick) on fresh databases; the goal (>= 0.5) is judged on the median of
+   the ratios within each round (the collector next to the raw consume run
+   just before it), the best / best ratio beside it. The raw consume reads whole events, as any
    consumer that uses them must. A second raw consume that reads only the ids
    (projection ``{_id: 1}``: it never sees what it deletes) runs in the same
    rounds and its ratio is shown too; until 2026-11-26 it was the baseline.
@@ -195,9 +196,15 @@ def main() -> None:
               + ", ".join(f"{r:,.0f}" for r in raw_rates))
         print(f"   raw, reading ids only     {ids_rate:10,.0f} events/s   rounds: "
               + ", ".join(f"{r:,.0f}" for r in ids_rates))
-        print(f"   ratio collector/raw       {rate / raw_rate:10.2f}   (goal >= 0.5: "
-              f"{'met' if rate / raw_rate >= 0.5 else 'NOT MET'})")
-        print(f"   ratio collector/ids-only  {rate / ids_rate:10.2f}")
+        paired = [mine / raw for mine, raw in zip(rates, raw_rates, strict=True)]
+        paired_ids = [mine / raw for mine, raw in zip(rates, ids_rates, strict=True)]
+        median = statistics.median(paired)
+        print("   collector / raw, each round: " + ", ".join(f"{r:.2f}" for r in paired)
+              + "   (/ ids-only: " + ", ".join(f"{r:.2f}" for r in paired_ids) + ")")
+        print(f"   goal: median of those {median:.2f} >= 0.5: "
+              f"{'met' if median >= 0.5 else 'NOT MET'}   (best / best {rate / raw_rate:.2f}; "
+              f"vs ids-only: median {statistics.median(paired_ids):.2f}, "
+              f"best / best {rate / ids_rate:.2f})")
 
         samples = lag(client, lag_seconds)
         cuts = statistics.quantiles(samples, n=100)

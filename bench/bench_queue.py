@@ -271,9 +271,12 @@ def report_goal(runs: list[dict], mine: str, baseline: str, goal: float, label: 
     paired = [run[mine] / run[baseline] for run in runs]
     median = statistics.median(paired)
     best_ratio = max(run[mine] for run in runs) / max(run[baseline] for run in runs)
+    medians = (statistics.median(run[mine] for run in runs)
+               / statistics.median(run[baseline] for run in runs))
     print(f"   {label}, each round: {', '.join(f'{r:.2f}' for r in paired)}")
     print(f"   goal: median of those {median:.2f}x >= {goal}x: "
-          f"{'MET' if median >= goal else 'NOT MET'}   (best / best {best_ratio:.2f}x)")
+          f"{'MET' if median >= goal else 'NOT MET'}   (best / best {best_ratio:.2f}x, "
+          f"median rate / median rate {medians:.2f}x)")
 
 
 def ratio(a: float, b: float) -> str:
