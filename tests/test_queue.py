@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+from itertools import pairwise
 
 import pytest
 
@@ -63,7 +64,7 @@ def test_message_ids_are_distinct_ordered_and_differ_after_a_fork():
 
     ids = object_ids(5000) + object_ids(1) + object_ids(3000)
     counters = [int.from_bytes(oid.binary[9:], "big") for oid in ids]
-    assert all((later - earlier) % 2**24 == 1 for earlier, later in zip(counters, counters[1:]))
+    assert all((later - earlier) % 2**24 == 1 for earlier, later in pairwise(counters))
     assert len(set(ids)) == len(ids)
     reader, writer = os.pipe()
     child = os.fork()
