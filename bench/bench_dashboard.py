@@ -476,7 +476,9 @@ def part_browser(browser: Any, uri: str, database: str, log_dir: Path, seconds: 
         with gunicorn(uri, database, log_dir) as (url, _worker):
             page = browser.new_page()
             page.goto(url + "/", timeout=60_000)
-            page.wait_for_function("window.mopq && window.mopq.socket && "
+            # A function, not an expression: polling an expression evals it in the page,
+            # which the dashboard's CSP forbids once the first check has failed.
+            page.wait_for_function("() => window.mopq && window.mopq.socket && "
                                    "window.mopq.socket.connected", timeout=30_000)
             page.evaluate(LISTEN, LIVE_QUEUE)
             page.wait_for_timeout(2000)  # the push loop's first snapshots
