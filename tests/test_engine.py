@@ -28,9 +28,15 @@ def test_round_trip_through_pymongo(db):
     assert wire_versions and min(wire_versions) >= 9
 
 
+def _interruptible() -> None:
+    """Ctrl-C as a terminal delivers it, even when the suite runs as a background job
+    (a shell starts those with SIGINT ignored, and the JVM then keeps ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_engine_command(*extra: str) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen([sys.executable, "-m", "mopq", "engine", *extra],
-                               stdout=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, text=True, preexec_fn=_interruptible)
     first_line = process.stdout.readline().strip()
     return process, first_line
 
