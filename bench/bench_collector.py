@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from collectors import Collector  # noqa: E402
 from mopq import schema  # noqa: E402
-from mopq.engine import start_unless_configured  # noqa: E402
+from mopq.engine import engine_unless_configured  # noqa: E402
 from mopq.events import as_document, business_event  # noqa: E402
 from mopq.publisher import Publisher  # noqa: E402
 
@@ -183,9 +183,7 @@ def main() -> None:
     lag_seconds = 15 if args.quick else 60
     memory_events = 100_000 if args.quick else 1_000_000
 
-    uri, engine = start_unless_configured()
-    client = MongoClient(uri, tz_aware=True)
-    try:
+    with engine_unless_configured() as (uri, _), MongoClient(uri, tz_aware=True) as client:
         print(f"engine: {uri}  ({'quick' if args.quick else 'full'} run)")
         rounds = 1 if args.quick else 3
         throughput(client, 20_000, 1)  # warm-up, not counted: the engine's JIT compiles
@@ -221,10 +219,6 @@ def main() -> None:
               f"{mem_rate:,.0f} events/s end to end)")
         print(f"   after 5%: {first:.1f} MiB   at the end: {last:.1f} MiB   "
               f"growth {last - first:+.1f} MiB   (goal < 20 MB)")
-    finally:
-        client.close()
-        if engine is not None:
-            engine.stop()
 
 
 if __name__ == "__main__":

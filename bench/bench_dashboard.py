@@ -99,7 +99,7 @@ from collectors.stats import (  # noqa: E402
 from dashboard import queries  # noqa: E402
 from dashboard.live import build_snapshot  # noqa: E402
 from mopq import Queue, flush, schema  # noqa: E402
-from mopq.engine import start_unless_configured  # noqa: E402
+from mopq.engine import engine_unless_configured  # noqa: E402
 from tests.live_server import stop_gunicorn  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -734,16 +734,15 @@ def main() -> None:
     hold = 30 if args.quick else 40  # past Engine.IO's first ping (25 s) and its pong
     total_started = time.monotonic()
 
-    uri, engine = start_unless_configured()
-    client = MongoClient(uri, tz_aware=True)
     stamp = time.strftime("%H%M%S")
     big, small = f"bench_dash_{stamp}", f"bench_dash_live_{stamp}"
     goals: list[tuple[str, bool]] = []
-    try:
+    with engine_unless_configured() as (uri, embedded), \
+            MongoClient(uri, tz_aware=True) as client:
         with tempfile.TemporaryDirectory(prefix="mopq-bench-dashboard-") as tmp:
             log_dir = args.logs or Path(tmp)
             log_dir.mkdir(parents=True, exist_ok=True)
-            print(f"engine: {'embedded mongo-java-server (memory), ' if engine else ''}{uri}  "
+            print(f"engine: {'embedded mongo-java-server (memory), ' if embedded else ''}{uri}  "
                   f"({'quick' if args.quick else 'full'} run)")
             print(f"cpus: {os.cpu_count()}, load average at start: "
                   + " ".join(f"{x:.2f}" for x in os.getloadavg()))
@@ -857,10 +856,6 @@ def main() -> None:
                         ok = r3["connected"] == 200 and r3["still"] == 200 \
                             and r3["with_push"] == 200
                         goals.append(("200 clients held by one process (default threads)", ok))
-    finally:
-        client.close()
-        if engine is not None:
-            engine.stop()
 
     print("\nsummary")
     for label, ok in goals:

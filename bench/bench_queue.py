@@ -65,7 +65,7 @@ from pymongo import MongoClient, ReturnDocument
 
 import mopq
 from mopq import schema
-from mopq.engine import start_unless_configured
+from mopq.engine import engine_unless_configured
 from mopq.object_ids import object_ids
 from mopq.queue import CANDIDATE_FIELDS, MIN_CANDIDATES
 
@@ -287,12 +287,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, about 2 minutes")
     size = QUICK if parser.parse_args().quick else FULL
-    uri, engine = start_unless_configured()
-    client = MongoClient(uri, tz_aware=True)
-    bench = Bench(client)
-    began = clock()
-    try:
-        print(f"engine: {'embedded mongo-java-server (memory), ' if engine else ''}{uri}")
+    with engine_unless_configured() as (uri, embedded), \
+            MongoClient(uri, tz_aware=True) as client:
+        bench = Bench(client)
+        began = clock()
+        print(f"engine: {'embedded mongo-java-server (memory), ' if embedded else ''}{uri}")
         print(f"cpus: {os.cpu_count()}, load average at start: "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"sizes: {size}")
@@ -355,10 +354,6 @@ def main() -> None:
                   f"{b['fill']:>10,.1f}", flush=True)
         print(f"\ntotal time {clock() - began:,.0f} s, load average at the end: "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    finally:
-        client.close()
-        if engine is not None:
-            engine.stop()
 
 
 if __name__ == "__main__":

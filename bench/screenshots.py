@@ -24,7 +24,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 from dashboard.demo import Demo  # noqa: E402
 from mopq import Queue  # noqa: E402
-from mopq.engine import start_unless_configured  # noqa: E402
+from mopq.engine import engine_unless_configured  # noqa: E402
 from tests.live_server import live_dashboard  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -77,25 +77,23 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    uri, engine = start_unless_configured()
-    database = f"mopq_screenshots_{int(time.time())}"
-    demo = Demo(uri, database, rate=args.rate, seed=7)
-    try:
-        demo.start()
-        # A queue nobody serves, so the Queues page shows its warning.
-        Queue("invoices", uri=uri, database=database).write_many(
-            [{"invoice": n} for n in range(12)])
-        time.sleep(args.warmup)
-        with tempfile.TemporaryDirectory() as logs, \
-                live_dashboard(uri, database, Path(logs),
-                               MOPQ_ADMIN_USERS=":".join(ADMIN)) as url:
-            dead = demo.db["messages"].find_one({"queue": "orders", "state": "dead"}) or {}
-            shoot(url, out, (dead.get("body") or {}).get("order_id", 1000))
-    finally:
-        demo.stop()
-        demo.db.client.drop_database(database)
-        if engine is not None:
-            engine.stop()
+    with engine_unless_configured() as (uri, _):
+        database = f"mopq_screenshots_{int(time.time())}"
+        demo = Demo(uri, database, rate=args.rate, seed=7)
+        try:
+            demo.start()
+            # A queue nobody serves, so the Queues page shows its warning.
+            Queue("invoices", uri=uri, database=database).write_many(
+                [{"invoice": n} for n in range(12)])
+            time.sleep(args.warmup)
+            with tempfile.TemporaryDirectory() as logs, \
+                    live_dashboard(uri, database, Path(logs),
+                                   MOPQ_ADMIN_USERS=":".join(ADMIN)) as url:
+                dead = demo.db["messages"].find_one({"queue": "orders", "state": "dead"}) or {}
+                shoot(url, out, (dead.get("body") or {}).get("order_id", 1000))
+        finally:
+            demo.stop()
+            demo.db.client.drop_database(database)
     return 0
 
 

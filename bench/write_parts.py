@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_queue import bodies, raw_document, utcnow  # noqa: E402
 
 from mopq import Queue, schema, validation  # noqa: E402
-from mopq.engine import start_unless_configured  # noqa: E402
+from mopq.engine import engine_unless_configured  # noqa: E402
 from mopq.object_ids import object_ids  # noqa: E402
 
 COUNT = 10_000
@@ -50,9 +50,7 @@ def best_ms(work: Callable[[], object], repeats: int = 15) -> float:
 
 
 def main() -> None:
-    uri, engine = start_unless_configured()
-    client = MongoClient(uri, tz_aware=True)
-    try:
+    with engine_unless_configured() as (uri, _), MongoClient(uri, tz_aware=True) as client:
         items = bodies(COUNT)
         builder = Queue("bench", db=client[f"parts_{uuid.uuid4().hex[:8]}"])
         options = builder._options(None, None, 0, 0, None, utcnow())
@@ -95,10 +93,6 @@ def main() -> None:
         for label, times in variants.items():
             print(f"   {label:44}{min(times) * 1000:8.1f}   {min(times) / base:5.2f}x")
         client.drop_database(builder.messages.database.name)
-    finally:
-        client.close()
-        if engine is not None:
-            engine.stop()
 
 
 if __name__ == "__main__":

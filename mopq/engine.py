@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from mopq.config import settings
@@ -194,16 +195,23 @@ class Engine:
         self.stop()
 
 
-def start_unless_configured() -> tuple[str, Engine | None]:
-    """``MOPQ_MONGODB_URI`` if set, else the URI of an embedded engine started now.
+@contextlib.contextmanager
+def engine_unless_configured() -> Iterator[tuple[str, bool]]:
+    """``MOPQ_MONGODB_URI`` if set, else an embedded engine started for this block.
 
-    The engine is returned too (None when the URI was configured): the caller stops it.
+    Yields the URI and whether it is the embedded engine, which stops when the
+    block ends (benches, screenshots and the test suite use this).
     """
     configured = settings().mongodb_uri
     if configured:
-        return configured, None
+        yield configured, False
+        return
     engine = Engine()
-    return engine.start(), engine
+    uri = engine.start()
+    try:
+        yield uri, True
+    finally:
+        engine.stop()
 
 
 def _read_line_with_timeout(process: subprocess.Popen[str], timeout: float) -> str:

@@ -18,21 +18,20 @@ from pymongo.database import Database
 
 from mopq import flush
 from mopq.connection import close_all
-from mopq.engine import start_unless_configured
+from mopq.engine import engine_unless_configured
 
 
 @pytest.fixture(scope="session")
 def engine_uri() -> Iterator[str]:
-    uri, engine = start_unless_configured()
-    if engine is None:
-        yield uri
-        return
-    os.environ["MOPQ_MONGODB_URI"] = uri
-    try:
-        yield uri
-    finally:
-        close_all()
-        engine.stop()
+    with engine_unless_configured() as (uri, embedded):
+        if not embedded:
+            yield uri
+            return
+        os.environ["MOPQ_MONGODB_URI"] = uri
+        try:
+            yield uri
+        finally:
+            close_all()
         os.environ.pop("MOPQ_MONGODB_URI", None)
 
 
