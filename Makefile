@@ -37,8 +37,9 @@ browser:
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		else echo "browser tests need Debian's chromium: sudo apt-get install chromium"; exit 1; fi; }
 
+# make run PORT=8001 ENGINE_PORT=27018 HOST=0.0.0.0 picks other addresses.
 run: install
-	$(PY) -m mopq run
+	$(PY) -m mopq run $(if $(PORT),--port $(PORT)) $(if $(ENGINE_PORT),--engine-port $(ENGINE_PORT)) $(if $(HOST),--host $(HOST))
 
 test: install engine browser
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -29,7 +29,7 @@ from collectors import leases
 from collectors.batch import BatchResult, apply_batch
 from collectors.monitor import Monitor, Thresholds
 from mopq import schema
-from mopq.connection import get_database
+from mopq.connection import get_database, prepared
 
 log = logging.getLogger("mopq.collector")
 
@@ -45,7 +45,7 @@ class Collector:
                  monitor: bool = True, monitor_interval: float = 2.0,
                  lease_seconds: float = leases.LEASE_SECONDS,
                  thresholds: Thresholds | None = None) -> None:
-        self.db = db if db is not None else get_database(uri, database)
+        self.db = prepared(db) if db is not None else get_database(uri, database)
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         # Leases are renewed several times per lease period, so a busy moment

@@ -8,11 +8,13 @@ Worker states, from the registry (``workers``) and the messages they hold:
 
 * ``alive`` — beat within ``worker_stale_seconds``;
 * ``stale`` — missed a few beats (up to ``worker_dead_seconds``);
-* ``dead`` — missed many; its inflight messages are returned to the queue at
-  once (``reclaimed``) instead of waiting for their leases;
+* ``dead`` — missed many beats, or its process is known to be gone (it ran
+  on this host and its pid no longer exists, or now belongs to a process
+  started at another time): its inflight messages are returned to the queue
+  at once (``reclaimed``) instead of waiting for their leases. A paused
+  process (SIGSTOP) still exists, so it goes stale, then zombie or dead;
 * ``zombie`` — still beating, but holding a message well past its lease, or
-  working on one for ``worker_no_progress_seconds`` without progress, or its
-  process no longer exists on this host;
+  working on one for ``worker_no_progress_seconds`` without progress;
 * ``stopped`` — stopped cleanly.
 """
 
@@ -30,8 +32,8 @@ from bson.errors import InvalidId
 from pymongo.database import Database
 
 from collectors.batch import expire_receipts
+from collectors.settings import Thresholds
 from mopq import maintenance, schema
-from mopq.config import Settings, settings
 
 log = logging.getLogger("mopq.monitor")
 
@@ -40,26 +42,12 @@ WORKER_STATES = (ALIVE, STALE, DEAD, ZOMBIE, STOPPED)
 RETENTION_EVERY = dt.timedelta(minutes=1)
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    stale: float = 15.0
-    dead: float = 60.0
-    zombie: float = 60.0
-    no_progress: float = 1800.0
-    forget: float = 86400.0
-
-    @classmethod
-    def from_settings(cls, current: Settings | None = None) -> Thresholds:
-        current = current or settings()
-        return cls(current.worker_stale_seconds, current.worker_dead_seconds,
-                   current.worker_zombie_seconds, current.worker_no_progress_seconds,
-                   current.worker_forget_seconds)
-
-
 def classify(worker: dict[str, Any], now: dt.datetime, thresholds: Thresholds) -> str:
-    """A worker's state from its heartbeat and the monitor's last zombie verdict."""
+    """A worker's state from its heartbeat and the monitor's last verdicts."""
     if worker.get("state") == "stopped":
         return STOPPED
+    if worker.get("gone_reason"):
+        return DEAD
     beat = worker.get("heartbeat_at")
     age = (now - beat).total_seconds() if beat else float("inf")
     if age > thresholds.dead:
@@ -81,16 +69,43 @@ def _object_ids(values: list[Any]) -> list[ObjectId]:
     return ids
 
 
+def gone_reason(worker: dict[str, Any], hostname: str) -> str | None:
+    """Why a worker of this host surely no longer runs, or None (another host: can't tell).
+
+    Its identity ``ip:port:start_time:pid`` names the process: gone if no
+    process has that pid, or the one that has it started at another second
+    (the pid was reused).
+    """
+    if worker.get("hostname") != hostname or worker.get("ip", "127.0.0.1") not in _own_addresses():
+        return None  # another machine, or a container of the same name: its pids are not ours
+    try:
+        started, pid = (int(part) for part in str(worker["_id"]).rsplit(":", 2)[-2:])
+    except (KeyError, ValueError):
+        return None
+    try:
+        created = int(psutil.Process(pid).create_time())
+    except psutil.NoSuchProcess:
+        return f"process {pid} no longer exists on {hostname}"
+    except (psutil.Error, OSError, ValueError, OverflowError):
+        return None
+    if abs(created - started) > 1:
+        return (f"process {pid} on {hostname} is another one now (started at {created}, "
+                f"not {started})")
+    return None
+
+
+def _own_addresses() -> set[str]:
+    try:
+        interfaces = psutil.net_if_addrs().values()
+    except (OSError, psutil.Error):
+        return {"127.0.0.1"}
+    return {"127.0.0.1"} | {address.address for addresses in interfaces
+                            for address in addresses if address.family == socket.AF_INET}
+
+
 def zombie_reason(worker: dict[str, Any], held: dict[ObjectId, dict[str, Any]],
-                  now: dt.datetime, thresholds: Thresholds, hostname: str) -> str | None:
+                  now: dt.datetime, thresholds: Thresholds) -> str | None:
     """Why a beating worker is a zombie, or None."""
-    if worker.get("hostname") == hostname and worker.get("pid"):
-        try:
-            alive = psutil.pid_exists(int(worker["pid"]))
-        except (ValueError, OverflowError):
-            alive = True
-        if not alive:
-            return f"process {worker['pid']} no longer exists on {hostname}"
     for item in worker.get("current") or []:
         message_ids = _object_ids([item.get("message_id")])
         message = held.get(message_ids[0]) if message_ids else None
@@ -123,7 +138,7 @@ class Monitor:
 
     def __init__(self, db: Database, thresholds: Thresholds | None = None) -> None:
         self.db = db
-        self.thresholds = thresholds or Thresholds.from_settings()
+        self.thresholds = thresholds or Thresholds.from_env()
         self.hostname = socket.gethostname()
         self._retention_at: dt.datetime | None = None
 
@@ -140,17 +155,18 @@ class Monitor:
         } if current_ids else {}
         forget_before = now - dt.timedelta(seconds=self.thresholds.forget)
         for worker in registry:
-            reason = None
+            verdicts: dict[str, str | None] = {"zombie_reason": None, "gone_reason": None}
             if worker.get("state") != "stopped":
-                reason = zombie_reason(worker, held, now, self.thresholds, self.hostname)
-            if reason != worker.get("zombie_reason"):
-                workers.update_one({"_id": worker["_id"]},
-                                   {"$set": {"zombie_reason": reason, "checked_at": now}})
-                worker["zombie_reason"] = reason
+                verdicts["gone_reason"] = gone_reason(worker, self.hostname)
+                if not verdicts["gone_reason"]:
+                    verdicts["zombie_reason"] = zombie_reason(worker, held, now, self.thresholds)
+            if any(worker.get(key) != value for key, value in verdicts.items()):
+                workers.update_one({"_id": worker["_id"], "state": {"$ne": "stopped"}},
+                                   {"$set": {**verdicts, "checked_at": now}})
+                worker.update(verdicts)
             state = classify(worker, now, self.thresholds)
             result.states[state] += 1
-            gone = state == DEAD or (state == ZOMBIE and "no longer exists" in (reason or ""))
-            if gone:
+            if state == DEAD:
                 reclaimed = maintenance.reclaim_worker(self.db, worker["_id"],
                                                        reason=f"worker {state}")
                 if reclaimed:

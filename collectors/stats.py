@@ -19,6 +19,7 @@ from collectors.batch import registered_queues
 from collectors.counters import EVENTS_APPLIED_SERIES, TOTAL, counter_id
 from collectors.monitor import WORKER_STATES, Thresholds, classify
 from mopq import schema
+from mopq.connection import prepared
 
 # counter kind -> /api/stats field
 FLOW_FIELDS = {schema.WRITTEN: "written", schema.ACKED: "done", schema.FAILED: "failed",
@@ -74,10 +75,10 @@ def queue_flows(db: Database, names: set[str]) -> dict[str, dict[str, int]]:
 
 def worker_states(db: Database, now: dt.datetime,
                   thresholds: Thresholds | None = None) -> dict[str, int]:
-    thresholds = thresholds or Thresholds.from_settings()
+    thresholds = thresholds or Thresholds.from_env()
     counts = dict.fromkeys(WORKER_STATES, 0)
     for worker in db[schema.WORKERS].find({}, {"state": 1, "heartbeat_at": 1,
-                                                "zombie_reason": 1}):
+                                                "zombie_reason": 1, "gone_reason": 1}):
         counts[classify(worker, now, thresholds)] += 1
     return counts
 
@@ -96,6 +97,7 @@ def collector_state(db: Database, now: dt.datetime) -> dict[str, Any]:
 
 def read_stats(db: Database, now: dt.datetime | None = None) -> dict[str, Any]:
     """The ``/api/stats`` document (shared DESIGN.md names its fields)."""
+    db = prepared(db)
     now = now or dt.datetime.now(dt.UTC)
     queues = queue_states(db, now)
     for name, flows in queue_flows(db, set(queues)).items():

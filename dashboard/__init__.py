@@ -15,7 +15,8 @@ from typing import Any
 from flask import Flask
 from flask_socketio import SocketIO
 
-from mopq.config import LIVE_THREAD_RESERVE, settings
+from dashboard.settings import DashboardSettings
+from mopq.config import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,13 +30,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         template_folder=str(ROOT / "templates"),
         static_folder=str(ROOT / "static"),
     )
-    current = settings()
+    library = settings()
+    current = DashboardSettings.from_env()
     app.config.update(
-        MOPQ_MONGODB_URI=current.mongodb_uri,
-        MOPQ_DATABASE=current.database,
+        MOPQ_MONGODB_URI=library.mongodb_uri,
+        MOPQ_DATABASE=library.database,
         MOPQ_LIVE_INTERVAL=1.0,
         MOPQ_STATS_MAX_AGE=current.stats_max_age_seconds,
-        MOPQ_LIVE_MAX_CLIENTS=current.web_threads - LIVE_THREAD_RESERVE,
+        MOPQ_LIVE_MAX_CLIENTS=current.live_max_clients,
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
     if config:
@@ -44,11 +46,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from dashboard import api, auth, live, pages, security, stats_cache, vendor
 
     auth.init_app(app, current)
-    security.init_app(app)
     stats_cache.init_app(app, app.config["MOPQ_STATS_MAX_AGE"])
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(vendor.blueprint)
-    socketio.init_app(app, cors_allowed_origins=[])
+    socketio.init_app(app, cors_allowed_origins=security.origin_check(current))
     live.register(socketio, app)
+    security.init_app(app, current)  # last: its guards wrap Socket.IO's middleware too
     return app

@@ -19,10 +19,11 @@ import logging
 from typing import Any
 
 from bson import ObjectId
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from pymongo.errors import ConnectionFailure, PyMongoError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+from werkzeug.routing import BaseConverter
 
 from dashboard import audit, openapi, prometheus, queries, stats_cache, store
 from dashboard import params as p
@@ -80,9 +81,17 @@ def _json_for_routing_errors(error: HTTPException) -> Any:
     return error
 
 
+class EventNameConverter(BaseConverter):
+    """Any name ``emit()`` accepts, slashes included (``http/requests``), sent percent-encoded."""
+
+    regex = ".+"
+    part_isolating = False
+
+
 @blueprint.record_once
 def _on_register(state: Any) -> None:
     init_json(state.app)
+    state.app.url_map.converters["event_name"] = EventNameConverter
     for error in (NotFound, MethodNotAllowed):
         if error not in state.app.error_handler_spec[None].get(error.code, {}):
             state.app.register_error_handler(error, _json_for_routing_errors)
@@ -98,7 +107,8 @@ def _error(status: int, message: str, **extra: Any) -> Response:
 
 @blueprint.errorhandler(p.BadParameter)
 def _bad_parameter(error: p.BadParameter) -> Response:
-    return _error(400, error.message, parameter=error.parameter)
+    status = 413 if isinstance(error, p.BodyTooLarge) else 400
+    return _error(status, error.message, parameter=error.parameter)
 
 
 @blueprint.errorhandler(InvalidInput)
@@ -108,7 +118,9 @@ def _invalid_input(error: InvalidInput) -> Response:
 
 @blueprint.errorhandler(RequestEntityTooLarge)
 def _too_large(error: RequestEntityTooLarge) -> Response:
-    return _error(413, "the request body is too large.", parameter="body")
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    return _error(413, f"the request body is too large: at most {limit} bytes are accepted.",
+                  parameter="body")
 
 
 @blueprint.errorhandler(HTTPException)
@@ -152,12 +164,7 @@ def _args(fields: dict[str, p.Field]) -> dict[str, Any]:
 
 
 def _json_body() -> Any:
-    if request.mimetype != "application/json":
-        raise p.BadParameter("body", "send a JSON object with Content-Type: application/json.")
-    data = request.get_json(silent=True)
-    if data is None:
-        raise p.BadParameter("body", "the request body is not valid JSON.")
-    return data
+    return p.json_body(request.mimetype, request.get_data(cache=True))
 
 
 def _who() -> dict[str, str]:
@@ -325,7 +332,7 @@ def metric_names() -> Any:
                           args["per_page"]))
 
 
-@blueprint.get("/api/metrics/<name>")
+@blueprint.get("/api/metrics/<event_name:name>")
 @require_read
 def metric(name: str) -> Any:
     name = p.metric_name(name)
@@ -373,9 +380,12 @@ def purge_queue(name: str) -> Any:
     name = p.queue(name, "name")
     document = p.body(_json_body(), ("confirm",))
     _args({})
-    if document.get("confirm") != name:
-        raise p.BadParameter("confirm", f"to purge, send {{\"confirm\": \"{name}\"}}: the "
-                                        "queue's name, to show the purge is meant.")
+    if not isinstance(document.get("confirm"), str):
+        raise p.BadParameter("confirm", "confirm must be a string: the queue's name.")
+    if document["confirm"] != name:
+        # Well-formed, but not this queue's name: a conflict with the path, not bad input.
+        return _error(409, f"to purge, send {{\"confirm\": \"{name}\"}}: the queue's name, "
+                           "to show the purge is meant.", parameter="confirm")
     return _audited("purge", {"queue": name}, lambda db: admin.purge(db, name))
 
 

@@ -10,12 +10,20 @@ Two roles, configured separately from the environment (``mopq.config``):
   admin may also read. With neither set, admin actions are refused with a
   message that says how to enable them.
 
-Credentials are compared in constant time. Admin requests authenticated by
-a browser (basic auth, which the browser resends by itself) must also carry
-the CSRF token (double-submit: the ``mopq_csrf`` cookie, SameSite=Strict,
-repeated in the ``X-CSRF-Token`` header) and must not come from another
-site (``Sec-Fetch-Site``). Bearer tokens are never sent by a browser on its
-own, so token-authenticated API calls need no CSRF token.
+Reading is open exactly when no read credential (``MOPQ_READ_TOKEN``,
+``MOPQ_BASIC_AUTH_USERS``) is set: admin credentials protect acting, never
+reading. Credentials are compared in constant time.
+
+CSRF: admin requests authenticated by a browser (basic auth, which the
+browser resends by itself) must carry the page's CSRF token in the
+``X-CSRF-Token`` header, equal to the ``mopq_csrf`` cookie (SameSite=Strict,
+``Secure`` over HTTPS). The token is signed with the dashboard's secret,
+names the user it was made for and expires after ``CSRF_MAX_AGE_SECONDS``,
+so a pair an attacker makes up, or one of another user, is refused. Such
+requests must also come from the dashboard's own pages: ``Sec-Fetch-Site``
+same-origin, or, from browsers that do not send it, an ``Origin`` (or
+``Referer``) of the dashboard's own origin. Bearer tokens are never sent by a
+browser on its own, so token-authenticated API calls need no CSRF token.
 """
 
 from __future__ import annotations
@@ -31,14 +39,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Response, current_app, g, jsonify, request
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
-from mopq.config import Settings
+from dashboard.security import same_origin
+from dashboard.settings import DashboardSettings
 
 log = logging.getLogger("mopq.dashboard")
 
 READ, ADMIN = "read", "admin"
 CSRF_COOKIE = "mopq_csrf"
 CSRF_HEADER = "X-CSRF-Token"
+CSRF_MAX_AGE_SECONDS = 12 * 3600
+CSRF_SALT = "mopq-csrf"
 REALM = 'Basic realm="mopq", charset="UTF-8"'
 ENABLE_ADMIN = ("Admin actions are disabled: set MOPQ_ADMIN_TOKEN (for API calls with "
                 "'Authorization: Bearer <token>') or MOPQ_ADMIN_USERS=user:password (for the "
@@ -62,13 +74,13 @@ class Policy:
     admin_users: dict[str, str]
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Policy:
+    def from_settings(cls, settings: DashboardSettings) -> Policy:
         return cls(settings.read_token, settings.admin_token,
                    _parse_users(settings.basic_auth_users), _parse_users(settings.admin_users))
 
     @property
     def read_open(self) -> bool:
-        return not (self.read_token or self.read_users or self.admin_token or self.admin_users)
+        return not (self.read_token or self.read_users)
 
     @property
     def admin_enabled(self) -> bool:
@@ -132,17 +144,41 @@ def unauthorized() -> Response:
     return response
 
 
+def _signer() -> URLSafeTimedSerializer:
+    return current_app.extensions["mopq_csrf_signer"]
+
+
+def _token_user(token: str | None) -> str | None:
+    """The user a valid, unexpired token was made for; None otherwise."""
+    if not token:
+        return None
+    try:
+        payload = _signer().loads(token, max_age=CSRF_MAX_AGE_SECONDS)
+    except (BadSignature, SignatureExpired):
+        return None
+    return payload.get("u") if isinstance(payload, dict) else None
+
+
 def csrf_token() -> str:
-    """The token pages put in ``<meta name="csrf-token">`` and send back in the header."""
+    """The token pages put in ``<meta name="csrf-token">`` and send back in the header.
+
+    The cookie's token is reused while it is valid for this user; otherwise a
+    new one is made (and set as the cookie by ``set_csrf_cookie``).
+    """
     if "mopq_csrf" not in g:
-        g.mopq_csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
+        name = current_identity().name
+        cookie = request.cookies.get(CSRF_COOKIE)
+        if _token_user(cookie) == name:
+            g.mopq_csrf = cookie
+        else:
+            g.mopq_csrf = _signer().dumps({"u": name, "n": secrets.token_urlsafe(12)})
     return g.mopq_csrf
 
 
 def set_csrf_cookie(response: Response) -> Response:
     if "mopq_csrf" in g and request.cookies.get(CSRF_COOKIE) != g.mopq_csrf:
         response.set_cookie(CSRF_COOKIE, g.mopq_csrf, httponly=True, samesite="Strict",
-                            secure=request.is_secure, path="/")
+                            secure=request.is_secure, path="/", max_age=CSRF_MAX_AGE_SECONDS)
     return response
 
 
@@ -151,11 +187,21 @@ def csrf_problem() -> str | None:
     site = request.headers.get("Sec-Fetch-Site")
     if site and site not in ("same-origin", "none"):
         return "cross-site requests may not change anything"
+    if not site:
+        origin = request.headers.get("Origin") or request.headers.get("Referer")
+        if origin and not same_origin(origin):
+            return f"requests from {origin[:80]!r} may not change anything here"
     cookie = request.cookies.get(CSRF_COOKIE)
     header = request.headers.get(CSRF_HEADER)
     if not cookie or not header or not _same(header, cookie):
         return (f"missing or wrong CSRF token: send the page's csrf-token in the {CSRF_HEADER} "
                 "header")
+    user = _token_user(header)
+    if user is None:
+        return ("the CSRF token is not one this dashboard made, or it expired (they last "
+                f"{CSRF_MAX_AGE_SECONDS // 3600} hours): reload the page")
+    if user != current_identity().name:
+        return "the CSRF token was made for another user: reload the page"
     return None
 
 
@@ -195,14 +241,19 @@ def socket_allowed(authorization: str | None, auth: dict[str, Any] | None) -> bo
     return identify(policy(), authorization).role is not None
 
 
-def init_app(app: Any, settings: Settings) -> None:
+def init_app(app: Any, settings: DashboardSettings) -> None:
     current = Policy.from_settings(settings)
     app.extensions["mopq_auth"] = current
+    secret = settings.secret_key or secrets.token_urlsafe(32)
+    app.extensions["mopq_csrf_signer"] = URLSafeTimedSerializer(secret, salt=CSRF_SALT)
     app.after_request(set_csrf_cookie)
     app.context_processor(lambda: {"csrf_token": csrf_token, "identity": current_identity,
-                                   "admin_enabled": current.admin_enabled})
+                                   "admin_enabled": current.admin_enabled,
+                                   "admin_sign_in": bool(current.admin_users)})
     if current.read_open:
-        log.warning("mopq dashboard: no credentials configured, so anyone who can reach it "
-                    "may read it; set MOPQ_BASIC_AUTH_USERS or MOPQ_READ_TOKEN to restrict. "
+        log.warning("mopq dashboard: no read credential configured, so anyone who can reach it "
+                    "may read it; set MOPQ_BASIC_AUTH_USERS or MOPQ_READ_TOKEN to restrict. %s",
+                    "Admin actions need MOPQ_ADMIN_USERS or MOPQ_ADMIN_TOKEN."
+                    if current.admin_enabled else
                     "Admin actions stay disabled until MOPQ_ADMIN_USERS or MOPQ_ADMIN_TOKEN "
                     "is set.")

@@ -16,6 +16,7 @@ from typing import Any
 from collectors.counters import HOUR, MINUTE, SECOND
 from dashboard import params as p
 from mopq import __version__
+from mopq.business import MAX_NAME_LENGTH
 from mopq.schema import MAX_QUEUE_NAME_LENGTH
 
 REF = "#/components/schemas/"
@@ -95,13 +96,13 @@ def _read(summary: str, ok: dict[str, Any], parameters: list[dict[str, Any]] | N
 
 
 def _admin(summary: str, body: dict[str, Any], parameters: list[dict[str, Any]] | None = None,
-           ) -> dict[str, Any]:
-    return {
+           conflict: str | None = None) -> dict[str, Any]:
+    operation = {
         "summary": summary, "tags": ["admin"],
         "description": "Needs admin credentials: a bearer admin token, or basic auth of an "
-                       "admin user together with the CSRF token (the mopq_csrf cookie "
-                       "repeated in the X-CSRF-Token header). With no admin configured the "
-                       "answer is 403 saying how to enable it. Recorded in the audit log.",
+                       "admin user together with the page's signed CSRF token (the mopq_csrf "
+                       "cookie repeated in the X-CSRF-Token header). With no admin configured "
+                       "the answer is 403 saying how to enable it. Recorded in the audit log.",
         "parameters": [*(parameters or []),
                        {"name": "X-CSRF-Token", "in": "header", "required": False,
                         "schema": STRING,
@@ -116,6 +117,9 @@ def _admin(summary: str, body: dict[str, Any], parameters: list[dict[str, Any]] 
                       "413": {"$ref": ERRORS + "TooLarge"},
                       "503": {"$ref": ERRORS + "Unavailable"}},
     }
+    if conflict:
+        operation["responses"]["409"] = _json(_ref("Error"), conflict)
+    return operation
 
 
 SCHEMAS: dict[str, Any] = {
@@ -272,7 +276,8 @@ def _paths() -> dict[str, Any]:
             [queue_path, *RANGE], not_found=True)},
         "/api/queues/{name}/purge": {"post": _admin(
             "Remove every pending, delayed and dead message of a queue",
-            _ref("PurgeConfirm"), [queue_path])},
+            _ref("PurgeConfirm"), [queue_path],
+            conflict="confirm is not this queue's name; nothing was removed.")},
         "/api/throughput": {"get": _read(
             "Written / acked / failed per second",
             _json(_ref("Throughput"), "One value per second, oldest first."),
@@ -329,7 +334,7 @@ def _paths() -> dict[str, Any]:
         "/api/metrics/{name}": {"get": _read(
             "Count, sum, min and max per bucket of one business event",
             _json(_ref("Metric"), "The series."),
-            [_path("name", {"type": "string", "minLength": 1, "maxLength": p.MAX_METRIC_NAME,
+            [_path("name", {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH,
                             "example": "order.paid"}, "The event name given to emit()."),
              *RANGE,
              _query("tags", {"type": "string", "example": "region:cn"},

@@ -14,12 +14,19 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, abort, render_template, request
+from flask import Blueprint, abort, redirect, render_template, request
 from pymongo.errors import PyMongoError
 
 from collectors.counters import HOUR, MINUTE
 from dashboard import charts, formatting, queries, stats_cache, store
-from dashboard.auth import ADMIN, ENABLE_ADMIN, current_identity, policy, require_read
+from dashboard.auth import (
+    ADMIN,
+    ENABLE_ADMIN,
+    current_identity,
+    policy,
+    require_read,
+    unauthorized,
+)
 from mopq import search as declared
 from mopq import validation
 from mopq.errors import InvalidInput
@@ -44,9 +51,29 @@ def _why_no_admin() -> str | None:
         return ENABLE_ADMIN
     identity = current_identity()
     if identity.role != ADMIN:
-        return (f"Signed in as {identity.name}, who may read but not act: sign in with a user "
-                "from MOPQ_ADMIN_USERS to retry, delete or purge.")
+        who = "Reading without signing in" if identity.via == "open" else \
+            f"Signed in as {identity.name}, who may read but not act"
+        return (f"{who}: sign in (the link at the top right) with a user from MOPQ_ADMIN_USERS "
+                "to retry, delete or purge.")
     return None
+
+
+@blueprint.get("/login")
+def login() -> Any:
+    """Ask the browser for admin credentials, then go back to the page it came from.
+
+    Reading may be open while acting is not (admin users set, no read
+    credential): a browser sends basic credentials only once challenged, and
+    this is where an admin is challenged.
+    """
+    target = request.args.get("next", "/")
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        target = "/"
+    if current_identity().role == ADMIN:
+        return redirect(target)
+    if not policy().admin_enabled:
+        abort(403, description=ENABLE_ADMIN)
+    return unauthorized()
 
 
 @blueprint.app_context_processor

@@ -14,6 +14,7 @@ A refusal raises :class:`BadParameter`; the API turns it into
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from werkzeug.datastructures import MultiDict
 
 from collectors.counters import HOUR, MINUTE, SECOND
 from mopq import validation
+from mopq.business import MAX_NAME_LENGTH
 from mopq.errors import InvalidInput
 from mopq.search import check_field
 
@@ -33,7 +35,6 @@ MAX_TEXT = 200          # error substrings, tag keys and values
 MAX_VALUE = 512         # a searched value
 MAX_IDS = 1_000         # ids in one admin request
 MAX_TAGS = 16
-MAX_METRIC_NAME = 200
 THROUGHPUT_SECONDS = (10, 3600)
 RESOLUTIONS = (SECOND, MINUTE, HOUR)
 # Widest range one request may ask for, per resolution (at most a few
@@ -128,7 +129,7 @@ def object_id(name: str, raw: object) -> str:
 
 
 def metric_name(raw: object, name: str = "name") -> str:
-    value = text(name, raw, max_length=MAX_METRIC_NAME)
+    value = text(name, raw, max_length=MAX_NAME_LENGTH)
     if "$" in value:
         raise BadParameter(name, f"{name} is an event name as given to emit(): no '$'.")
     return value
@@ -277,6 +278,49 @@ RANGE_FIELDS = {"resolution": Field(lambda n, v: v), "since": Field(lambda n, v:
 
 # -- JSON bodies ----------------------------------------------------------------------------
 
+MAX_BODY_BYTES = 64 * 1024   # an admin body: 1,000 ids take about 27 KB
+MAX_BODY_DEPTH = 16          # objects and arrays inside one another
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+class BodyTooLarge(BadParameter):
+    """A request body over the size limit (answered 413)."""
+
+
+def nesting(raw: bytes) -> int:
+    """How deeply objects and arrays nest in a JSON text, counted without parsing it.
+
+    Why not parse and then look: Python's parser recurses, so about a thousand
+    levels (ten kilobytes) end in a RecursionError instead of an answer.
+    Brackets inside strings do not count.
+    """
+    deepest = depth = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub(b'""', raw)):
+        if bracket in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def json_body(mimetype: str, raw: bytes, max_bytes: int = MAX_BODY_BYTES) -> Any:
+    """The parsed body of a JSON request, after its size and depth limits."""
+    if mimetype != "application/json":
+        raise BadParameter("body", "send a JSON object with Content-Type: application/json.")
+    if len(raw) > max_bytes:
+        raise BodyTooLarge("body", f"the request body is too large ({len(raw)} bytes); at most "
+                                   f"{max_bytes} are accepted here.")
+    depth = nesting(raw)
+    if depth > MAX_BODY_DEPTH:
+        raise BadParameter("body", f"the JSON body nests {depth} levels deep; at most "
+                                   f"{MAX_BODY_DEPTH} are accepted.")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BadParameter("body", "the request body is not valid JSON.") from None
+
 def _no_operators(value: Any, path: str, depth: int = 0) -> None:
     if depth > 8:
         raise BadParameter(path, "the JSON body nests too deeply.")
@@ -323,6 +367,10 @@ class FailedSelection:
 def failed_selection(raw: Any) -> FailedSelection:
     """``{"ids": [...]}`` or ``{"all_matching": true, "queue"?, "error"?, "state": "dead"}``."""
     document = body(raw, ("ids", "all_matching", "queue", "error", "state"))
+    for key, meaning in (("queue", "to act on every queue"), ("error", "not to filter by error"),
+                         ("state", "for dead messages")):
+        if key in document and document[key] is None:
+            raise BadParameter(key, f"{key} must be a string, not null; leave it out {meaning}.")
     state = choice("state", document.get("state", "dead"), ("dead",))
     if "ids" in document:
         if any(key in document for key in ("all_matching", "queue", "error")):

@@ -95,7 +95,7 @@ def _rate_per_second(db: Database, queue: str, now: dt.datetime, kind: str,
 def _serving_workers(db: Database, now: dt.datetime, thresholds: Thresholds) -> dict[str, int]:
     serving: dict[str, int] = {}
     for worker in db[schema.WORKERS].find({}, {"queues": 1, "state": 1, "heartbeat_at": 1,
-                                                "zombie_reason": 1}):
+                                                "zombie_reason": 1, "gone_reason": 1}):
         if classify(worker, now, thresholds) == "alive":
             for name in worker.get("queues") or []:
                 serving[name] = serving.get(name, 0) + 1
@@ -107,7 +107,7 @@ def queues(db: Database, now: dt.datetime | None = None,
     """Every queue with its state, rates, time to drain and warnings."""
     now = now or _now()
     stats = stats or read_stats(db, now)
-    serving = _serving_workers(db, now, Thresholds.from_settings())
+    serving = _serving_workers(db, now, Thresholds.from_env())
     rows = []
     for name, row in stats["queues"].items():
         rate = _rate_per_second(db, name, now, schema.ACKED)
@@ -223,7 +223,7 @@ def search(db: Database, message_id: str | None = None, field: str | None = None
 
 def workers(db: Database, now: dt.datetime | None = None) -> list[dict[str, Any]]:
     now = now or _now()
-    thresholds = Thresholds.from_settings()
+    thresholds = Thresholds.from_env()
     rows = []
     for worker in db[schema.WORKERS].find().sort([("_id", ASCENDING)]):
         current = []

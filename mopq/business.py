@@ -27,9 +27,10 @@ rejected = 0
 
 def _valid(name: object, value: object, tags: object) -> str | None:
     if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH or "$" in name \
-            or "\x00" in name:
+            or "\x00" in name or name in (".", ".."):
+        # "." and ".." alone could not be a URL path segment (/api/metrics/<name>).
         return (f"event name must be a non-empty string of at most {MAX_NAME_LENGTH} characters "
-                f"without '$' or NUL, got {name!r}")
+                f"without '$' or NUL, and not '.' or '..', got {name!r}")
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return f"value must be a finite number, got {value!r}"
     if not isinstance(tags, Mapping) or len(tags) > MAX_TAGS:

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from mopq import schema
 from mopq.config import ConfigError
 from mopq.engine import EngineError
 from mopq.errors import InvalidInput
@@ -36,10 +37,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from mopq.supervisor import REPO_ROOT
+    from mopq.supervisor import REPO_ROOT, port_taken
 
+    problem = port_taken("dashboard", args.host, args.port, "mopq serve --port {port}")
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    os.environ["MOPQ_BIND"] = f"{args.host}:{args.port}"
+    if args.workers is not None:
+        os.environ["MOPQ_WEB_WORKERS"] = str(args.workers)
     command = [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "gunicorn.conf.py"),
-               "--bind", f"{args.host}:{args.port}", "--workers", str(args.workers), "app:app"]
+               "app:app"]
     os.chdir(REPO_ROOT)
     os.execv(sys.executable, command)
     return 0  # not reached
@@ -168,16 +176,36 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_LISTED = 10_000
+
+
+def _filters(args: argparse.Namespace) -> str:
+    parts = [f"queue {args.queue!r}" if args.queue else "",
+             f"error containing {args.error!r}" if args.error else ""]
+    return " and ".join(part for part in parts if part)
+
+
 def _cmd_failed(args: argparse.Namespace) -> int:
     from mopq import admin
     from mopq.connection import get_database
 
+    if not 1 <= args.limit <= MAX_LISTED:
+        print(f"mopq failed: --limit must be from 1 to {MAX_LISTED}, got {args.limit}",
+              file=sys.stderr)
+        return 2
     chosen = admin.selection(queue=args.queue, error_contains=args.error)
-    db = get_database()
-    for document in db["messages"].find(chosen.query()).sort([("dead_at", -1)]).limit(
-            max(1, min(args.limit, 10_000))):
+    messages = get_database()[schema.MESSAGES]
+    total = messages.count_documents(chosen.query())
+    where = f" with {_filters(args)}" if _filters(args) else ""
+    if not total:
+        print(f"mopq failed: no dead messages{where}.")
+        return 0
+    for document in messages.find(chosen.query()).sort([("dead_at", -1)]).limit(args.limit):
         print(f"{document['_id']}  {document['queue']:<20} attempts={document['attempts']} "
               f"{(document.get('last_error') or '')[:100]}")
+    shown = min(total, args.limit)
+    more = f" (--limit {min(total, MAX_LISTED)} shows more)" if shown < total else ""
+    print(f"mopq failed: {shown} of {total} dead message(s){where}, newest first{more}.")
     return 0
 
 
@@ -191,8 +219,36 @@ def _cmd_retry(args: argparse.Namespace) -> int:
         return 2
     chosen = admin.selection(queue=args.queue, error_contains=args.error,
                              ids=args.ids or None)
-    count = admin.retry(get_database(), chosen)
-    print(f"mopq retry: {count} message(s) back to pending")
+    db = get_database()
+    before = {document["_id"]: document for document in db[schema.MESSAGES].find(
+        {"_id": {"$in": list(chosen.ids)}}, {"state": 1, "queue": 1})} if chosen.ids else {}
+    count = admin.retry(db, chosen)
+    print(f"mopq retry: {count} message(s) back to pending.")
+    if chosen.ids is not None:
+        refused = []
+        for message_id in chosen.ids:
+            found = before.get(message_id)
+            if found is None:
+                refused.append(f"{message_id}: no such message (acknowledged and removed, or "
+                               "a wrong id)")
+            elif found["state"] != schema.DEAD:
+                refused.append(f"{message_id}: {found['state']} in queue {found['queue']!r}, "
+                               "not dead; only dead messages are retried")
+            elif args.queue and found["queue"] != args.queue:
+                refused.append(f"{message_id}: in queue {found['queue']!r}, not {args.queue!r}")
+        for line in refused:
+            print(f"mopq retry: not retried: {line}", file=sys.stderr)
+        return 1 if refused or count < len(chosen.ids) else 0
+    if count == 0:
+        where = f" with {_filters(args)}" if _filters(args) else ""
+        print(f"mopq retry: no dead message{where}; nothing was retried.", file=sys.stderr)
+        return 1
+    if count >= admin.MAX_SELECTION:
+        left = db[schema.MESSAGES].count_documents(chosen.query())
+        if left:
+            print(f"mopq retry: one call retries at most {admin.MAX_SELECTION}; {left} more "
+                  "match: run it again.", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -225,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="the dashboard under gunicorn")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--workers", type=int, default=None,
+                       help="gunicorn processes (default MOPQ_WEB_WORKERS, 2)")
     serve.set_defaults(func=_cmd_serve)
 
     worker = commands.add_parser("worker", help="run a handler over the messages of queues")
@@ -272,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     failed = commands.add_parser("failed", help="list dead messages")
     failed.add_argument("--queue", help="only this queue")
     failed.add_argument("--error", help="only messages whose error contains this text")
-    failed.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    failed.add_argument("--limit", type=int, default=50,
+                        help=f"at most this many, 1 to {MAX_LISTED} (default 50)")
     failed.set_defaults(func=_cmd_failed)
 
     retry = commands.add_parser("retry", help="put dead messages back to pending")

@@ -41,7 +41,7 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from mopq import schema, validation
-from mopq.connection import get_database
+from mopq.connection import get_database, prepared
 from mopq.errors import InvalidInput
 from mopq.events import message_event, written_entry
 from mopq.message import Message
@@ -122,7 +122,7 @@ class Queue:
                                "seconds, e.g. mopq.exponential_backoff(first=2).")
         self.backoff: Backoff = backoff or exponential_backoff()
         self.worker = worker
-        self.db = db if db is not None else get_database(uri, database)
+        self.db = prepared(db) if db is not None else get_database(uri, database)
         schema.ensure_indexes(self.db)
         self._candidates: dict[str | None, collections.deque[dict[str, Any]]] = {}
         self._candidates_read_at: dict[str | None, float] = {}

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from mopq.config import settings
 from mopq.engine import Engine
 
@@ -35,6 +37,30 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _holder(port: int) -> str:
+    """Who listens on ``port``, when this machine lets us see it ("" otherwise)."""
+    try:
+        for connection in psutil.net_connections(kind="tcp"):
+            if connection.status == psutil.CONN_LISTEN and connection.laddr \
+                    and connection.laddr.port == port and connection.pid:
+                process = psutil.Process(connection.pid)
+                return f" by {process.name()} (pid {connection.pid})"
+    except (psutil.Error, OSError):
+        pass
+    return ""
+
+
+def port_taken(what: str, host: str, port: int, how: str) -> str | None:
+    """Why ``port`` cannot be used, with ``how`` to pick another; None when it is free.
+
+    ``how`` names the other port as ``{port}``: "make run PORT={port}".
+    """
+    if _port_free(host, port):
+        return None
+    return (f"mopq: the {what} port {port} on {host} is taken{_holder(port)}. Stop that, or pick "
+            f"another: {how.format(port=port + 1)}.")
+
+
 def _stop_children(children: list[subprocess.Popen]) -> None:
     for child in children:
         if child.poll() is None:
@@ -50,9 +76,21 @@ def _stop_children(children: list[subprocess.Popen]) -> None:
 
 def run(host: str = "127.0.0.1", port: int = 8000, data: str | None = None,
         engine_port: int | None = None, collector: bool = True) -> int:
-    """Run engine (unless a URI is set), collector and dashboard until interrupted."""
+    """Run engine (unless a URI is set), collector and dashboard until interrupted.
+
+    Returns 0 after Ctrl-C, 1 if a child died, 2 if a port is taken.
+    """
     engine: Engine | None = None
     uri = settings().mongodb_uri
+    problem = port_taken("dashboard", host, port,
+                         "make run PORT={port} (or mopq run --port {port})")
+    if uri is None and engine_port:
+        problem = problem or port_taken(
+            "engine", "127.0.0.1", engine_port,
+            "make run ENGINE_PORT={port} (or mopq run --engine-port {port}; 0 picks a free one)")
+    if problem:
+        print(problem, file=sys.stderr, flush=True)
+        return 2
     if uri is None:
         data_dir = Path(data) if data else REPO_ROOT / "var" / "engine"
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -65,8 +103,8 @@ def run(host: str = "127.0.0.1", port: int = 8000, data: str | None = None,
     else:
         print(f"mopq: using MOPQ_MONGODB_URI={uri}", flush=True)
 
-    env = dict(os.environ, MOPQ_MONGODB_URI=uri)
-    children: list[subprocess.Popen] = []
+    env = dict(os.environ, MOPQ_MONGODB_URI=uri, MOPQ_BIND=f"{host}:{port}")
+    children: dict[str, subprocess.Popen] = {}
     stopping = False
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -76,25 +114,25 @@ def run(host: str = "127.0.0.1", port: int = 8000, data: str | None = None,
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if collector:
-            children.append(subprocess.Popen(
-                [sys.executable, "-m", "mopq", "collect"], env=env, cwd=REPO_ROOT))
-        children.append(subprocess.Popen(
+            children["the collector"] = subprocess.Popen(
+                [sys.executable, "-m", "mopq", "collect"], env=env, cwd=REPO_ROOT)
+        children["the dashboard (gunicorn)"] = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "gunicorn.conf.py"),
-             "--bind", f"{host}:{port}", "app:app"], env=env, cwd=REPO_ROOT))
+             "app:app"], env=env, cwd=REPO_ROOT)
         print(f"mopq: dashboard on http://{host}:{port}/ (Ctrl-C stops everything)", flush=True)
         while not stopping:
-            for child in children:
+            for name, child in children.items():
                 if child.poll() is not None:
-                    print(f"mopq: {child.args[2:4]} exited with {child.returncode}; stopping",
-                          file=sys.stderr, flush=True)
+                    print(f"mopq: {name} exited with code {child.returncode} (its own message "
+                          "is above); stopping everything", file=sys.stderr, flush=True)
                     stopping = True
             time.sleep(0.2)
     finally:
-        _stop_children(children)
+        _stop_children(list(children.values()))
         if engine is not None:
             engine.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         print("mopq: stopped", flush=True)
-    failed = any(child.returncode not in (0, -signal.SIGTERM) for child in children)
+    failed = any(child.returncode not in (0, -signal.SIGTERM) for child in children.values())
     return 1 if failed else 0

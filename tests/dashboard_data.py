@@ -73,5 +73,6 @@ def populate(db: Database, uri: str, database: str) -> Traffic:
 
     emit("order.paid", value=12.5, tags={"region": "eu"}, uri=uri, database=database)
     emit("signup", uri=uri, database=database)
+    emit("http/requests", value=3, uri=uri, database=database)  # a slash in the name
     drain_events(db, uri, database)
     return Traffic(dead_id=dead_id, pending_id=str(pending_id), worker_id=worker.identity)

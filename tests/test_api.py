@@ -12,22 +12,27 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import re
 import threading
+import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 
 import pytest
 from bson import ObjectId
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from prometheus_client.parser import text_string_to_metric_families
 
 from collectors import Collector
 from collectors.stats import read_stats
-from dashboard import create_app
+from dashboard import auth, create_app
 from dashboard.stats_cache import STALE_LIMIT_SECONDS, StatsCache
 from mopq import Queue, Worker, emit, flush, schema
 from mopq import connection as mopq_connection
 from mopq.search import declare_search_field
 from tests.helpers import free_port, wait_until
+from tests.live_server import live_dashboard
 
 AUTH_ENV = ("MOPQ_ADMIN_TOKEN", "MOPQ_READ_TOKEN", "MOPQ_BASIC_AUTH_USERS", "MOPQ_ADMIN_USERS")
 ADMIN_TOKEN = "admin-secret-token"
@@ -367,7 +372,11 @@ BAD_BODIES = [
     ("/api/failed/delete", [{"ids": []}], "body"),
     ("/api/failed/delete", {}, "all_matching"),
     ("/api/queues/orders/purge", {}, "confirm"),
-    ("/api/queues/orders/purge", {"confirm": "mail"}, "confirm"),
+    ("/api/queues/orders/purge", {"confirm": None}, "confirm"),
+    # Acting on every queue is asked for by leaving queue out, never by a null.
+    ("/api/failed/retry", {"all_matching": True, "queue": None}, "queue"),
+    ("/api/failed/delete", {"all_matching": True, "error": None}, "error"),
+    ("/api/failed/delete", {"ids": ["65f0c0ffee00000000000001"], "state": None}, "state"),
     ("/api/queues/orders/purge", {"confirm": {"$ne": ""}}, "confirm"),
     ("/api/queues/orders/purge", {"confirm": "orders", "force": True}, "force"),
 ]
@@ -394,6 +403,33 @@ def test_bodies_that_are_not_json_objects(client, data, db):
     assert answer["parameter"] == "ids"
     big = {"ids": ["x" * 1024 * 1024]}
     assert "too large" in _post(client, "/api/failed/retry", big, 413, headers=ADMIN)["error"]
+    over_admin_limit = {"ids": ["65f0c0ffee00000000000001"] * 4000}  # 100 KB, under 1 MiB
+    answer = _post(client, "/api/failed/retry", over_admin_limit, 413, headers=ADMIN)
+    assert "too large" in answer["error"] and answer["parameter"] == "body"
+    assert _snapshot(db) == before
+
+
+@pytest.mark.parametrize("levels", [17, 1000, 50_000])
+def test_deeply_nested_bodies_get_400_not_500(client, data, db, levels):
+    """About a thousand levels (10 KB) made Python's JSON parser raise RecursionError."""
+    before = _snapshot(db)
+    nested = '{"ids": ' + "[" * levels + "]" * levels + "}"
+    for url in ("/api/failed/retry", "/api/queues/orders/purge"):
+        answer = _post(client, url, status=400 if len(nested) < 64 * 1024 else 413,
+                       headers=ADMIN, data=nested, content_type="application/json")
+        assert answer["parameter"] == "body", answer
+        assert ("levels deep" in answer["error"]) == (len(nested) < 64 * 1024), answer
+    brackets_in_strings = '{"confirm": "' + "[" * 5000 + '"}'
+    answer = _post(client, "/api/queues/orders/purge", status=409, headers=ADMIN,
+                   data=brackets_in_strings, content_type="application/json")
+    assert answer["parameter"] == "confirm"
+    assert _snapshot(db) == before
+
+
+def test_purge_confirmation_of_another_name_is_a_conflict(client, data, db):
+    before = _snapshot(db)
+    answer = _post(client, "/api/queues/orders/purge", {"confirm": "mail"}, 409, headers=ADMIN)
+    assert answer["parameter"] == "confirm" and '"orders"' in answer["error"]
     assert _snapshot(db) == before
 
 
@@ -454,24 +490,90 @@ def test_admin_needs_admin_credentials(client, anonymous, data, db):
     assert _snapshot(db) == before
 
 
+def _page_token(client, headers) -> str:
+    """The CSRF token a page hands its scripts (the cookie is set on the same answer)."""
+    page = client.get("/", headers=headers).get_data(as_text=True)
+    return re.search(r'<meta name="csrf-token" content="([^"]+)"', page).group(1)
+
+
 def test_basic_auth_admin_needs_the_csrf_token(anonymous, data, db):
     client = anonymous
     before = _snapshot(db)
     ops = _basic("ops", "ops-password")
     body = {"ids": [str(data["dead"][0])]}
     assert "CSRF" in _post(client, "/api/failed/retry", body, 403, headers=ops)["error"]
+    # An equal cookie and header that the server did not sign are refused.
     client.set_cookie("mopq_csrf", CSRF)
+    answer = _post(client, "/api/failed/retry", body, 403,
+                   headers={**ops, "X-CSRF-Token": CSRF, "Sec-Fetch-Site": "same-origin"})
+    assert "not one this dashboard made" in answer["error"]
+    token = _page_token(client, ops)
+    assert client.get_cookie("mopq_csrf").value == token
     _post(client, "/api/failed/retry", body, 403, headers=ops)
     _post(client, "/api/failed/retry", body, 403, headers={**ops, "X-CSRF-Token": "other"})
     _post(client, "/api/failed/retry", body, 403,
-          headers={**ops, "X-CSRF-Token": CSRF, "Sec-Fetch-Site": "cross-site"})
+          headers={**ops, "X-CSRF-Token": token, "Sec-Fetch-Site": "cross-site"})
+    # Without Sec-Fetch-Site (older browsers), the Origin must be the dashboard's own.
+    answer = _post(client, "/api/failed/retry", body, 403,
+                   headers={**ops, "X-CSRF-Token": token, "Origin": "http://evil.example"})
+    assert "evil.example" in answer["error"]
+    _post(client, "/api/failed/retry", body, 403,
+          headers={**ops, "X-CSRF-Token": token, "Referer": "http://localhost.evil/x"})
     assert _snapshot(db) == before
     answer = _post(client, "/api/failed/retry", body,
-                   headers={**ops, "X-CSRF-Token": CSRF, "Sec-Fetch-Site": "same-origin"})
+                   headers={**ops, "X-CSRF-Token": token, "Origin": "http://localhost"})
     assert answer["count"] == 1
     entry = _get(client, "/api/audit", headers=ops)["items"][0]
     assert entry["who"] == {"name": "ops", "via": "basic"} and entry["count"] == 1
 
+
+def test_csrf_tokens_are_per_user_and_expire(make_app, data, db):
+    app = make_app(MOPQ_ADMIN_USERS="ops:ops-password,ann:ann-password")
+    ops, ann = _basic("ops", "ops-password"), _basic("ann", "ann-password")
+    body = {"ids": [str(data["dead"][0])]}
+    before = _snapshot(db)
+    client = app.test_client()
+    token = _page_token(client, ann)
+    answer = _post(client, "/api/failed/retry", body, 403,
+                   headers={**ops, "X-CSRF-Token": token, "Sec-Fetch-Site": "same-origin"})
+    assert "another user" in answer["error"]
+
+    class MadeYesterday(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(time.time()) - auth.CSRF_MAX_AGE_SECONDS - 60
+
+    secret = app.extensions["mopq_csrf_signer"].secret_keys[-1]
+    old = URLSafeTimedSerializer(secret, salt=auth.CSRF_SALT, signer=MadeYesterday).dumps(
+        {"u": "ops", "n": "x"})
+    client.set_cookie("mopq_csrf", old)
+    answer = _post(client, "/api/failed/retry", body, 403,
+                   headers={**ops, "X-CSRF-Token": old, "Sec-Fetch-Site": "same-origin"})
+    assert "expired" in answer["error"]
+    assert _snapshot(db) == before
+    fresh = _page_token(client, ops)  # a page load replaces the expired cookie
+    assert fresh != old and client.get_cookie("mopq_csrf").value == fresh
+
+
+def test_csrf_cookie_is_secure_only_behind_a_trusted_tls_proxy(make_app, data):
+    forwarded = {**_basic("ops", "ops-password"), "X-Forwarded-Proto": "https",
+                 "X-Forwarded-Host": "ops.example.com"}
+    plain = make_app(MOPQ_ADMIN_USERS="ops:ops-password").test_client()
+    cookie = plain.get("/", headers={**forwarded, "X-Forwarded-Host": "localhost"}).headers[
+        "Set-Cookie"]
+    assert "mopq_csrf=" in cookie and "Secure" not in cookie
+    # Without the setting, a forwarded host is not trusted either: Host decides.
+    assert plain.get("/", headers=forwarded).status_code == 200
+
+    app = make_app(MOPQ_ADMIN_USERS="ops:ops-password", MOPQ_TRUSTED_PROXIES="1",
+                   MOPQ_ALLOWED_HOSTS="ops.example.com")
+    proxied = app.test_client()
+    response = proxied.get("/", headers=forwarded)
+    assert response.status_code == 200
+    assert "Secure" in response.headers["Set-Cookie"]
+    assert "wss://ops.example.com" in response.headers["Content-Security-Policy"]
+    # Behind the proxy, the forwarded host is the one checked.
+    assert proxied.get("/", headers={**forwarded, "X-Forwarded-Host": "evil.example"}
+                       ).status_code == 400
 
 
 def test_stats_are_read_once_per_interval_however_many_readers_ask(engine_uri, db_name, data):
@@ -585,7 +687,7 @@ def test_delete_removes_dead_messages(client, data, db, drain):
 def test_purge_needs_confirmation_and_empties_the_queue(client, data, db):
     stats = _get(client, "/api/stats")["queues"]["orders"]
     expected = stats["pending"] + stats["delayed"] + stats["dead"]
-    _post(client, "/api/queues/orders/purge", {"confirm": "order"}, 400, headers=ADMIN)
+    _post(client, "/api/queues/orders/purge", {"confirm": "order"}, 409, headers=ADMIN)
     answer = _post(client, "/api/queues/orders/purge", {"confirm": "orders"}, headers=ADMIN)
     assert answer["count"] == expected == 8
     assert db[schema.MESSAGES].count_documents({"queue": "orders",
@@ -644,9 +746,7 @@ def _documented_routes(app) -> set[tuple[str, str]]:
     for rule in app.url_map.iter_rules():
         if rule.rule.startswith("/api/") or rule.rule in ("/metrics", "/healthz",
                                                           "/openapi.json"):
-            path = rule.rule
-            for argument in rule.arguments:
-                path = path.replace(f"<{argument}>", f"{{{argument}}}")
+            path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
             for method in rule.methods - {"HEAD", "OPTIONS"}:
                 routes.add((path, method.lower()))
     return routes
@@ -675,3 +775,29 @@ def test_openapi_describes_every_api_route(client, make_app):
     for name, response in document["components"]["responses"].items():
         assert response["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/Error"}, name
+
+
+NAMES = ["http/requests", "a//b", "/leading", "trailing/", "with space", "q?x=1", "hash#x",
+         "%41", "ünïcode", "a/../b", "a/./b", "back\\slash", "x" * 200]
+
+
+def test_every_name_emit_accepts_can_be_fetched(client, drain, engine_uri, db_name, tmp_path):
+    """emit("http/requests") was listed on the Metrics page, but its chart said "not found"."""
+    from urllib.parse import quote
+
+    for value, name in enumerate(NAMES, start=1):
+        assert emit(name, value)
+    assert not emit(".") and not emit("..")
+    drain()
+    listed = _get(client, "/api/metrics?per_page=200")["items"]
+    assert sorted(listed) == sorted(NAMES)
+    for value, name in enumerate(NAMES, start=1):
+        answer = _get(client, "/api/metrics/" + quote(name, safe="") + "?resolution=h")
+        assert answer["name"] == name and sum(answer["count"]) == 1 and \
+            sum(answer["sum"]) == value, name
+    with live_dashboard(engine_uri, db_name, tmp_path) as url:
+        for name in NAMES:
+            request = urllib.request.Request(url + "/api/metrics/" + quote(name, safe=""))
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert json.loads(response.read())["name"] == name, name
+

@@ -319,3 +319,34 @@ def test_the_stored_written_entry_expands_to_the_full_event():
     entry = written_entry(message["_id"], at, True)
     assert entry == {"id": full["id"], "kind": "written", "at": at, "delayed": True}
     assert expanded(entry, message) == full
+
+
+def test_any_client_a_user_passes_works(engine_uri, db_name):
+    """A client made without tz_aware=True used to crash the first read with
+    "can't compare offset-naive and offset-aware datetimes"; read_stats too."""
+    from pymongo import MongoClient
+
+    from collectors import Collector
+    from collectors.stats import read_stats
+    from mopq import flush
+
+    client = MongoClient(engine_uri)  # naive datetimes, the server's default write concern
+    try:
+        db = client[db_name]
+        queue = Queue("naive", db=db, max_attempts=1)
+        queue.write_many([{"n": 1}, {"n": 2}])
+        queue.write({"n": 3}, delay=60)
+        first, second = queue.read(limit=2)
+        first.delete()
+        assert second.fail("boom") == "dead"
+        assert queue.db.write_concern.document == {"w": "majority", "j": True}
+        assert db.codec_options.tz_aware is False  # the caller's own handle is left alone
+        assert flush(10)
+        collector = Collector(db=db, monitor=False)
+        collector.partitions.rebalance({})
+        while collector.step().applied:
+            pass
+        row = read_stats(db)["queues"]["naive"]
+        assert (row["written"], row["done"], row["dead"], row["delayed"]) == (3, 1, 1, 1)
+    finally:
+        client.close()
