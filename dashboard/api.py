@@ -1,12 +1,14 @@
 """The JSON API under ``/api``, plus ``/metrics``, ``/openapi.json`` and ``/healthz``.
 
-Every endpoint checks its whole request first (``dashboard.params``: unknown
-keys, wrong types, out-of-range values and operator-shaped input get a 400)
-and only then reads MongoDB through ``dashboard.queries``, so a refused
-request has touched nothing. Lists are paginated. When the engine cannot be
-reached every endpoint answers 503 with a JSON reason, never a stack trace.
-Admin actions (retry, delete, purge) need admin credentials
-(``dashboard.auth.require_admin``) and are recorded in the audit log.
+Every endpoint is declared once with ``dashboard.endpoints.endpoint``: who
+may call it, its parameters and body as models (``dashboard.parameters``),
+and its answers. The whole request is checked first (unknown keys, wrong
+types, out-of-range values and operator-shaped input get a 400 naming the
+parameter) and only then is MongoDB read through ``dashboard.queries``, so a
+refused request has touched nothing. Lists are paginated. When the engine
+cannot be reached every endpoint answers 503 with a JSON reason, never a
+stack trace. Admin actions (retry, delete, purge) need admin credentials
+and are recorded in the audit log.
 
 Datetimes are written as ISO-8601 UTC strings (``init_json``).
 """
@@ -26,8 +28,10 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 from werkzeug.routing import BaseConverter
 
 from dashboard import audit, openapi, prometheus, queries, stats_cache, store
-from dashboard import params as p
-from dashboard.auth import current_identity, require_admin, require_read
+from dashboard import parameters as p
+from dashboard.auth import current_identity
+from dashboard.endpoints import ADMIN, PUBLIC, BadParameter, BodyTooLarge, endpoint
+from dashboard.openapi import ref
 from mopq import admin, schema
 from mopq.errors import InvalidInput
 
@@ -105,9 +109,9 @@ def _error(status: int, message: str, **extra: Any) -> Response:
     return response
 
 
-@blueprint.errorhandler(p.BadParameter)
-def _bad_parameter(error: p.BadParameter) -> Response:
-    status = 413 if isinstance(error, p.BodyTooLarge) else 400
+@blueprint.errorhandler(BadParameter)
+def _bad_parameter(error: BadParameter) -> Response:
+    status = 413 if isinstance(error, BodyTooLarge) else 400
     return _error(status, error.message, parameter=error.parameter)
 
 
@@ -159,14 +163,6 @@ def _paged(items: list[Any], page: int, per_page: int) -> dict[str, Any]:
             "items": items[start:start + per_page]}
 
 
-def _args(fields: dict[str, p.Field]) -> dict[str, Any]:
-    return p.query(request.args, fields)
-
-
-def _json_body() -> Any:
-    return p.json_body(request.mimetype, request.get_data(cache=True))
-
-
 def _who() -> dict[str, str]:
     identity = current_identity()
     return {"name": identity.name, "via": identity.via}
@@ -189,108 +185,94 @@ def _audited(action: str, target: dict[str, Any], run: Any) -> Response:
     return jsonify({"count": count, "audit_id": str(record)})
 
 
+def _range_answer(resolution: str, since: dt.datetime, until: dt.datetime) -> dict[str, Any]:
+    return {"resolution": resolution, "since": since, "until": until}
+
+
 # -- read endpoints -------------------------------------------------------------------------
 
-@blueprint.get("/api/stats")
-@require_read
+@endpoint(blueprint, "/api/stats", summary="Totals per queue, workers by state, collector lag",
+          ok=ref("Stats"), ok_description="The stats document.")
 def stats() -> Any:
-    _args({})
     return Response(stats_cache.stats_json(store.database()), mimetype="application/json")
 
 
-@blueprint.get("/api/queues")
-@require_read
-def queue_list() -> Any:
-    args = _args(p.page_fields(100))
+@endpoint(blueprint, "/api/queues", summary="Every queue with rates, time to drain and warnings",
+          query=p.PagedByHundred, ok=openapi.page_of(ref("Queue")),
+          ok_description="A page of queues.")
+def queue_list(query: p.PagedByHundred) -> Any:
     db = store.database()
     rows = queries.queues(db, stats=stats_cache.stats(db))
-    return jsonify(_paged(rows, args["page"], args["per_page"]))
+    return jsonify(_paged(rows, query.page, query.per_page))
 
 
-@blueprint.get("/api/queues/<name>")
-@require_read
-def queue_detail(name: str) -> Any:
-    name = p.queue(name, "name")
-    now = _now()
-    resolution, since, until = p.time_range(_args(p.RANGE_FIELDS), now)
+@endpoint(blueprint, "/api/queues/<name>", summary="One queue and its history",
+          path=p.QueuePath, query=p.TimeRange, errors=(404,),
+          ok={"type": "object", "required": ["queue", "history"],
+              "properties": {"queue": ref("Queue"), "history": ref("QueueHistory")}},
+          ok_description="The queue and its counts per bucket.")
+def queue_detail(name: str, query: p.TimeRange) -> Any:
+    resolution, since, until = p.time_range(query, _now())
     db = store.database()
     current = stats_cache.stats(db)["queues"].get(name)
     if current is None:
         return _error(404, f"no queue named {name!r} has messages or counts.",
                       parameter="name")
-    row = queries.queues(db, now, {"queues": {name: current}})[0]
-    return jsonify({"queue": row,
-                    "history": queries.queue_history(db, name, resolution, since, until)})
+    row = queries.queues(db, _now(), {"queues": {name: current}})[0]
+    history = queries.queue_history(db, name, resolution, since, until)
+    return jsonify({"queue": row, "history": {**history,
+                                              **_range_answer(resolution, since, until)}})
 
 
-@blueprint.get("/api/throughput")
-@require_read
-def throughput() -> Any:
-    low, high = p.THROUGHPUT_SECONDS
-    args = _args({"seconds": p.Field(lambda n, v: p.integer(n, v, low, high), 300),
-                  "queue": p.Field(lambda n, v: p.queue(v, n))})
-    return jsonify(queries.throughput(store.database(), args["seconds"], queue=args["queue"]))
+@endpoint(blueprint, "/api/throughput", summary="Written / acked / failed per second",
+          query=p.ThroughputParameters, ok=ref("Throughput"),
+          ok_description="One value per second, oldest first.")
+def throughput(query: p.ThroughputParameters) -> Any:
+    return jsonify(queries.throughput(store.database(), query.seconds, queue=query.queue))
 
 
-FAILED_FIELDS = {
-    "queue": p.Field(lambda n, v: p.queue(v, n)),
-    "error": p.Field(lambda n, v: p.text(n, v, empty=True) or None),
-    "state": p.Field(lambda n, v: p.choice(n, v, ("dead", "failing")), "dead"),
-    **p.page_fields(),
-}
+@endpoint(blueprint, "/api/failed", summary="Dead or failing messages, newest failure first",
+          query=p.FailedParameters, ok=openapi.page_of(ref("Message")),
+          ok_description="A page of messages.")
+def failed(query: p.FailedParameters) -> Any:
+    return jsonify(queries.failed(store.database(), query.queue, query.error or None,
+                                  query.state, query.page, query.per_page))
 
 
-@blueprint.get("/api/failed")
-@require_read
-def failed() -> Any:
-    args = _args(FAILED_FIELDS)
-    return jsonify(queries.failed(store.database(), args["queue"], args["error"],
-                                  args["state"], args["page"], args["per_page"]))
-
-
-@blueprint.get("/api/messages/<message_id>")
-@require_read
+@endpoint(blueprint, "/api/messages/<message_id>", summary="One message by id",
+          path=p.MessagePath, errors=(404,), ok=ref("Message"), ok_description="The message.")
 def message(message_id: str) -> Any:
-    message_id = p.object_id("id", message_id)
-    _args({})
-    found = queries.message(store.database(), message_id)
+    found = queries.message(store.database(), message_id.lower())
     if found is None:
         return _error(404, f"no message with id {message_id}; it may have been acknowledged "
-                           "and removed.", parameter="id")
+                           "and removed.", parameter="message_id")
     return jsonify(found)
 
 
-SEARCH_FIELDS = {"id": p.Field(p.object_id),
-                 "q": p.Field(lambda n, v: p.text(n, v, max_length=p.MAX_VALUE + 80)),
-                 "queue": p.Field(lambda n, v: p.queue(v, n))}
-
-
-@blueprint.get("/api/search")
-@require_read
-def search() -> Any:
-    args = _args(SEARCH_FIELDS)
-    if (args["id"] is None) == (args["q"] is None):
-        raise p.BadParameter("q", "give either id=<message id> or q=field=value "
-                                  "(with optional queue), not both or neither.")
+@endpoint(blueprint, "/api/search", summary="Find messages by id, or by a declared body field",
+          query=p.SearchParameters, errors=(404,), ok=ref("SearchResult"),
+          ok_description="At most 100 messages.",
+          error_descriptions={404: "The field is not declared searchable for the queue (or "
+                                   "any queue)."})
+def search(query: p.SearchParameters) -> Any:
     db = store.database()
-    if args["id"] is not None:
-        items = [m for m in queries.search(db, message_id=args["id"])
-                 if args["queue"] is None or m.get("queue") == args["queue"]]
+    field, equals, wanted = query.q.partition("=")
+    if not equals:
+        items = [m for m in queries.search(db, message_id=query.q.lower())
+                 if query.queue is None or m.get("queue") == query.queue]
         return jsonify({"items": items, "count": len(items), "truncated": False})
-    field, values = p.search_term(args["q"])
     declared = queries.declared_search_fields(db)
-    if args["queue"] is not None:
-        if field not in declared.get(args["queue"], []):
-            raise p.BadParameter("q", f"{field!r} is not a declared search field of queue "
-                                      f"{args['queue']!r} (declared: "
-                                      f"{', '.join(declared.get(args['queue'], [])) or 'none'}); "
-                                      "declare it with mopq.search.declare_search_field.")
-        scope = [args["queue"]]
+    if query.queue is not None:
+        scope = [query.queue] if field in declared.get(query.queue, []) else []
+        where = f"queue {query.queue!r} (declared: " \
+                f"{', '.join(declared.get(query.queue, [])) or 'none'})"
     else:
         scope = [name for name, fields in declared.items() if field in fields]
-        if not scope:
-            raise p.BadParameter("q", f"{field!r} is not a declared search field of any queue; "
-                                      "declare it with mopq.search.declare_search_field.")
+        where = "any queue"
+    if not scope:
+        return _error(404, f"{field!r} is not a declared search field of {where}; declare it "
+                           "with mopq.search.declare_search_field.", parameter="q")
+    values = p.search_values(wanted)
     items: list[dict[str, Any]] = []
     for name in scope:
         items += queries.search(db, field=field, value=values, queue=name)
@@ -302,87 +284,90 @@ def search() -> Any:
                     "field": field, "values": values, "queues": scope})
 
 
-@blueprint.get("/api/search/fields")
-@require_read
+@endpoint(blueprint, "/api/search/fields", summary="Body fields declared searchable, per queue",
+          ok={"type": "object", "required": ["fields"],
+              "properties": {"fields": {"type": "object", "additionalProperties": {
+                  "type": "array", "items": openapi.STRING}}}},
+          ok_description="Fields per queue.")
 def search_fields() -> Any:
-    _args({})
     return jsonify({"fields": queries.declared_search_fields(store.database())})
 
 
-@blueprint.get("/api/workers")
-@require_read
-def workers() -> Any:
-    args = _args(p.page_fields(100))
-    return jsonify(_paged(queries.workers(store.database()), args["page"], args["per_page"]))
+@endpoint(blueprint, "/api/workers", summary="Workers: identity, state, current messages, "
+          "heartbeat", query=p.PagedByHundred, ok=openapi.page_of(ref("Worker")),
+          ok_description="A page of workers.")
+def workers(query: p.PagedByHundred) -> Any:
+    return jsonify(_paged(queries.workers(store.database()), query.page, query.per_page))
 
 
-@blueprint.get("/api/activities")
-@require_read
-def activities() -> Any:
-    args = _args(p.page_fields(100))
-    return jsonify(_paged(queries.activities(store.database()), args["page"],
-                          args["per_page"]))
+@endpoint(blueprint, "/api/activities", summary="Progress of every activity",
+          query=p.PagedByHundred, ok=openapi.page_of(ref("Activity")),
+          ok_description="A page of activities.")
+def activities(query: p.PagedByHundred) -> Any:
+    return jsonify(_paged(queries.activities(store.database()), query.page, query.per_page))
 
 
-@blueprint.get("/api/metrics")
-@require_read
-def metric_names() -> Any:
-    args = _args(p.page_fields(p.MAX_PER_PAGE))
-    return jsonify(_paged(queries.metric_names(store.database()), args["page"],
-                          args["per_page"]))
+@endpoint(blueprint, "/api/metrics", summary="Names of the business events counted",
+          query=p.PagedFully, ok=openapi.page_of(openapi.STRING),
+          ok_description="A page of event names.")
+def metric_names(query: p.PagedFully) -> Any:
+    return jsonify(_paged(queries.metric_names(store.database()), query.page, query.per_page))
 
 
-@blueprint.get("/api/metrics/<event_name:name>")
-@require_read
-def metric(name: str) -> Any:
-    name = p.metric_name(name)
-    args = _args({**p.RANGE_FIELDS, "tags": p.Field(lambda n, v: p.tags(v, n), {})})
-    resolution, since, until = p.time_range(args, _now())
+@endpoint(blueprint, "/api/metrics/<event_name:name>", summary="Count, sum, min and max per "
+          "bucket of one business event", path=p.MetricPath, query=p.MetricRange,
+          errors=(404,), ok=ref("Metric"), ok_description="The series.")
+def metric(name: str, query: p.MetricRange) -> Any:
+    resolution, since, until = p.time_range(query, _now())
     db = store.database()
     if name not in queries.metric_names(db):
         return _error(404, f"no business event named {name!r} has been counted.",
                       parameter="name")
-    return jsonify(queries.metric(db, name, resolution, since, until, args["tags"] or None))
+    series = queries.metric(db, name, resolution, since, until, p.tag_filter(query.tags))
+    return jsonify({**series, **_range_answer(resolution, since, until)})
 
 
-@blueprint.get("/api/audit")
-@require_read
-def audit_log() -> Any:
-    args = _args(p.page_fields())
-    return jsonify(audit.entries(store.database(), args["page"], args["per_page"]))
+@endpoint(blueprint, "/api/audit", summary="Admin actions, newest first", query=p.Paged,
+          ok=openapi.page_of(ref("AuditEntry")), ok_description="A page of the audit log.")
+def audit_log(query: p.Paged) -> Any:
+    return jsonify(audit.entries(store.database(), query.page, query.per_page))
 
 
 # -- admin actions --------------------------------------------------------------------------
 
-def _failed_action(action: str, run: Any) -> Response:
-    chosen = p.failed_selection(_json_body())
-    _args({})
-    selection = admin.selection(states=(schema.DEAD,), queue=chosen.queue,
-                                ids=chosen.ids, error_contains=chosen.error)
-    return _audited(action, chosen.target(), lambda db: run(db, selection))
+def _failed_action(action: str, body: p.ChosenIds | p.AllMatching, run: Any) -> Response:
+    if isinstance(body, p.ChosenIds):
+        ids = list(dict.fromkeys(message_id.lower() for message_id in body.ids))
+        selection = admin.selection(states=(schema.DEAD,), ids=ids)
+        target: dict[str, Any] = {"ids": ids}
+    else:
+        selection = admin.selection(states=(schema.DEAD,), queue=body.queue,
+                                    error_contains=body.error or None)
+        target = body.target()
+    return _audited(action, target, lambda db: run(db, selection))
 
 
-@blueprint.post("/api/failed/retry")
-@require_admin
-def retry_failed() -> Any:
-    return _failed_action("retry", admin.retry)
+@endpoint(blueprint, "/api/failed/retry", "POST", access=ADMIN,
+          summary="Put dead messages back to pending with attempts reset",
+          body=p.FailedSelection, ok=ref("Count"), ok_description="How many messages changed.")
+def retry_failed(body: p.ChosenIds | p.AllMatching) -> Any:
+    return _failed_action("retry", body, admin.retry)
 
 
-@blueprint.post("/api/failed/delete")
-@require_admin
-def delete_failed() -> Any:
-    return _failed_action("delete", admin.delete)
+@endpoint(blueprint, "/api/failed/delete", "POST", access=ADMIN,
+          summary="Delete dead messages (counted as removed)", body=p.FailedSelection,
+          ok=ref("Count"), ok_description="How many messages changed.")
+def delete_failed(body: p.ChosenIds | p.AllMatching) -> Any:
+    return _failed_action("delete", body, admin.delete)
 
 
-@blueprint.post("/api/queues/<name>/purge")
-@require_admin
-def purge_queue(name: str) -> Any:
-    name = p.queue(name, "name")
-    document = p.body(_json_body(), ("confirm",))
-    _args({})
-    if not isinstance(document.get("confirm"), str):
-        raise p.BadParameter("confirm", "confirm must be a string: the queue's name.")
-    if document["confirm"] != name:
+@endpoint(blueprint, "/api/queues/<name>/purge", "POST", access=ADMIN,
+          summary="Remove every pending, delayed and dead message of a queue",
+          path=p.QueuePath, body=p.PurgeConfirmation, errors=(409,),
+          error_descriptions={409: "confirm is not this queue's name; nothing was removed."},
+          ok=ref("Count"), ok_description="How many messages changed.")
+def purge_queue(name: str, body: p.PurgeConfirmation) -> Any:
+    if body.confirm != name:
         # Well-formed, but not this queue's name: a conflict with the path, not bad input.
         return _error(409, f"to purge, send {{\"confirm\": \"{name}\"}}: the queue's name, "
                            "to show the purge is meant.", parameter="confirm")
@@ -391,20 +376,23 @@ def purge_queue(name: str) -> Any:
 
 # -- outside /api ---------------------------------------------------------------------------
 
-@blueprint.get("/metrics")
-@require_read
+@endpoint(blueprint, "/metrics", summary="Prometheus metrics", tag="monitoring",
+          ok={"type": "string"}, ok_media="text/plain",
+          ok_description="Text exposition format 0.0.4.")
 def metrics() -> Any:
-    _args({})
     body = prometheus.render(stats_cache.stats(store.database()))
     return Response(body, status=200, content_type=prometheus.CONTENT_TYPE)
 
 
-@blueprint.get("/openapi.json")
+@endpoint(blueprint, "/openapi.json", summary="This document", access=PUBLIC, tag="monitoring",
+          ok={"type": "object"}, ok_description="The OpenAPI document.")
 def openapi_document() -> Any:
     return jsonify(openapi.document())
 
 
-@blueprint.get("/healthz")
+@endpoint(blueprint, "/healthz", summary="Is the engine reachable", access=PUBLIC,
+          tag="monitoring", errors=(503,),
+          ok={"type": "object", "properties": {"status": openapi.STRING}}, ok_description="ok")
 def healthz() -> Any:
     try:
         store.database().client.admin.command("ping")

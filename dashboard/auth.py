@@ -205,31 +205,35 @@ def csrf_problem() -> str | None:
     return None
 
 
-def require_read(view: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if current_identity().role is None:
+def refuse_reader() -> Response | None:
+    """The answer to a request that may not read, or None if it may."""
+    if current_identity().role is None:
+        return unauthorized()
+    return None
+
+
+def refuse_admin() -> Response | None:
+    """The answer to a request that may not act (or lacks its CSRF token), or None."""
+    if not policy().admin_enabled:
+        return _json_error(403, ENABLE_ADMIN)
+    identity = current_identity()
+    if identity.role != ADMIN:
+        if identity.via in ("open", "none"):
             return unauthorized()
-        return view(*args, **kwargs)
-    return wrapper
+        return _json_error(403, f"{identity.name} may read but not act; admin "
+                                "credentials are needed.")
+    if identity.via == "basic":
+        problem = csrf_problem()
+        if problem:
+            return _json_error(403, problem)
+    return None
 
 
-def require_admin(view: Callable[..., Any]) -> Callable[..., Any]:
+def require_read(view: Callable[..., Any]) -> Callable[..., Any]:
+    """For pages: the view runs only for a request that may read."""
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not policy().admin_enabled:
-            return _json_error(403, ENABLE_ADMIN)
-        identity = current_identity()
-        if identity.role != ADMIN:
-            if identity.via in ("open", "none"):
-                return unauthorized()
-            return _json_error(403, f"{identity.name} may read but not act; admin "
-                                    "credentials are needed.")
-        if identity.via == "basic":
-            problem = csrf_problem()
-            if problem:
-                return _json_error(403, problem)
-        return view(*args, **kwargs)
+        return refuse_reader() or view(*args, **kwargs)
     return wrapper
 
 

@@ -1,6 +1,6 @@
 """What the pages and the JSON API read, in one place.
 
-Every function takes already-validated arguments (see ``dashboard.params``)
+Every function takes already-validated arguments (see ``dashboard.parameters``)
 and returns plain JSON-able data (datetimes stay datetimes; the API encoder
 writes them as ISO-8601). Queue state comes from the queue, flows from the
 collectors' counters (``collectors.stats``), so pages, API and push agree.
@@ -276,11 +276,14 @@ def metric_names(db: Database) -> list[str]:
 
 
 def metric(db: Database, name: str, resolution: str, since: dt.datetime, until: dt.datetime,
-           tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Count, sum, min, max per bucket of one business event, optionally for matching tags."""
+           tags: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """Count, sum, min, max per bucket of one business event, optionally for matching tags.
+
+    ``tags`` gives the values wanted per key: an event matches if each key has one of them.
+    """
     if tags:
         scope: dict[str, Any] = {"scope": "business", "name": name}
-        scope.update({f"tags.{key}": value for key, value in tags.items()})
+        scope.update({f"tags.{key}": {"$in": values} for key, values in tags.items()})
         documents = _series_counts(db, scope, resolution, since, until)
     else:
         documents = _series(db, f"b:{name}:*", resolution, since, until)

@@ -1,0 +1,258 @@
+"""Each endpoint declared once: route, access, parameters, body, answers.
+
+``@endpoint(...)`` registers a view with its Flask blueprint and records the
+declaration; the request is then checked from the declared pydantic models
+(``dashboard.parameters``) before the view runs, and ``/openapi.json``
+(``dashboard.openapi``) is generated from the same records. So what the
+server accepts and what the document says it accepts come from one place.
+
+Why pydantic with this small adapter rather than spectree or flask-openapi3:
+those answer a refused request with pydantic's own error list and a 422,
+while mopq's contract is a 400 whose ``parameter`` names the one field that
+was wrong, and query strings need checks a model cannot make (a key given
+twice, a key shaped like an operator). pydantic does the checking and the
+JSON Schema; this module only maps both onto Flask and OpenAPI 3.1.
+
+Order of checks, as before: access first (401/403), then the path, the query
+string and the body (400, 413), then the view.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, request
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from werkzeug.datastructures import MultiDict
+
+from dashboard import auth
+from dashboard.parameters import Expect
+
+PUBLIC, READ, ADMIN = "public", "read", "admin"
+MAX_BODY_BYTES = 64 * 1024   # an admin body: 1,000 ids take about 27 KB
+MAX_BODY_DEPTH = 16          # objects and arrays inside one another
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+class BadParameter(ValueError):
+    """A request parameter or body field was refused (answered 400)."""
+
+    def __init__(self, parameter: str | None, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+        self.message = message
+
+
+class BodyTooLarge(BadParameter):
+    """A request body over the size limit (answered 413)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One operation as declared: what it takes, who may call it, what it answers."""
+
+    rule: str
+    method: str
+    name: str
+    summary: str
+    access: str
+    tag: str
+    path: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    body: Any = None                    # a model, or an annotated union of models
+    ok: dict[str, Any] = field(default_factory=dict)   # the 200 answer's schema
+    ok_description: str = "The answer."
+    ok_media: str = "application/json"
+    errors: tuple[int, ...] = ()        # statuses besides 400/401/403/413/503
+    error_descriptions: Mapping[int, str] = field(default_factory=dict)
+    description: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)  # x- fields of the operation
+
+    @property
+    def openapi_path(self) -> str:
+        return re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", self.rule)
+
+
+REGISTRY: list[Endpoint] = []
+
+
+def endpoint(blueprint: Blueprint, rule: str, method: str = "GET", *, summary: str,
+             access: str = READ, tag: str | None = None, **declared: Any
+             ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare an operation and register its view, which gets the checked values.
+
+    The view is called with the path's fields as keywords, plus ``query=`` and
+    ``body=`` (model instances) when they are declared.
+    """
+
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        spec = Endpoint(rule=rule, method=method, name=view.__name__, summary=summary,
+                        access=access, tag=tag or access, **declared)
+        REGISTRY.append(spec)
+
+        @functools.wraps(view)
+        def checked(**path: Any) -> Any:
+            refusal = _access_refusal(spec.access)
+            if refusal is not None:
+                return refusal
+            values: dict[str, Any] = {}
+            if spec.path is not None:
+                values.update(parse(spec.path, path).model_dump())
+            values["query"] = parse_query(request.args, spec.query)
+            if spec.body is not None:
+                values["body"] = parse_body(spec.body)
+            if spec.query is None:
+                values.pop("query")
+            return view(**values)
+
+        blueprint.add_url_rule(rule, endpoint=view.__name__, view_func=checked,
+                               methods=[method])
+        return view
+
+    return decorate
+
+
+def _access_refusal(access: str) -> Any:
+    if access == READ:
+        return auth.refuse_reader()
+    if access == ADMIN:
+        return auth.refuse_admin()
+    return None
+
+
+# -- checking ---------------------------------------------------------------------------------
+
+def parse(model: Any, data: Any, where: str | None = None) -> Any:
+    """``data`` checked against ``model``; a BadParameter naming the field otherwise."""
+    try:
+        return _adapter(model).validate_python(data)
+    except ValidationError as error:
+        raise _refusal(model, error, where) from None
+
+
+@functools.cache
+def _adapter(model: Any) -> TypeAdapter:
+    return TypeAdapter(model)
+
+
+def models_in(declared: Any) -> list[type[BaseModel]]:
+    """The models a declaration names: itself, or the members of an (annotated) union."""
+    if isinstance(declared, type) and issubclass(declared, BaseModel):
+        return [declared]
+    found: list[type[BaseModel]] = []
+    for inner in typing.get_args(declared):
+        found += models_in(inner)
+    return found
+
+
+def _expectations(declared: Any) -> list[str]:
+    metadata = getattr(declared, "__metadata__", ())
+    return [mark.text for mark in metadata if isinstance(mark, Expect)]
+
+
+def _refusal(model: Any, error: ValidationError, where: str | None) -> BadParameter:
+    problems = error.errors(include_url=False)
+    # An unknown key says the most (a typo, an operator); then the first problem.
+    problem = next((p for p in problems if p["type"] == "extra_forbidden"), problems[0])
+    location = [str(part) for part in problem["loc"]]
+    union = not (isinstance(model, type) and issubclass(model, BaseModel))
+    if union and location:  # the first location is the union's branch, not a field
+        location = location[1:]
+    name = next((part for part in location if not part.isdigit()), where or "body")
+    value = problem.get("input")
+    if union and problem["type"] in ("extra_forbidden", "missing") and _expectations(model):
+        return BadParameter(name, f"{_expectations(model)[0]}.")
+    if problem["type"] == "extra_forbidden":
+        accepted = ", ".join(dict.fromkeys(f for m in models_in(model) for f in m.model_fields))
+        kind = "parameter" if where == "query" else "field"
+        return BadParameter(name, f"unknown {kind} {name!r}; accepted: {accepted or 'none'}.")
+    if problem["type"] == "missing":
+        return BadParameter(name, f"{name} is required.")
+    expect = _expectation(model, name)
+    if expect is None:
+        return BadParameter(name, f"{name}: {problem['msg']}.")
+    shown = repr(value[:60]) if isinstance(value, str) else json.dumps(value, default=str)[:60]
+    if isinstance(value, Mapping):
+        shown += " (an object; operators such as {\"$gt\": ...} are not accepted)"
+    return BadParameter(name, f"{name} must be {expect}, got {shown}.")
+
+
+def _expectation(model: Any, name: str) -> str | None:
+    for candidate in models_in(model):
+        info = candidate.model_fields.get(name)
+        if info is not None:
+            for mark in info.metadata:
+                if isinstance(mark, Expect):
+                    return mark.text
+    return None
+
+
+def _operator_key(key: str) -> bool:
+    return any(mark in key for mark in ("[", "]", "$", "."))
+
+
+def parse_query(args: MultiDict[str, str], model: type[BaseModel] | None) -> Any:
+    """A query string checked against the endpoint's parameters (none if not declared)."""
+    accepted = ", ".join(model.model_fields) if model is not None else "none"
+    for key in args:
+        if _operator_key(key):
+            raise BadParameter(key, f"{key!r} is not a parameter; operators and nested keys "
+                                    f"are not accepted. Accepted: {accepted}.")
+        if len(args.getlist(key)) > 1:
+            raise BadParameter(key, f"{key} is given more than once; give it once.")
+    if model is None:
+        if args:
+            key = next(iter(args))
+            raise BadParameter(key, f"unknown parameter {key!r}; accepted: none.")
+        return None
+    return parse(model, args.to_dict(), "query")
+
+
+def nesting(raw: bytes) -> int:
+    """How deeply objects and arrays nest in a JSON text, counted without parsing it.
+
+    Why not parse and then look: Python's parser recurses, so about a thousand
+    levels (ten kilobytes) end in a RecursionError instead of an answer.
+    Brackets inside strings do not count.
+    """
+    deepest = depth = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub(b'""', raw)):
+        if bracket in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def json_body(max_bytes: int = MAX_BODY_BYTES) -> Any:
+    """The parsed JSON body of this request, after its size and depth limits."""
+    if request.mimetype != "application/json":
+        raise BadParameter("body", "send a JSON object with Content-Type: application/json.")
+    raw = request.get_data(cache=True)
+    if len(raw) > max_bytes:
+        raise BodyTooLarge("body", f"the request body is too large ({len(raw)} bytes); at most "
+                                   f"{max_bytes} are accepted here.")
+    depth = nesting(raw)
+    if depth > MAX_BODY_DEPTH:
+        raise BadParameter("body", f"the JSON body nests {depth} levels deep; at most "
+                                   f"{MAX_BODY_DEPTH} are accepted.")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BadParameter("body", "the request body is not valid JSON.") from None
+
+
+def parse_body(model: Any) -> Any:
+    data = json_body()
+    if not isinstance(data, dict):
+        raise BadParameter("body", "the request body must be a JSON object "
+                                   "(Content-Type: application/json).")
+    return parse(model, data, "body")
