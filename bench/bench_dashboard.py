@@ -87,7 +87,7 @@ from pymongo import MongoClient, UpdateOne
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from collectors import Collector, batch  # noqa: E402
+from collectors import Collector, batch, series  # noqa: E402
 from collectors.counters import Delta, deltas_of  # noqa: E402
 from collectors.stats import (  # noqa: E402
     collector_state,
@@ -96,7 +96,6 @@ from collectors.stats import (  # noqa: E402
     read_stats,
     worker_states,
 )
-from dashboard import queries  # noqa: E402
 from dashboard.live import build_snapshot  # noqa: E402
 from mopq import Queue, flush, schema  # noqa: E402
 from mopq.engine import engine_unless_configured  # noqa: E402
@@ -434,10 +433,10 @@ def part_stats_load(uri: str, database: str, db: Any, log_dir: Path, seconds: fl
         "worker_states": median_ms(lambda: worker_states(db, dt.datetime.now(dt.UTC))),
         "collector_state": median_ms(lambda: collector_state(db, dt.datetime.now(dt.UTC))),
         "read_stats (all of the above)": median_ms(lambda: read_stats(db)),
-        "push: queries.throughput(60 s)": median_ms(lambda: queries.throughput(db, 60)),
+        "push: series.throughput(60 s)": median_ms(lambda: series.throughput(db, 60)),
         "push: build_snapshot (read_stats + throughput)": median_ms(lambda: build_snapshot(db)),
-        "overview page: queries.throughput(300 s)": median_ms(
-            lambda: queries.throughput(db, 300)),
+        "overview page: series.throughput(300 s)": median_ms(
+            lambda: series.throughput(db, 300)),
         "a scan: count_documents on counters by scope": median_ms(
             lambda: db[schema.COUNTERS].count_documents({"scope": "probe"})),
         "collector's counter write, an existing recent counter": median_ms(

@@ -52,7 +52,8 @@ from pymongo.errors import BulkWriteError, OperationFailure
 from collectors.counters import Delta, deltas_of
 from collectors.leases import partition_lease_id
 from mopq import schema
-from mopq.publisher import DUPLICATE_KEY
+from mopq.bulk import duplicates_only
+from mopq.clock import utcnow
 
 RECEIPT_KEEP = dt.timedelta(hours=1)
 QUEUE_REGISTRY = "queues"
@@ -63,12 +64,6 @@ class BatchResult:
     applied: int = 0
     skipped: int = 0
     lost_partitions: tuple[int, ...] = ()
-
-
-def _ignore_duplicates(error: BulkWriteError) -> None:
-    others = [e for e in error.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
-    if others or error.details.get("writeConcernErrors"):
-        raise error
 
 
 CounterUpdate = tuple[dict[str, Any], dict[str, Any]]
@@ -100,11 +95,7 @@ def _write_counters(db: Database, operations: list[CounterUpdate]) -> list[int]:
     try:
         db[schema.COUNTERS].bulk_write(requests, ordered=False)
     except BulkWriteError as error:
-        failures = error.details.get("writeErrors", [])
-        others = [failure for failure in failures if failure.get("code") != DUPLICATE_KEY]
-        if others:
-            raise
-        return [failure["index"] for failure in failures]
+        return duplicates_only(error)
     return []
 
 
@@ -213,7 +204,7 @@ def _delete_events(db: Database, ids: list[str]) -> None:
 
 
 def _store_receipts(db: Database, journals: dict[int, dict[str, Any]]) -> None:
-    now = dt.datetime.now(dt.UTC)
+    now = utcnow()
     receipts = [{"_id": j.get("receipt") or f"{p}:{j['seq']}", "partition": p, "seq": j["seq"],
                  "ids": j["apply"], "skip": j["skip"], "at": now, "expires_at": now + RECEIPT_KEEP}
                 for p, j in journals.items()]
@@ -221,7 +212,7 @@ def _store_receipts(db: Database, journals: dict[int, dict[str, Any]]) -> None:
         try:
             db[schema.RECEIPTS].insert_many(receipts, ordered=False)
         except BulkWriteError as error:
-            _ignore_duplicates(error)
+            duplicates_only(error)
 
 
 def replay(db: Database, owner: str, partition: int, journal: dict[str, Any]) -> int:
@@ -324,7 +315,7 @@ def apply_batch(db: Database, owner: str, leases: dict[int, dict[str, Any]],
 
 def expire_receipts(db: Database, now: dt.datetime | None = None) -> int:
     """Drop receipts past their keep time, except those a journal still needs for a replay."""
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utcnow()
     needed = [lease["journal"]["receipt"] for lease in db[schema.LEASES].find(
         {"journal.receipt": {"$exists": True}}, {"journal.receipt": 1})]
     query: dict[str, Any] = {"expires_at": {"$lte": now}}

@@ -155,120 +155,182 @@ def _expand(deltas: dict[str, Delta], series: str, second: dt.datetime,
     deltas[key].merge(share)
 
 
+@dataclass(slots=True)
+class BusinessTally:
+    """``emit()`` events of one name and tag set in one second."""
+
+    tags: dict[str, str]
+    count: int
+    total: float
+    low: float
+    high: float
+    partitions: set[int]
+
+
+@dataclass(slots=True)
+class TransitionTally:
+    """Message events of one kind, queue and activity in one second."""
+
+    count: int
+    partitions: set[int]
+
+
+@dataclass(slots=True)
+class DurationTally:
+    """Claim-to-ack times of one queue and routing key in one second."""
+
+    seconds: list[float]
+    partitions: set[int]
+
+
+@dataclass
+class Tallies:
+    """A batch's events summed per thing counted and second, before any counter.
+
+    Why tally first: a batch spans few seconds, so bucket keys are then
+    computed a few times rather than once per event.
+    """
+
+    business: dict[tuple[str, tuple[tuple[str, Any], ...], dt.datetime], BusinessTally] = \
+        field(default_factory=dict)
+    transitions: dict[tuple[str, str | None, str, dt.datetime], TransitionTally] = \
+        field(default_factory=dict)
+    durations: dict[tuple[str, str, dt.datetime], DurationTally] = field(default_factory=dict)
+
+    def add_business(self, event: dict[str, Any], second: dt.datetime, partition: int) -> None:
+        tags = event.get("tags") or {}
+        items = tuple(sorted(tags.items())) if len(tags) > 1 else tuple(tags.items())
+        value = float(event["value"])
+        key = (event["name"], items, second)
+        tally = self.business.get(key)
+        if tally is None:
+            self.business[key] = BusinessTally(tags, 1, value, value, value, {partition})
+            return
+        tally.count += 1
+        tally.total += value
+        tally.low = min(tally.low, value)
+        tally.high = max(tally.high, value)
+        tally.partitions.add(partition)
+
+    def add_transition(self, event: dict[str, Any], second: dt.datetime, partition: int) -> None:
+        queue, kind = event["queue"], event["kind"]
+        key = (queue, event.get("activity") or None, kind, second)
+        tally = self.transitions.get(key)
+        if tally is None:
+            tally = self.transitions[key] = TransitionTally(0, set())
+        tally.count += 1
+        tally.partitions.add(partition)
+        if kind == schema.ACKED and event.get("duration") is not None:
+            self.add_duration(queue, event.get("routing_key") or "", float(event["duration"]),
+                              second, partition)
+
+    def add_duration(self, queue: str, routing_key: str, seconds: float, second: dt.datetime,
+                     partition: int) -> None:
+        key = (queue, routing_key, second)
+        tally = self.durations.get(key)
+        if tally is None:
+            tally = self.durations[key] = DurationTally([], set())
+        tally.seconds.append(seconds)
+        tally.partitions.add(partition)
+
+
+class Shares:
+    """Each series' share of a batch, per second, before it is spread over the buckets."""
+
+    def __init__(self) -> None:
+        self.by_second: dict[tuple[str, dt.datetime], Delta] = {}
+        self.identities: dict[str, dict[str, Any]] = {}
+
+    def of(self, series: str, second: dt.datetime, identity: dict[str, Any],
+           partitions: set[int]) -> Delta:
+        key = (series, second)
+        found = self.by_second.get(key)
+        if found is None:
+            self.identities.setdefault(series, identity)
+            found = self.by_second[key] = Delta(identity)
+        found.partitions |= partitions
+        return found
+
+    def add_applied(self, tallies: Tallies) -> None:
+        """Events applied, per second: every event is a business event or a transition."""
+        applied: dict[dt.datetime, TransitionTally] = {}
+        counted = [(key[-1], t.count, t.partitions) for key, t in tallies.business.items()]
+        counted += [(key[-1], t.count, t.partitions) for key, t in tallies.transitions.items()]
+        for second, count, partitions in counted:
+            total = applied.setdefault(second, TransitionTally(0, set()))
+            total.count += count
+            total.partitions |= partitions
+        for second, total in applied.items():
+            self.of(EVENTS_APPLIED_SERIES, second, {"scope": "collector"},
+                    total.partitions).inc["count"] += total.count
+
+    def add_business(self, tallies: Tallies) -> None:
+        tag_keys: dict[tuple[tuple[str, Any], ...], str] = {}
+        for (name, items, second), tally in tallies.business.items():
+            series_of = [(f"b:{name}:*", None)]
+            if items:
+                tag_key = tag_keys.get(items)
+                if tag_key is None:
+                    tag_key = tag_keys[items] = tags_key(tally.tags)
+                series_of.append((f"b:{name}:{tag_key}", tally.tags))
+            for series, series_tags in series_of:
+                delta = self.of(series, second, {"scope": "business", "name": name,
+                                                 "tags": series_tags}, tally.partitions)
+                delta.inc["count"] += tally.count
+                delta.inc["sum"] += tally.total
+                delta.observe(tally.low)
+                delta.observe(tally.high)
+
+    def add_transitions(self, tallies: Tallies) -> None:
+        for (queue, activity, kind, second), tally in tallies.transitions.items():
+            for series, identity in ((f"q:{queue}", {"scope": "queue", "queue": queue}),
+                                     (ALL_QUEUES_SERIES, {"scope": "all_queues"})):
+                self.of(series, second, identity, tally.partitions).inc[f"counts.{kind}"] += \
+                    tally.count
+            if activity:
+                self.of(f"a:{activity}", second, {"scope": "activity", "activity": activity},
+                        tally.partitions).inc[f"counts.{kind}"] += tally.count
+
+    def add_durations(self, tallies: Tallies) -> None:
+        for (queue, routing_key, second), tally in tallies.durations.items():
+            for key in (routing_key, "*"):
+                delta = self.of(f"d:{queue}:{key}", second,
+                                {"scope": "duration", "queue": queue, "routing_key": key},
+                                tally.partitions)
+                for seconds in tally.seconds:
+                    delta.inc[f"hist.{histogram_bin(seconds)}"] += 1
+                delta.inc["count"] += len(tally.seconds)
+                delta.inc["sum"] += sum(tally.seconds)
+
+
 def deltas_of(events: Iterable[dict[str, Any]]) -> dict[str, Delta]:
     """The counter changes a batch of events makes, keyed by counter ``_id``.
 
-    Events are first tallied per (what they count, second) in plain tuples,
-    then each tally becomes a share of its series for that second, and each
-    share is added to its 1 s, 1 min, 1 h buckets and the total: a batch spans
-    few seconds, so bucket keys are computed a few times rather than once per
-    event. Every event counts in the buckets of its own time, so the changes
-    of any subset of a batch touch only counters that the whole batch touches.
+    Events are tallied per (what they count, second) (``Tallies``), each tally
+    becomes its series' share of that second (``Shares``), and each share is
+    added to its 1 s, 1 min, 1 h buckets and the total. Every event counts in
+    the buckets of its own time, so the changes of any subset of a batch touch
+    only counters that the whole batch touches.
     """
+    tallies = Tallies()
     second_of: dict[dt.datetime, dt.datetime] = {}
-    business: dict[tuple[str, tuple[tuple[str, Any], ...], dt.datetime], list[Any]] = {}
-    transitions: dict[tuple[str, str | None, str, dt.datetime], list[Any]] = {}
-    durations: dict[tuple[str, str, dt.datetime], list[Any]] = {}
     for event in events:
         at = event["at"]
         second = second_of.get(at)
         if second is None:
             second = second_of[at] = at.replace(microsecond=0)
-        partition = event.get("partition", 0)
-        kind = event["kind"]
-        if kind == schema.BUSINESS:
-            tags = event.get("tags")
-            value = float(event["value"])
-            if tags:
-                items = tuple(tags.items())
-                if len(items) > 1:
-                    items = tuple(sorted(items))
-            else:
-                items = ()
-            key = (event["name"], items, second)
-            tally = business.get(key)
-            if tally is None:
-                business[key] = [1, value, value, value, {partition}, tags or {}]
-                continue
-            tally[0] += 1
-            tally[1] += value
-            if value < tally[2]:
-                tally[2] = value
-            if value > tally[3]:
-                tally[3] = value
-            tally[4].add(partition)
-            continue
-        queue = event["queue"]
-        key = (queue, event.get("activity") or None, kind, second)
-        tally = transitions.get(key)
-        if tally is None:
-            tally = transitions[key] = [0, set()]
-        tally[0] += 1
-        tally[1].add(partition)
-        if kind == schema.ACKED and event.get("duration") is not None:
-            key = (queue, event.get("routing_key") or "", second)
-            tally = durations.get(key)
-            if tally is None:
-                tally = durations[key] = [[], set()]
-            tally[0].append(float(event["duration"]))
-            tally[1].add(partition)
-
-    shares: dict[tuple[str, dt.datetime], Delta] = {}
-    identities: dict[str, dict[str, Any]] = {}
-
-    def share(series: str, second: dt.datetime, identity: dict[str, Any],
-              partitions: set[int]) -> Delta:
-        key = (series, second)
-        found = shares.get(key)
-        if found is None:
-            identities.setdefault(series, identity)
-            found = shares[key] = Delta(identity)
-        found.partitions |= partitions
-        return found
-
-    applied: dict[dt.datetime, list[Any]] = {}  # second -> [events, their partitions]
-    tallied = [(key[-1], tally[0], tally[4]) for key, tally in business.items()]
-    tallied += [(key[-1], tally[0], tally[1]) for key, tally in transitions.items()]
-    for second, count, partitions in tallied:  # every event is in one of the two
-        total = applied.setdefault(second, [0, set()])
-        total[0] += count
-        total[1] |= partitions
-    for second, (count, partitions) in applied.items():
-        delta = share(EVENTS_APPLIED_SERIES, second, {"scope": "collector"}, partitions)
-        delta.inc["count"] += count
-    tag_keys: dict[tuple[tuple[str, Any], ...], str] = {}
-    for (name, items, second), (count, total, low, high, partitions, tags) in business.items():
-        series_of = [(f"b:{name}:*", None)]
-        if items:
-            tag_key = tag_keys.get(items)
-            if tag_key is None:
-                tag_key = tag_keys[items] = tags_key(tags)
-            series_of.append((f"b:{name}:{tag_key}", tags))
-        for series, series_tags in series_of:
-            delta = share(series, second, {"scope": "business", "name": name, "tags": series_tags},
-                          partitions)
-            delta.inc["count"] += count
-            delta.inc["sum"] += total
-            delta.observe(low)
-            delta.observe(high)
-    for (queue, activity, kind, second), (count, partitions) in transitions.items():
-        for series, identity in ((f"q:{queue}", {"scope": "queue", "queue": queue}),
-                                 (ALL_QUEUES_SERIES, {"scope": "all_queues"})):
-            share(series, second, identity, partitions).inc[f"counts.{kind}"] += count
-        if activity:
-            share(f"a:{activity}", second, {"scope": "activity", "activity": activity},
-                  partitions).inc[f"counts.{kind}"] += count
-    for (queue, routing_key, second), (observed, partitions) in durations.items():
-        for key in (routing_key, "*"):
-            delta = share(f"d:{queue}:{key}", second,
-                          {"scope": "duration", "queue": queue, "routing_key": key}, partitions)
-            for seconds in observed:
-                delta.inc[f"hist.{histogram_bin(seconds)}"] += 1
-            delta.inc["count"] += len(observed)
-            delta.inc["sum"] += sum(observed)
+        if event["kind"] == schema.BUSINESS:
+            tallies.add_business(event, second, event.get("partition", 0))
+        else:
+            tallies.add_transition(event, second, event.get("partition", 0))
+    shares = Shares()
+    shares.add_applied(tallies)
+    shares.add_business(tallies)
+    shares.add_transitions(tallies)
+    shares.add_durations(tallies)
     deltas: dict[str, Delta] = {}
-    for (series, second), delta in shares.items():
-        _expand(deltas, series, second, identities[series], delta)
+    for (series, second), delta in shares.by_second.items():
+        _expand(deltas, series, second, shares.identities[series], delta)
     return deltas
 
 

@@ -29,6 +29,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from mopq import schema
+from mopq.clock import utcnow
 
 LEASE_SECONDS = 10.0
 NEVER = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -38,14 +39,11 @@ def partition_lease_id(partition: int) -> str:
     return f"partition:{partition}"
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
 
 def acquire(db: Database, lease_id: str, owner: str, seconds: float = LEASE_SECONDS,
             extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Take or renew a lease; return its document if ``owner`` holds it now, else None."""
-    now = _now()
+    now = utcnow()
     try:
         return db[schema.LEASES].find_one_and_update(
             {"_id": lease_id,
@@ -65,7 +63,7 @@ def release(db: Database, lease_id: str, owner: str) -> None:
 
 
 def live_collectors(db: Database) -> list[dict[str, Any]]:
-    return list(db[schema.LEASES].find({"kind": "collector", "expires_at": {"$gt": _now()}}))
+    return list(db[schema.LEASES].find({"kind": "collector", "expires_at": {"$gt": utcnow()}}))
 
 
 def fair_share(live: int) -> int:

@@ -34,6 +34,7 @@ from pymongo.database import Database
 from collectors.batch import expire_receipts
 from collectors.settings import Thresholds
 from mopq import maintenance, schema
+from mopq.clock import utcnow
 
 log = logging.getLogger("mopq.monitor")
 
@@ -143,7 +144,7 @@ class Monitor:
         self._retention_at: dt.datetime | None = None
 
     def run_once(self, now: dt.datetime | None = None) -> MonitorResult:
-        now = now or dt.datetime.now(dt.UTC)
+        now = now or utcnow()
         result = MonitorResult(states=dict.fromkeys(WORKER_STATES, 0))
         workers = self.db[schema.WORKERS]
         registry = list(workers.find())
@@ -186,6 +187,6 @@ class Monitor:
 
     def enforce_retention(self, now: dt.datetime | None = None) -> int:
         """Delete counter buckets past their keep time and old receipts."""
-        now = now or dt.datetime.now(dt.UTC)
+        now = now or utcnow()
         removed = self.db[schema.COUNTERS].delete_many({"expires_at": {"$lte": now}}).deleted_count
         return removed + expire_receipts(self.db, now)

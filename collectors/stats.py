@@ -12,13 +12,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from pymongo import ASCENDING
 from pymongo.database import Database
 
 from collectors import leases
 from collectors.batch import registered_queues
 from collectors.counters import EVENTS_APPLIED_SERIES, TOTAL, counter_id
-from collectors.monitor import WORKER_STATES, Thresholds, classify
+from collectors.monitor import ALIVE, WORKER_STATES, Thresholds, classify
 from mopq import schema
+from mopq.clock import utcnow
 from mopq.connection import prepared
 
 # counter kind -> /api/stats field
@@ -27,6 +29,11 @@ FLOW_FIELDS = {schema.WRITTEN: "written", schema.ACKED: "done", schema.FAILED: "
                schema.CLAIMED: "claimed", schema.RECLAIMED: "reclaimed",
                schema.RETRIED: "retried"}
 STATE_FIELDS = ("pending", "inflight", "delayed", "dead")
+# What ``classify`` reads of a worker document.
+WORKER_STATE_FIELDS = {"state": 1, "heartbeat_at": 1, "zombie_reason": 1, "gone_reason": 1}
+# Pages warn that counts are behind once the oldest unapplied event is this old; the
+# stats document carries it (collector.lag_warning_seconds) so the browser need not know it.
+LAG_WARNING_SECONDS = 10.0
 
 
 def _empty_queue() -> dict[str, Any]:
@@ -73,12 +80,49 @@ def queue_flows(db: Database, names: set[str]) -> dict[str, dict[str, int]]:
     return flows
 
 
+def serving_workers(db: Database, now: dt.datetime,
+                    thresholds: Thresholds | None = None) -> dict[str, int]:
+    """Per queue, how many alive workers consume it."""
+    thresholds = thresholds or Thresholds.from_env()
+    serving: dict[str, int] = {}
+    for worker in db[schema.WORKERS].find({}, {"queues": 1, **WORKER_STATE_FIELDS}):
+        if classify(worker, now, thresholds) == ALIVE:
+            for name in worker.get("queues") or []:
+                serving[name] = serving.get(name, 0) + 1
+    return serving
+
+
+def worker_rows(db: Database, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Every registered worker with its state, heartbeat age and current messages."""
+    now = now or utcnow()
+    thresholds = Thresholds.from_env()
+    rows = []
+    for worker in db[schema.WORKERS].find().sort([("_id", ASCENDING)]):
+        current = []
+        for item in worker.get("current") or []:
+            since = item.get("since")
+            current.append({"message_id": item.get("message_id"), "queue": item.get("queue"),
+                            "since": since,
+                            "seconds": round((now - since).total_seconds(), 1) if since else None})
+        beat = worker.get("heartbeat_at")
+        rows.append({
+            "id": worker["_id"], "state": classify(worker, now, thresholds),
+            "zombie_reason": worker.get("zombie_reason") or worker.get("gone_reason"),
+            "queues": worker.get("queues") or [], "concurrency": worker.get("concurrency"),
+            "hostname": worker.get("hostname"), "pid": worker.get("pid"),
+            "started_at": worker.get("started_at"), "heartbeat_at": beat,
+            "heartbeat_age_seconds": round((now - beat).total_seconds(), 1) if beat else None,
+            "processed": int(worker.get("processed") or 0),
+            "failed": int(worker.get("failed") or 0), "current": current,
+        })
+    return rows
+
+
 def worker_states(db: Database, now: dt.datetime,
                   thresholds: Thresholds | None = None) -> dict[str, int]:
     thresholds = thresholds or Thresholds.from_env()
     counts = dict.fromkeys(WORKER_STATES, 0)
-    for worker in db[schema.WORKERS].find({}, {"state": 1, "heartbeat_at": 1,
-                                                "zombie_reason": 1, "gone_reason": 1}):
+    for worker in db[schema.WORKERS].find({}, WORKER_STATE_FIELDS):
         counts[classify(worker, now, thresholds)] += 1
     return counts
 
@@ -89,6 +133,7 @@ def collector_state(db: Database, now: dt.datetime) -> dict[str, Any]:
     total = db[schema.COUNTERS].find_one({"_id": counter_id(EVENTS_APPLIED_SERIES, TOTAL, None)})
     return {
         "lag_seconds": round(lag, 3),
+        "lag_warning_seconds": LAG_WARNING_SECONDS,
         "events_total": int((total or {}).get("count", 0)),
         "events_waiting": db[schema.EVENTS].count_documents({}),
         "collectors_alive": len(leases.live_collectors(db)),
@@ -98,7 +143,7 @@ def collector_state(db: Database, now: dt.datetime) -> dict[str, Any]:
 def read_stats(db: Database, now: dt.datetime | None = None) -> dict[str, Any]:
     """The ``/api/stats`` document (shared DESIGN.md names its fields)."""
     db = prepared(db)
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utcnow()
     queues = queue_states(db, now)
     for name, flows in queue_flows(db, set(queues)).items():
         queues.setdefault(name, _empty_queue()).update(flows)

@@ -27,12 +27,15 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
 
+from collectors import series
+from collectors.stats import worker_rows
 from dashboard import audit, openapi, prometheus, queries, stats_cache, store
 from dashboard import parameters as p
 from dashboard.auth import current_identity
 from dashboard.endpoints import ADMIN, PUBLIC, BadParameter, BodyTooLarge, endpoint
 from dashboard.openapi import ref
 from mopq import admin, schema
+from mopq.clock import utcnow
 from mopq.errors import InvalidInput
 
 blueprint = Blueprint("api", __name__)
@@ -153,9 +156,6 @@ def _engine_error(error: PyMongoError) -> Response:
 
 # -- helpers --------------------------------------------------------------------------------
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
 
 def _paged(items: list[Any], page: int, per_page: int) -> dict[str, Any]:
     start = (page - 1) * per_page
@@ -202,7 +202,7 @@ def stats() -> Any:
           ok_description="A page of queues.")
 def queue_list(query: p.PagedByHundred) -> Any:
     db = store.database()
-    rows = queries.queues(db, stats=stats_cache.stats(db))
+    rows = series.queues(db, stats=stats_cache.stats(db))
     return jsonify(_paged(rows, query.page, query.per_page))
 
 
@@ -212,14 +212,14 @@ def queue_list(query: p.PagedByHundred) -> Any:
               "properties": {"queue": ref("Queue"), "history": ref("QueueHistory")}},
           ok_description="The queue and its counts per bucket.")
 def queue_detail(name: str, query: p.TimeRange) -> Any:
-    resolution, since, until = p.time_range(query, _now())
+    resolution, since, until = p.time_range(query, utcnow())
     db = store.database()
     current = stats_cache.stats(db)["queues"].get(name)
     if current is None:
         return _error(404, f"no queue named {name!r} has messages or counts.",
                       parameter="name")
-    row = queries.queues(db, _now(), {"queues": {name: current}})[0]
-    history = queries.queue_history(db, name, resolution, since, until)
+    row = series.queues(db, utcnow(), {"queues": {name: current}})[0]
+    history = series.queue_history(db, name, resolution, since, until)
     return jsonify({"queue": row, "history": {**history,
                                               **_range_answer(resolution, since, until)}})
 
@@ -228,7 +228,7 @@ def queue_detail(name: str, query: p.TimeRange) -> Any:
           query=p.ThroughputParameters, ok=ref("Throughput"),
           ok_description="One value per second, oldest first.")
 def throughput(query: p.ThroughputParameters) -> Any:
-    return jsonify(queries.throughput(store.database(), query.seconds, queue=query.queue))
+    return jsonify(series.throughput(store.database(), query.seconds, queue=query.queue))
 
 
 @endpoint(blueprint, "/api/failed", summary="Dead or failing messages, newest failure first",
@@ -297,34 +297,34 @@ def search_fields() -> Any:
           "heartbeat", query=p.PagedByHundred, ok=openapi.page_of(ref("Worker")),
           ok_description="A page of workers.")
 def workers(query: p.PagedByHundred) -> Any:
-    return jsonify(_paged(queries.workers(store.database()), query.page, query.per_page))
+    return jsonify(_paged(worker_rows(store.database()), query.page, query.per_page))
 
 
 @endpoint(blueprint, "/api/activities", summary="Progress of every activity",
           query=p.PagedByHundred, ok=openapi.page_of(ref("Activity")),
           ok_description="A page of activities.")
 def activities(query: p.PagedByHundred) -> Any:
-    return jsonify(_paged(queries.activities(store.database()), query.page, query.per_page))
+    return jsonify(_paged(series.activities(store.database()), query.page, query.per_page))
 
 
 @endpoint(blueprint, "/api/metrics", summary="Names of the business events counted",
           query=p.PagedFully, ok=openapi.page_of(openapi.STRING),
           ok_description="A page of event names.")
 def metric_names(query: p.PagedFully) -> Any:
-    return jsonify(_paged(queries.metric_names(store.database()), query.page, query.per_page))
+    return jsonify(_paged(series.metric_names(store.database()), query.page, query.per_page))
 
 
 @endpoint(blueprint, "/api/metrics/<event_name:name>", summary="Count, sum, min and max per "
           "bucket of one business event", path=p.MetricPath, query=p.MetricRange,
           errors=(404,), ok=ref("Metric"), ok_description="The series.")
 def metric(name: str, query: p.MetricRange) -> Any:
-    resolution, since, until = p.time_range(query, _now())
+    resolution, since, until = p.time_range(query, utcnow())
     db = store.database()
-    if name not in queries.metric_names(db):
+    if name not in series.metric_names(db):
         return _error(404, f"no business event named {name!r} has been counted.",
                       parameter="name")
-    series = queries.metric(db, name, resolution, since, until, p.tag_filter(query.tags))
-    return jsonify({**series, **_range_answer(resolution, since, until)})
+    answer = series.metric(db, name, resolution, since, until, p.tag_filter(query.tags))
+    return jsonify({**answer, **_range_answer(resolution, since, until)})
 
 
 @endpoint(blueprint, "/api/audit", summary="Admin actions, newest first", query=p.Paged,
@@ -358,7 +358,7 @@ def retry_failed(body: p.ChosenIds | p.AllMatching) -> Any:
           summary="Delete dead messages (counted as removed)", body=p.FailedSelection,
           ok=ref("Count"), ok_description="How many messages changed.")
 def delete_failed(body: p.ChosenIds | p.AllMatching) -> Any:
-    return _failed_action("delete", body, admin.delete)
+    return _failed_action("delete", body, admin.remove)
 
 
 @endpoint(blueprint, "/api/queues/<name>/purge", "POST", access=ADMIN,

@@ -17,7 +17,6 @@ document per operator action, so it stays small.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from bson import ObjectId
@@ -25,6 +24,7 @@ from pymongo import DESCENDING
 from pymongo.database import Database
 
 from mopq import schema
+from mopq.clock import utcnow
 
 MAX_IDS_RECORDED = 1_000
 USER_AGENT_CHARS = 200
@@ -35,7 +35,7 @@ def begin(db: Database, action: str, target: dict[str, Any], who: dict[str, str]
     """Record that ``action`` was asked for; returns the record's id for :func:`finish`."""
     if "ids" in target:
         target = {**target, "ids": list(target["ids"])[:MAX_IDS_RECORDED]}
-    document = {"at": dt.datetime.now(dt.UTC), "action": action, "who": who,
+    document = {"at": utcnow(), "action": action, "who": who,
                 "remote_addr": remote_addr,
                 "user_agent": (user_agent or "")[:USER_AGENT_CHARS] or None,
                 "target": target, "status": "started", "count": None}
@@ -46,7 +46,7 @@ def finish(db: Database, record: ObjectId, count: int | None,
            error: str | None = None) -> None:
     """Complete a record with how many messages changed (or why the action failed)."""
     update: dict[str, Any] = {"status": "failed" if error else "done", "count": count,
-                              "finished_at": dt.datetime.now(dt.UTC)}
+                              "finished_at": utcnow()}
     if error:
         update["error"] = error[:500]
     db[schema.AUDIT].update_one({"_id": record}, {"$set": update})

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mopq import Envelope, Message, Queue, Worker, emit, exponential_backoff, flush
+from mopq.clock import utcnow
 from mopq.connection import get_database, resolve_uri
 from mopq.search import declare_search_field
 
@@ -182,7 +183,7 @@ class Demo:
             self.stopping.wait(max(0.0, next_at - time.monotonic()))
 
     def write_activity(self) -> str:
-        name = f"nightly-import-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+        name = f"nightly-import-{utcnow():%Y%m%d-%H%M%S}"
         ids = self.queue("reports").write_many(
             [Envelope({"row": row, "file": "customers.csv"}) for row in range(ACTIVITY_SIZE)],
             activity=name)

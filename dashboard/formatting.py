@@ -14,6 +14,8 @@ from typing import Any
 
 from flask import Blueprint
 
+from mopq.clock import utcnow
+
 DASH = "—"
 
 
@@ -77,7 +79,7 @@ def ago(value: Any, now: dt.datetime | None = None) -> str:
     """``3 s ago`` / ``in 5 min``; JS keeps it current while the page stays open."""
     if not isinstance(value, dt.datetime):
         return DASH
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utcnow()
     delta = (now - _aware(value)).total_seconds()
     if abs(delta) < 1:
         return "just now"

@@ -4,7 +4,7 @@ Why this shape: pages must update without polling, yet a push is only worth
 sending when something a page shows has changed. So each gunicorn process
 runs one background task (started lazily, on its first connection) that
 builds a snapshot from MongoDB every ``MOPQ_LIVE_INTERVAL`` seconds (never
-more often than once a second) and emits it only when its fingerprint
+more often than once a second) and pushes it only when its fingerprint
 differs from the last one pushed. Processes share nothing: each reads
 MongoDB itself, so workers and hosts can be added, as long as clients use the
 websocket transport (a connection then stays on one process).
@@ -27,35 +27,39 @@ import threading
 import time
 from typing import Any
 
+import flask_socketio
 from flask import Flask, request
-from flask_socketio import ConnectionRefusedError, SocketIO, emit
+from flask_socketio import ConnectionRefusedError, SocketIO
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
+from collectors import series
 from collectors.stats import read_stats
-from dashboard import auth, queries, stats_cache, store
+from dashboard import auth, stats_cache, store
+from mopq.clock import utcnow
 
 log = logging.getLogger("mopq.live")
 
 NAMESPACE = "/live"
-EVENT = "stats"
+# The Socket.IO event name pages listen to. ("push", not "emit", in this module's words:
+# emit() is mopq's business event.)
+PUSH = "stats"
 MIN_INTERVAL_SECONDS = 1.0
 MIN_SLEEP_SECONDS = 0.1
 THROUGHPUT_SECONDS = 60
-LAG_WARNING_SECONDS = 10.0
 CLOCK_FIELDS = ("generated_at",)
 
 
 def build_snapshot(db: Database, now: dt.datetime | None = None,
                    stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a push carries: the stats document and the recent non-zero seconds."""
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utcnow()
     snapshot = dict(stats if stats is not None else read_stats(db, now))
-    series = queries.throughput(db, THROUGHPUT_SECONDS, now)
-    busy = [i for i, t in enumerate(series["t"])
-            if series["written"][i] or series["acked"][i] or series["failed"][i]]
-    snapshot["throughput"] = {"t": [series["t"][i].isoformat() for i in busy],
-                              **{kind: [series[kind][i] for i in busy]
+    recent = series.throughput(db, THROUGHPUT_SECONDS, now)
+    busy = [i for i, t in enumerate(recent["t"])
+            if recent["written"][i] or recent["acked"][i] or recent["failed"][i]]
+    snapshot["throughput"] = {"t": [recent["t"][i].isoformat() for i in busy],
+                              **{kind: [recent[kind][i] for i in busy]
                                  for kind in ("written", "acked", "failed")}}
     return snapshot
 
@@ -69,7 +73,7 @@ def fingerprint(snapshot: dict[str, Any]) -> str:
                             for name, row in stable["queues"].items()}
     if "collector" in stable:
         collector = dict(stable["collector"])
-        collector["behind"] = collector.pop("lag_seconds", 0) > LAG_WARNING_SECONDS
+        collector["behind"] = collector.pop("lag_seconds") > collector["lag_warning_seconds"]
         stable["collector"] = collector
     return json.dumps(stable, sort_keys=True, default=str)
 
@@ -136,7 +140,7 @@ class Pusher:
                 return {"engine_error": f"the engine is unreachable: {reason}"}
 
     def push_once(self) -> bool:
-        """Build a snapshot; emit it if it differs from the last push. True if emitted."""
+        """Build a snapshot; push it if it differs from the last push. True if pushed."""
         snapshot = self.snapshot()
         key = fingerprint(snapshot)
         if "engine_error" in snapshot:
@@ -146,7 +150,7 @@ class Pusher:
             return False
         self._last = key
         self.pushes += 1
-        self.socketio.emit(EVENT, snapshot, namespace=NAMESPACE)
+        self.socketio.emit(PUSH, snapshot, namespace=NAMESPACE)
         return True
 
 
@@ -163,9 +167,9 @@ def register(socketio: SocketIO, app: Flask) -> None:
             raise ConnectionRefusedError(
                 f"this dashboard process already serves {limit} live pages; the page still "
                 "works on reload. Operators: raise MOPQ_WEB_THREADS or MOPQ_WEB_WORKERS.")
-        emit("hello", {"namespace": NAMESPACE})
+        flask_socketio.emit("hello", {"namespace": NAMESPACE})
         if pusher.latest is not None:
-            emit(EVENT, pusher.latest)
+            flask_socketio.emit(PUSH, pusher.latest)
 
     @socketio.on("disconnect", namespace=NAMESPACE)
     def on_disconnect(*_args):

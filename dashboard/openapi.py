@@ -67,6 +67,7 @@ SCHEMAS: dict[str, Any] = {
                   "workers": {"type": "object", "additionalProperties": INTEGER},
                   "collector": {"type": "object", "required": ["lag_seconds", "events_total"],
                                 "properties": {"lag_seconds": NUMBER, "events_total": INTEGER,
+                                               "lag_warning_seconds": NUMBER,
                                                "events_waiting": INTEGER,
                                                "collectors_alive": INTEGER}},
                   "generated_at": TIME}},

@@ -17,7 +17,9 @@ from typing import Any
 from flask import Blueprint, abort, redirect, render_template, request
 from pymongo.errors import PyMongoError
 
+from collectors import series
 from collectors.counters import HOUR, MINUTE
+from collectors.stats import worker_rows
 from dashboard import charts, formatting, queries, stats_cache, store
 from dashboard.auth import (
     ADMIN,
@@ -29,12 +31,12 @@ from dashboard.auth import (
 )
 from mopq import search as declared
 from mopq import validation
+from mopq.clock import utcnow
 from mopq.errors import InvalidInput
 
 blueprint = Blueprint("pages", __name__)
 formatting.register(blueprint)
 
-COLLECTOR_LAG_WARNING_SECONDS = 10.0
 PER_PAGE_CHOICES = (20, 50, 100)
 HISTORY_RANGE = {MINUTE: dt.timedelta(hours=3), HOUR: dt.timedelta(days=7)}
 MAX_TEXT = 200
@@ -131,7 +133,7 @@ def _totals(stats: dict[str, Any]) -> dict[str, Any]:
 
 def _throughput_json(series: dict[str, Any]) -> dict[str, Any]:
     """The chart's series with times as epoch milliseconds (one per second)."""
-    start = series["t"][0] if series["t"] else dt.datetime.now(dt.UTC)
+    start = series["t"][0] if series["t"] else utcnow()
     return {"start": int(start.timestamp() * 1000), "written": series["written"],
             "acked": series["acked"], "failed": series["failed"]}
 
@@ -145,11 +147,10 @@ def overview() -> str:
         collector = stats["collector"]
         return {
             "engine": engine, "stats": stats, "totals": _totals(stats),
-            "throughput": _throughput_json(queries.throughput(db, 300)),
-            "collector_behind": collector["lag_seconds"] > COLLECTOR_LAG_WARNING_SECONDS,
+            "throughput": _throughput_json(series.throughput(db, 300)),
+            "collector_behind": collector["lag_seconds"] > collector["lag_warning_seconds"],
             "collector_missing": collector["collectors_alive"] == 0
             and collector["events_waiting"] > 0,
-            "lag_warning": COLLECTOR_LAG_WARNING_SECONDS,
         }
     return render_template("overview.html", **_read(render))
 
@@ -158,7 +159,7 @@ def overview() -> str:
 @require_read
 def queue_list() -> str:
     def render(db: Any) -> dict[str, Any]:
-        return {"queues": queries.queues(db, stats=stats_cache.stats(db))}
+        return {"queues": series.queues(db, stats=stats_cache.stats(db))}
 
     return render_template("queues.html", **_read(render))
 
@@ -175,10 +176,10 @@ def queue_page(name: str) -> tuple[str, int]:
         resolution = MINUTE
 
     def render(db: Any) -> dict[str, Any]:
-        row = next((q for q in queries.queues(db, stats=stats_cache.stats(db))
+        row = next((q for q in series.queues(db, stats=stats_cache.stats(db))
                     if q["name"] == name), None)
-        now = dt.datetime.now(dt.UTC)
-        history = queries.queue_history(db, name, resolution, now - HISTORY_RANGE[resolution],
+        now = utcnow()
+        history = series.queue_history(db, name, resolution, now - HISTORY_RANGE[resolution],
                                         now)
         return {"queue": row, "history": {
             "t": [int(t.timestamp() * 1000) for t in history["t"]],
@@ -261,21 +262,21 @@ def search_page() -> str:
 @blueprint.get("/workers")
 @require_read
 def workers_page() -> str:
-    return render_template("workers.html", **_read(lambda db: {"workers": queries.workers(db)}))
+    return render_template("workers.html", **_read(lambda db: {"workers": worker_rows(db)}))
 
 
 @blueprint.get("/activities")
 @require_read
 def activities_page() -> str:
     return render_template("activities.html",
-                           **_read(lambda db: {"activities": queries.activities(db)}))
+                           **_read(lambda db: {"activities": series.activities(db)}))
 
 
 @blueprint.get("/metrics-ui")
 @require_read
 def metrics_page() -> str:
     return render_template("metrics.html",
-                           **_read(lambda db: {"names": queries.metric_names(db)}))
+                           **_read(lambda db: {"names": series.metric_names(db)}))
 
 
 @blueprint.get("/audit")

@@ -1,18 +1,21 @@
-"""``/metrics``: the stats document in Prometheus text exposition format (0.0.4).
+"""``/metrics``: the stats snapshot in Prometheus' text format, by ``prometheus_client``.
 
-Built from ``collectors.stats.read_stats`` (the same numbers as ``/api/stats``
-and the pages), written by hand so the dashboard needs no client library.
-Counters are the collectors' all-time totals, so they survive dashboard
-restarts and agree across gunicorn workers.
+A custom collector turns one ``read_stats`` document (the same numbers as
+``/api/stats`` and the pages) into metric families; the client library
+writes the exposition text, escaping included. Counters are the collectors'
+all-time totals, so they survive dashboard restarts and agree across
+gunicorn workers.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
+from collections.abc import Iterator
 from typing import Any
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what generate_latest writes by default
 
 QUEUE_GAUGES = (
     ("pending", "Messages ready to be claimed."),
@@ -28,62 +31,46 @@ QUEUE_COUNTERS = (
     ("expired", "Messages dropped because they expired while pending."),
     ("removed", "Messages deleted or purged by an operator."),
 )
+COLLECTOR_METRICS = (
+    # (name, kind, field of stats["collector"], help)
+    ("mopq_collector_lag_seconds", GaugeMetricFamily, "lag_seconds",
+     "Age of the oldest event not yet applied to the counters."),
+    ("mopq_collector_events", CounterMetricFamily, "events_total",
+     "Events applied to the counters by the collectors."),
+    ("mopq_collector_events_waiting", GaugeMetricFamily, "events_waiting",
+     "Events in the business log waiting for a collector."),
+    ("mopq_collectors_alive", GaugeMetricFamily, "collectors_alive",
+     "Collectors holding a live lease on the business log."),
+)
 
 
-def escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class StatsCollector:
+    """A ``prometheus_client`` collector over one stats snapshot."""
+
+    def __init__(self, stats: dict[str, Any]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        queues: dict[str, dict[str, Any]] = self.stats.get("queues") or {}
+        for kinds, family in ((QUEUE_GAUGES, GaugeMetricFamily),
+                              (QUEUE_COUNTERS, CounterMetricFamily)):
+            for field, help_text in kinds:
+                metric = family(f"mopq_queue_{field}", help_text, labels=["queue"])
+                for name, row in queues.items():
+                    metric.add_metric([name], float(row.get(field) or 0))
+                yield metric
+        workers = GaugeMetricFamily("mopq_workers", "Registered workers by state.",
+                                    labels=["state"])
+        for state, count in (self.stats.get("workers") or {}).items():
+            workers.add_metric([state], float(count))
+        yield workers
+        collector = self.stats.get("collector") or {}
+        for name, family, field, help_text in COLLECTOR_METRICS:
+            yield family(name, help_text, value=float(collector.get(field) or 0))
 
 
-def escape_help(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _number(value: Any) -> str:
-    number = float(value or 0)
-    if math.isnan(number):
-        return "NaN"
-    if math.isinf(number):
-        return "+Inf" if number > 0 else "-Inf"
-    return str(int(number)) if number.is_integer() and abs(number) < 2**53 else repr(number)
-
-
-def _family(name: str, kind: str, help_text: str,
-            samples: Iterable[tuple[dict[str, str], Any]]) -> list[str]:
-    lines = [f"# HELP {name} {escape_help(help_text)}", f"# TYPE {name} {kind}"]
-    for labels, value in samples:
-        if labels:
-            rendered = ",".join(f'{key}="{escape_label(str(label))}"'
-                                for key, label in labels.items())
-            lines.append(f"{name}{{{rendered}}} {_number(value)}")
-        else:
-            lines.append(f"{name} {_number(value)}")
-    return lines
-
-
-def render(stats: dict[str, Any]) -> str:
+def render(stats: dict[str, Any]) -> bytes:
     """The exposition text for one ``read_stats`` document."""
-    queues: dict[str, dict[str, Any]] = stats.get("queues") or {}
-    lines: list[str] = []
-    for field, help_text in QUEUE_GAUGES:
-        lines += _family(f"mopq_queue_{field}", "gauge", help_text,
-                         (({"queue": name}, row.get(field, 0)) for name, row in queues.items()))
-    for field, help_text in QUEUE_COUNTERS:
-        lines += _family(f"mopq_queue_{field}_total", "counter", help_text,
-                         (({"queue": name}, row.get(field, 0)) for name, row in queues.items()))
-    workers = stats.get("workers") or {}
-    lines += _family("mopq_workers", "gauge", "Registered workers by state.",
-                     (({"state": state}, count) for state, count in workers.items()))
-    collector = stats.get("collector") or {}
-    lines += _family("mopq_collector_lag_seconds", "gauge",
-                     "Age of the oldest event not yet applied to the counters.",
-                     [({}, collector.get("lag_seconds", 0))])
-    lines += _family("mopq_collector_events_total", "counter",
-                     "Events applied to the counters by the collectors.",
-                     [({}, collector.get("events_total", 0))])
-    lines += _family("mopq_collector_events_waiting", "gauge",
-                     "Events in the business log waiting for a collector.",
-                     [({}, collector.get("events_waiting", 0))])
-    lines += _family("mopq_collectors_alive", "gauge",
-                     "Collectors holding a live lease on the business log.",
-                     [({}, collector.get("collectors_alive", 0))])
-    return "\n".join(lines) + "\n"
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(stats))
+    return generate_latest(registry)

@@ -1,4 +1,4 @@
-"""Operator actions on messages: retry or delete dead ones, purge a queue.
+"""Operator actions on messages: retry or remove dead ones, purge a queue.
 
 Used by the dashboard and the ``mopq failed`` / ``mopq retry`` commands. Each
 message changes with its own compare-and-set update (on the state the
@@ -25,6 +25,7 @@ from pymongo import ReturnDocument
 from pymongo.database import Database
 
 from mopq import schema, validation
+from mopq.clock import utcnow
 from mopq.errors import InvalidInput
 from mopq.events import message_event
 from mopq.publisher import Outbox, publisher_for
@@ -96,7 +97,7 @@ def _apply(db: Database, chosen: Selection, update_for: Any, limit: int) -> int:
             break
         for candidate in page[: limit - changed]:
             seen.add(candidate["_id"])
-            now = dt.datetime.now(dt.UTC)
+            now = utcnow()
             update, state, event = update_for(candidate, now)
             document = messages.find_one_and_update(
                 {"_id": candidate["_id"], "state": candidate["state"]}, update,
@@ -122,8 +123,11 @@ def retry(db: Database, chosen: Selection, limit: int = MAX_SELECTION) -> int:
     return _apply(db, chosen, update_for, limit)
 
 
-def delete(db: Database, chosen: Selection, limit: int = MAX_SELECTION) -> int:
-    """Remove selected messages (dead, or pending for a purge); each is counted as removed."""
+def remove(db: Database, chosen: Selection, limit: int = MAX_SELECTION) -> int:
+    """Remove selected messages (dead, or pending for a purge); each is counted as removed.
+
+    Not ``delete``: that is Karait's word for acknowledging (``Message.delete``).
+    """
 
     def update_for(candidate: dict[str, Any], now: dt.datetime):
         event = message_event(schema.DELETED, candidate, now, was=candidate["state"])
@@ -135,4 +139,4 @@ def delete(db: Database, chosen: Selection, limit: int = MAX_SELECTION) -> int:
 
 def purge(db: Database, queue: str) -> int:
     """Remove every pending (including delayed) and dead message of ``queue``."""
-    return delete(db, selection(states=(schema.PENDING, schema.DEAD), queue=queue))
+    return remove(db, selection(states=(schema.PENDING, schema.DEAD), queue=queue))

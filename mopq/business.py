@@ -8,11 +8,11 @@ go to the process's publisher buffer and are written in the background; see
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
 from collections.abc import Mapping
 
+from mopq.clock import utcnow
 from mopq.connection import get_database
 from mopq.events import business_event
 from mopq.publisher import publisher_for
@@ -57,7 +57,7 @@ def emit(name: str, value: float = 1, tags: Mapping[str, str] | None = None, *,
             rejected += 1
             log.warning("mopq.emit refused an event: %s", problem)
             return False
-        event = business_event(name, float(value), dict(tags), dt.datetime.now(dt.UTC))
+        event = business_event(name, float(value), dict(tags), utcnow())
         publisher_for(get_database(uri, database)).add_business(event)
         return True
     except Exception:  # emit must never break business code

@@ -23,6 +23,7 @@ from typing import Any
 from pymongo.database import Database
 
 from mopq import schema
+from mopq.clock import utcnow
 from mopq.events import expanded, message_event
 from mopq.publisher import Outbox, publish_outboxes
 
@@ -38,13 +39,10 @@ class SweepResult:
     republished: int = 0
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
 
 def expire_messages(db: Database, now: dt.datetime | None = None) -> int:
     """Turn pending messages past their expiry into ``expired``; return how many."""
-    now = now or _now()
+    now = now or utcnow()
     messages = db[schema.MESSAGES]
     changed = []
     for candidate in messages.find({"state": schema.PENDING, "expire_at": {"$lte": now}},
@@ -82,20 +80,20 @@ def _release(db: Database, query: dict[str, Any], reason: str, now: dt.datetime)
 
 
 def reclaim_expired_leases(db: Database, now: dt.datetime | None = None) -> int:
-    now = now or _now()
+    now = now or utcnow()
     return _release(db, {"state": schema.INFLIGHT, "visible_at": {"$lte": now}},
                      "lease expired", now)
 
 
 def reclaim_worker(db: Database, worker: str, reason: str = "worker dead") -> int:
     """Return every message ``worker`` holds to pending now; return how many."""
-    return _release(db, {"state": schema.INFLIGHT, "leased_by": worker}, reason, _now())
+    return _release(db, {"state": schema.INFLIGHT, "leased_by": worker}, reason, utcnow())
 
 
 def republish_outboxes(db: Database, now: dt.datetime | None = None,
                        grace_seconds: float = OUTBOX_GRACE_SECONDS) -> int:
     """Publish outboxes older than the grace period (their writer died or fell behind)."""
-    now = now or _now()
+    now = now or utcnow()
     before = now - dt.timedelta(seconds=grace_seconds)
     documents = list(db[schema.MESSAGES].find(
         {"updated_at": {"$lte": before},

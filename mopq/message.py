@@ -16,6 +16,7 @@ from bson import ObjectId
 from pymongo import ReturnDocument
 
 from mopq import schema, validation
+from mopq.clock import utcnow
 from mopq.errors import InvalidInput, LeaseLost
 from mopq.events import message_event
 from mopq.publisher import Outbox
@@ -79,7 +80,7 @@ class Message:
 
     def delete(self) -> None:
         """Acknowledge: the work is done and the message goes away (Karait's word)."""
-        now = dt.datetime.now(dt.UTC)
+        now = utcnow()
         duration = (now - self.claimed_at).total_seconds()
         self._transition(
             {"$set": {"state": schema.DONE, "updated_at": now, "done_at": now},
@@ -104,7 +105,7 @@ class Message:
             raise InvalidInput(f"fail() takes a reason string or an exception, got {reason!r}.")
         reason = reason[:MAX_ERROR_CHARS]
         traceback = traceback[-MAX_TRACEBACK_CHARS:] if traceback else None
-        now = dt.datetime.now(dt.UTC)
+        now = utcnow()
         dead = self.attempts >= self.queue.max_attempts
         error = {"attempt": self.attempts, "at": now, "error": reason, "traceback": traceback,
                  "worker": self.document.get("leased_by")}
@@ -130,7 +131,7 @@ class Message:
         seconds = validation.non_negative("seconds", seconds, allow_none=True)
         if seconds is None:
             seconds = self.visibility_timeout
-        now = dt.datetime.now(dt.UTC)
+        now = utcnow()
         deadline = now + dt.timedelta(seconds=seconds)
         self._transition({"$set": {"visible_at": deadline, "updated_at": now}}, "extend")
         self.lease_expires_at = deadline
@@ -147,7 +148,7 @@ class Message:
             raise InvalidInput(f"progress fraction must be a number from 0 to 1, got {fraction!r}.")
         if note is not None and not isinstance(note, str):
             raise InvalidInput(f"progress note must be a string, got {note!r}.")
-        now = dt.datetime.now(dt.UTC)
+        now = utcnow()
         deadline = now + dt.timedelta(seconds=self.visibility_timeout)
         document = self._transition(
             {"$set": {"progress": {"fraction": float(fraction), "note": note, "at": now},
@@ -161,7 +162,7 @@ class Message:
         """Append a line to the message's log (the last 100 are kept and shown)."""
         if not isinstance(line, str):
             raise InvalidInput(f"log() takes a string, got {type(line).__name__}.")
-        now = dt.datetime.now(dt.UTC)
+        now = utcnow()
         entry = {"at": now, "line": line[:MAX_LOG_LINE_CHARS]}
         self._transition({"$push": {"log": {"$each": [entry], "$slice": -schema.LOG_LINES_KEPT}}},
                          "log on")

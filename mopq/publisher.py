@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import datetime as dt
 import logging
 import os
 import threading
@@ -33,11 +32,12 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, InvalidOperation, OperationFailure, PyMongoError
 
 from mopq import schema
+from mopq.bulk import duplicates_only
+from mopq.clock import utcnow
 from mopq.events import as_document, business_event, expanded
 
 log = logging.getLogger("mopq.publisher")
 
-DUPLICATE_KEY = 11000
 MAX_BUFFERED_EVENTS = 100_000
 MAX_PENDING_OUTBOXES = 100_000
 BATCH = 5_000
@@ -80,9 +80,7 @@ def insert_events(db: Database, documents: list[dict[str, Any]]) -> None:
     try:
         db[schema.EVENTS].insert_many(documents, ordered=False)
     except BulkWriteError as error:
-        others = [e for e in error.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
-        if others or error.details.get("writeConcernErrors"):
-            raise
+        duplicates_only(error)
 
 
 def _merged(outboxes: list[Outbox]) -> list[Outbox]:
@@ -255,7 +253,7 @@ class Publisher:
             dropped = self._dropped_unreported
         if not dropped:
             return
-        report = business_event(DROPPED_EVENT_NAME, dropped, {}, dt.datetime.now(dt.UTC))
+        report = business_event(DROPPED_EVENT_NAME, dropped, {}, utcnow())
         insert_events(self.db, [as_document(report)])
         with self._lock:
             self._dropped_unreported -= dropped

@@ -41,6 +41,8 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from mopq import schema, validation
+from mopq.bulk import duplicates_only
+from mopq.clock import utcnow
 from mopq.connection import get_database, prepared
 from mopq.errors import InvalidInput
 from mopq.events import message_event, written_entry
@@ -80,9 +82,6 @@ def exponential_backoff(first: float = 1.0, factor: float = 2.0, cap: float = 30
         return max(0.0, base * (1 + random.uniform(-jitter, jitter)))
     return delay
 
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def new_token() -> str:
@@ -241,10 +240,7 @@ class Queue:
             self.messages.insert_many(documents, ordered=False)
             inserted = made
         except BulkWriteError as error:
-            failures = error.details.get("writeErrors", [])
-            if any(f.get("code") != 11000 for f in failures):
-                raise
-            duplicate_indexes = {f["index"] for f in failures}
+            duplicate_indexes = set(duplicates_only(error))
             inserted = [pair for i, pair in enumerate(made) if i not in duplicate_indexes]
             for index in sorted(duplicate_indexes):
                 ids[index] = self._insert_one(*made[index])

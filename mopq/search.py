@@ -22,6 +22,7 @@ from mopq import schema, validation
 from mopq.connection import get_database
 from mopq.errors import InvalidInput
 
+SEARCH_FIELDS = "search_fields"  # the settings document listing declared fields
 FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,3}$")
 
 
@@ -40,6 +41,6 @@ def declare_search_field(queue: str, field: str, db: Database | None = None) -> 
     schema.create_missing_indexes(db[schema.MESSAGES], [IndexModel(
         [("queue", ASCENDING), (f"body.{field}", ASCENDING)], name=f"search_{field}",
         sparse=True)])
-    db[schema.SETTINGS].update_one({"_id": "search_fields"},
+    db[schema.SETTINGS].update_one({"_id": SEARCH_FIELDS},
                                    {"$addToSet": {"fields": {"queue": queue, "field": field}}},
                                    upsert=True)

@@ -66,6 +66,7 @@ import psutil
 from pymongo.errors import PyMongoError
 
 from mopq import schema, validation
+from mopq.clock import utcnow
 from mopq.errors import InvalidInput, LeaseLost
 from mopq.message import Message
 from mopq.queue import MAX_VISIBILITY_TIMEOUT, Backoff, Queue
@@ -84,9 +85,6 @@ MAX_SETTLE_RETRY_WAIT_SECONDS = 2.0
 
 Handler = Callable[[Message], object]
 
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def host_ip() -> str:

@@ -8,7 +8,6 @@
   if (!root || !m) return;
 
   const WINDOW_SECONDS = 300;
-  const lagWarning = parseFloat(root.dataset.lagWarning) || 10;
   const chart = document.getElementById("throughput-chart");
   const buckets = new Map(); // epoch second (ms) -> [written, acked, failed]
   let offset = 0; // browser clock minus server clock, ms
@@ -97,7 +96,7 @@
     const lag = collector.events_waiting ? collector.lag_seconds + elapsed() : collector.lag_seconds;
     m.setStat("collector.lag", m.seconds(lag));
     const missing = collector.collectors_alive === 0 && collector.events_waiting > 0;
-    const behind = !missing && lag > lagWarning;
+    const behind = !missing && lag > collector.lag_warning_seconds;
     document.getElementById("collector-missing").hidden = !missing;
     document.getElementById("collector-behind").hidden = !behind;
     root.classList.toggle("stale", missing || behind);

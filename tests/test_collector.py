@@ -56,7 +56,7 @@ def _mixed_workload(name: str = "orders") -> dict[str, int]:
     time.sleep(0.1)
     assert maintenance.sweep(queue.db).expired == 1
     removed = queue.write({"x": 1})
-    assert admin.delete(queue.db, admin.selection(ids=[removed], states=("pending",))) == 1
+    assert admin.remove(queue.db, admin.selection(ids=[removed], states=("pending",))) == 1
     assert flush(20)
     return {"written": 63, "done": 30, "failed": 10, "dead": 10, "inflight": 5,
             "expired": 1, "removed": 1, "delayed": 1, "pending": 15}

@@ -162,12 +162,15 @@ def test_snapshot_fingerprint_ignores_what_only_the_clock_changes():
     from dashboard.live import fingerprint
 
     base = {"queues": {"q": {"pending": 1, "oldest_pending_age_seconds": 1.0}},
-            "collector": {"lag_seconds": 1.0, "events_waiting": 2},
+            "collector": {"lag_seconds": 1.0, "events_waiting": 2,
+                          "lag_warning_seconds": 10.0},
             "generated_at": "2026-01-01T00:00:00+00:00"}
     later = {"queues": {"q": {"pending": 1, "oldest_pending_age_seconds": 5.0}},
-             "collector": {"lag_seconds": 5.0, "events_waiting": 2},
+             "collector": {"lag_seconds": 5.0, "events_waiting": 2,
+                           "lag_warning_seconds": 10.0},
              "generated_at": "2026-01-01T00:00:04+00:00"}
-    behind = {**later, "collector": {"lag_seconds": 15.0, "events_waiting": 2}}
+    behind = {**later, "collector": {"lag_seconds": 15.0, "events_waiting": 2,
+                                     "lag_warning_seconds": 10.0}}
     assert fingerprint(base) == fingerprint(later)
     assert fingerprint(later) != fingerprint(behind)
     assert fingerprint(base) != fingerprint({**base, "queues": {"q": {"pending": 2}}})

@@ -191,11 +191,11 @@ def test_dead_messages_can_be_retried_and_deleted_singly_and_in_bulk(db_name, db
     [again] = queue.read()
     assert again.id == ids[0] and again.attempts == 1  # attempts were reset
     again.delete()
-    assert admin.delete(db, admin.selection(ids=[ids[1]])) == 1
+    assert admin.remove(db, admin.selection(ids=[ids[1]])) == 1
     assert admin.retry(db, admin.selection(queue="jobs")) == 4
     assert queue.count("pending") == 4 and queue.count("dead") == 0
     _kill(queue, 4)
-    assert admin.delete(db, admin.selection(queue="jobs", error_contains="NOPE")) == 4
+    assert admin.remove(db, admin.selection(queue="jobs", error_contains="NOPE")) == 4
     assert flush(10)
     wait_until(lambda: db.messages.count_documents({}) == 0, message="removed messages to go")
 
