@@ -9,7 +9,7 @@ STAMP := $(VENV)/.mopq-installed
 NODE_STAMP := node_modules/.mopq-installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint engine browser clean
+.PHONY: install run test lint engine browser clean chaos
 
 install: $(STAMP) $(NODE_STAMP)
 
@@ -43,6 +43,11 @@ run: install
 
 test: install engine browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Kill workers, producers, collectors and the engine at random, then check nothing was
+# lost or miscounted (tests/chaos.py); a few minutes, longer with MINUTES=10.
+chaos: install engine
+	$(PY) -m tests.chaos $(if $(MINUTES),--minutes $(MINUTES))
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -15,8 +15,9 @@ duplicate events, without multi-document transactions:
    batch twice therefore changes each counter once, whoever does it. (A batch
    spans several partitions; see ``_apply_counters`` for how one update per
    counter covers them all and stays exact when a replay came first.)
-4. Then the events are deleted, and the journal is cleared while ``seq``
-   becomes *s* (one update). The receipt stays.
+4. Then the receipt is marked committed, the events are deleted, and the
+   journal is cleared while ``seq`` becomes *s* (one update). The receipt
+   stays.
 
 A collector that takes over a partition with a journal replays it: it
 recomputes the counter changes from the journal's events that still exist.
@@ -29,12 +30,16 @@ that had in fact succeeded, or a sweep republished an outbox whose first
 publication was cut short); such copies carry ``republished``. If the first
 copy is still waiting, the second insert collided on ``_id`` and never
 existed. If the first copy was already applied and deleted, its id is in a
-receipt, and the copy is skipped. Receipts are kept ``RECEIPT_KEEP``, far
-longer than a republication can lag behind while collectors run. A receipt
-whose journal was never written (the lease was lost in between) names events
-that were not applied yet; it is harmless: while an event waits in the log,
-a copy of it cannot be inserted (same ``_id``), and once it is applied under
-another receipt, skipping a later copy is right.
+committed receipt, and the copy is skipped. Receipts are kept
+``RECEIPT_KEEP``, far longer than a republication can lag behind while
+collectors run. Only committed receipts count as proof: a receipt whose
+journal was never written (the lease was lost in between) names events that
+were not applied, and one of them may itself carry ``republished`` (its
+publisher's first insert failed mid-way); trusting that receipt would skip
+the only copy (found by ``make chaos`` after an engine kill -9). Such a
+receipt is never committed and expires unused. A receipt is committed only
+after its batch's counters (step 4), while its events still wait in the log,
+so no copy can be inserted before the receipt can prove it one.
 """
 
 from __future__ import annotations
@@ -164,7 +169,9 @@ def _already_applied(db: Database, candidates: list[str]) -> set[str]:
         return set()
     wanted = set(candidates)
     found: set[str] = set()
-    for receipt in db[schema.RECEIPTS].find({"ids": {"$in": candidates}}, {"ids": 1}):
+    # Receipts written before the committed flag existed have none: they count.
+    for receipt in db[schema.RECEIPTS].find({"ids": {"$in": candidates},
+                                             "committed": {"$ne": False}}, {"ids": 1}):
         found.update(wanted.intersection(receipt["ids"]))
     return found
 
@@ -172,11 +179,17 @@ def _already_applied(db: Database, candidates: list[str]) -> set[str]:
 def _finish(db: Database, owner: str, journals: dict[int, dict[str, Any]],
             events_by_partition: dict[int, list[dict[str, Any]]]) -> int:
     """Steps 3 and 4 for journals already written: counters, receipts, delete, clear."""
+    if not journals:
+        return 0
     _apply_counters(db, events_by_partition, {p: j["seq"] for p, j in journals.items()})
     register_queues(db, {e["queue"] for events in events_by_partition.values() for e in events
                          if e.get("queue")})
     # Journals written before receipts held the ids carry them themselves.
-    _store_receipts(db, {p: j for p, j in journals.items() if "receipt" not in j})
+    _store_receipts(db, {p: j for p, j in journals.items() if "receipt" not in j},
+                    committed=True)
+    stored = [j["receipt"] for j in journals.values() if "receipt" in j]
+    if stored:
+        db[schema.RECEIPTS].update_many({"_id": {"$in": stored}}, {"$set": {"committed": True}})
     _delete_events(db, [event_id for j in journals.values() for event_id in j["apply"] + j["skip"]])
     db[schema.LEASES].bulk_write([
         UpdateOne({"_id": partition_lease_id(p), "owner": owner, "journal.seq": j["seq"]},
@@ -203,10 +216,11 @@ def _delete_events(db: Database, ids: list[str]) -> None:
             raise OperationFailure(f"deleting applied events failed: {answer['writeErrors'][:3]}")
 
 
-def _store_receipts(db: Database, journals: dict[int, dict[str, Any]]) -> None:
+def _store_receipts(db: Database, journals: dict[int, dict[str, Any]], committed: bool) -> None:
     now = utcnow()
     receipts = [{"_id": j.get("receipt") or f"{p}:{j['seq']}", "partition": p, "seq": j["seq"],
-                 "ids": j["apply"], "skip": j["skip"], "at": now, "expires_at": now + RECEIPT_KEEP}
+                 "ids": j["apply"], "skip": j["skip"], "at": now, "expires_at": now + RECEIPT_KEEP,
+                 "committed": committed}
                 for p, j in journals.items()]
     if receipts:
         try:
@@ -285,7 +299,7 @@ def apply_batch(db: Database, owner: str, leases: dict[int, dict[str, Any]],
     journals = {p: {"seq": leases[p].get("seq", 0) + 1, "receipt": uuid.uuid4().hex,
                     "apply": [e["_id"] for e in by_partition.get(p, [])],
                     "skip": skipped.get(p, [])} for p in partitions}
-    _store_receipts(db, journals)
+    _store_receipts(db, journals, committed=False)
     journaled = db[schema.LEASES].bulk_write([
         UpdateOne({"_id": partition_lease_id(p), "owner": owner, "seq": leases[p].get("seq", 0),
                    "journal": None},

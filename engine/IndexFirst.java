@@ -79,8 +79,8 @@ final class IndexFirst {
         }
     }
 
-    /** H2 storage ({@code make run}, {@code mopq engine --data}). */
-    static final class H2 extends H2Backend {
+    /** H2 storage ({@code make run}, {@code mopq engine --data}); Durable adds commits before answers. */
+    static class H2 extends H2Backend {
         /** Map names as H2Database spells them (package-private there); files written by either stay readable. */
         private static final String DATA_PREFIX = "databases.";
         private static final String META_PREFIX = "meta.";

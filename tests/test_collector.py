@@ -411,3 +411,29 @@ def test_a_batch_counts_business_values_durations_and_activities_per_bucket():
     assert delta("q:*", MINUTE).inc == {"counts.acked": 2, "counts.written": 1}
     assert delta("c:events", TOTAL).inc["count"] == 6
     assert delta("c:events", TOTAL).partitions == {1, 2, 3, 4, 5, 6}
+
+
+def test_a_receipt_of_a_batch_that_lost_its_lease_skips_nothing(db_name, db):
+    """make chaos found it after an engine kill -9: collector A stored a batch's receipt,
+    lost the partition's lease before its journal, and left the receipt behind; the event,
+    still waiting and flagged republished (its first publish had failed), was then skipped
+    by collector B as "already applied" and never counted."""
+    assert emit("tick", 1)
+    assert flush(10)
+    event = db.events.find_one()
+    db.events.update_one({"_id": event["_id"]}, {"$set": {"republished": True}})
+    partition = event["partition"]
+    held_by_a = PartitionLeases(db, "A", seconds=60).rebalance({})
+    db.leases.update_one({"_id": f"partition:{partition}"},
+                         {"$set": {"expires_at": dt.datetime(2000, 1, 1, tzinfo=dt.UTC)}})
+    held_by_b = PartitionLeases(db, "B", seconds=60).rebalance({})
+    assert partition in held_by_a and partition in held_by_b
+
+    lost = apply_batch(db, "A", {partition: held_by_a[partition]})
+    assert lost.applied == 0 and lost.lost_partitions == (partition,)
+    assert db.receipts.count_documents({"committed": False}) == 1  # A's, never committed
+    assert db.events.count_documents({}) == 1
+    result = apply_batch(db, "B", {partition: held_by_b[partition]})
+    assert (result.applied, result.skipped) == (1, 0)
+    total = db.counters.find_one({"_id": counter_id("b:tick:*", TOTAL, None)})
+    assert total["count"] == 1
