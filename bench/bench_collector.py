@@ -42,8 +42,8 @@ from pymongo import DeleteOne, MongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collectors import Collector  # noqa: E402
 from mopq import schema  # noqa: E402
+from mopq.collectors import Collector  # noqa: E402
 from mopq.engine import engine_unless_configured  # noqa: E402
 from mopq.events import as_document, business_event  # noqa: E402
 from mopq.publisher import Publisher  # noqa: E402

@@ -87,17 +87,17 @@ from pymongo import MongoClient, UpdateOne
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from collectors import Collector, batch, series  # noqa: E402
-from collectors.counters import Delta, deltas_of  # noqa: E402
-from collectors.stats import (  # noqa: E402
+from mopq import Queue, flush, schema  # noqa: E402
+from mopq.collectors import Collector, batch, series  # noqa: E402
+from mopq.collectors.counters import Delta, deltas_of  # noqa: E402
+from mopq.collectors.stats import (  # noqa: E402
     collector_state,
     queue_flows,
     queue_states,
     read_stats,
     worker_states,
 )
-from dashboard.live import build_snapshot  # noqa: E402
-from mopq import Queue, flush, schema  # noqa: E402
+from mopq.dashboard.live import build_snapshot  # noqa: E402
 from mopq.engine import engine_unless_configured  # noqa: E402
 from tests.live_server import stop_gunicorn  # noqa: E402
 

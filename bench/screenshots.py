@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from dashboard.demo import Demo  # noqa: E402
 from mopq import Queue  # noqa: E402
+from mopq.dashboard.demo import Demo  # noqa: E402
 from mopq.engine import engine_unless_configured  # noqa: E402
 from tests.live_server import live_dashboard  # noqa: E402
 

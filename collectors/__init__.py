@@ -1,5 +1,5 @@
 """Collectors: consume the business log into counters, monitor workers, reclaim lost work."""
 
-from collectors.collector import Collector
+from mopq.collectors.collector import Collector
 
 __all__ = ["Collector"]

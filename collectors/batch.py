@@ -54,11 +54,11 @@ from pymongo import UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, OperationFailure
 
-from collectors.counters import Delta, deltas_of
-from collectors.leases import partition_lease_id
 from mopq import schema
 from mopq.bulk import duplicates_only
 from mopq.clock import utcnow
+from mopq.collectors.counters import Delta, deltas_of
+from mopq.collectors.leases import partition_lease_id
 
 RECEIPT_KEEP = dt.timedelta(hours=1)
 QUEUE_REGISTRY = "queues"

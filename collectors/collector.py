@@ -2,7 +2,7 @@
 
 Embedding one in a service takes three lines::
 
-    from collectors import Collector
+    from mopq.collectors import Collector
     collector = Collector().start()      # a daemon thread; uri/database from env
     ...                                  # at shutdown: collector.stop()
 
@@ -25,10 +25,10 @@ from typing import Any
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from collectors import leases
-from collectors.batch import BatchResult, apply_batch
-from collectors.monitor import Monitor, Thresholds
 from mopq import schema
+from mopq.collectors import leases
+from mopq.collectors.batch import BatchResult, apply_batch
+from mopq.collectors.monitor import Monitor, Thresholds
 from mopq.connection import get_database, prepared
 
 log = logging.getLogger("mopq.collector")

@@ -31,10 +31,10 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo.database import Database
 
-from collectors.batch import expire_receipts
-from collectors.settings import Thresholds
 from mopq import maintenance, schema
 from mopq.clock import utcnow
+from mopq.collectors.batch import expire_receipts
+from mopq.collectors.settings import Thresholds
 
 log = logging.getLogger("mopq.monitor")
 

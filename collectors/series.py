@@ -16,7 +16,9 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.database import Database
 
-from collectors.counters import (
+from mopq import schema
+from mopq.clock import utcnow
+from mopq.collectors.counters import (
     ALL_QUEUES_SERIES,
     MINUTE,
     SECOND,
@@ -24,9 +26,7 @@ from collectors.counters import (
     bucket_ids,
     percentile,
 )
-from collectors.stats import read_stats, serving_workers
-from mopq import schema
-from mopq.clock import utcnow
+from mopq.collectors.stats import read_stats, serving_workers
 
 QUEUE_KINDS = (schema.WRITTEN, schema.CLAIMED, schema.ACKED, schema.FAILED, schema.DEAD_EVENT,
                schema.EXPIRED_EVENT, schema.RECLAIMED, schema.DELETED, schema.RETRIED)

@@ -6,32 +6,20 @@ written once, as the field's default below.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-from mopq.config import Env, seconds
+from mopq.config import FromEnvironment, seconds, setting
 
 
 @dataclass(frozen=True)
-class Thresholds:
+class Thresholds(FromEnvironment):
     """Seconds that separate alive, stale, dead and zombie workers (workers beat every 5 s)."""
 
-    stale: float = 15.0
-    dead: float = 60.0
+    stale: float = setting("MOPQ_WORKER_STALE_SECONDS", 15.0, seconds)
+    dead: float = setting("MOPQ_WORKER_DEAD_SECONDS", 60.0, seconds)
     # A worker that still beats is a zombie if it holds a message this long past
     # its lease, or works on one this long without reporting progress.
-    zombie: float = 60.0
-    no_progress: float = 1800.0
+    zombie: float = setting("MOPQ_WORKER_ZOMBIE_SECONDS", 60.0, seconds)
+    no_progress: float = setting("MOPQ_WORKER_NO_PROGRESS_SECONDS", 1800.0, seconds)
     # Dead or stopped workers are forgotten after this long.
-    forget: float = 86400.0
-
-    @classmethod
-    def from_env(cls, env: Env | None = None) -> Thresholds:
-        env = os.environ if env is None else env
-        return cls(
-            stale=seconds(env, "MOPQ_WORKER_STALE_SECONDS", cls.stale),
-            dead=seconds(env, "MOPQ_WORKER_DEAD_SECONDS", cls.dead),
-            zombie=seconds(env, "MOPQ_WORKER_ZOMBIE_SECONDS", cls.zombie),
-            no_progress=seconds(env, "MOPQ_WORKER_NO_PROGRESS_SECONDS", cls.no_progress),
-            forget=seconds(env, "MOPQ_WORKER_FORGET_SECONDS", cls.forget),
-        )
+    forget: float = setting("MOPQ_WORKER_FORGET_SECONDS", 86400.0, seconds)

@@ -15,12 +15,12 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.database import Database
 
-from collectors import leases
-from collectors.batch import registered_queues
-from collectors.counters import EVENTS_APPLIED_SERIES, TOTAL, counter_id
-from collectors.monitor import ALIVE, WORKER_STATES, Thresholds, classify
 from mopq import schema
 from mopq.clock import utcnow
+from mopq.collectors import leases
+from mopq.collectors.batch import registered_queues
+from mopq.collectors.counters import EVENTS_APPLIED_SERIES, TOTAL, counter_id
+from mopq.collectors.monitor import ALIVE, WORKER_STATES, Thresholds, classify
 from mopq.connection import prepared
 
 # counter kind -> /api/stats field

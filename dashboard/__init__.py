@@ -5,52 +5,22 @@ plus ``/openapi.json``, ``/metrics`` and ``/healthz``), ``vendor`` (plotly.js
 and the socket.io client from their packages). ``live`` is the Socket.IO
 namespace ``/live``. Each gunicorn process reads MongoDB itself; nothing is
 shared in process memory between requests that matters for correctness.
+
+The package imports nothing of Flask until ``create_app`` is called
+(``mopq.dashboard.factory``), so ``mopq.dashboard.commands`` can add the
+dashboard's commands to ``mopq`` where only the library is installed.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
-from flask_socketio import SocketIO
-
-from dashboard.settings import DashboardSettings
-from mopq.config import settings
-
-ROOT = Path(__file__).resolve().parent.parent
-
-socketio = SocketIO(async_mode="threading")
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the dashboard app; ``config`` overrides what the environment says."""
-    app = Flask(
-        __name__,
-        template_folder=str(ROOT / "templates"),
-        static_folder=str(ROOT / "static"),
-    )
-    library = settings()
-    current = DashboardSettings.from_env()
-    app.config.update(
-        MOPQ_MONGODB_URI=library.mongodb_uri,
-        MOPQ_DATABASE=library.database,
-        MOPQ_LIVE_INTERVAL=1.0,
-        MOPQ_STATS_MAX_AGE=current.stats_max_age_seconds,
-        MOPQ_LIVE_MAX_CLIENTS=current.live_max_clients,
-        MAX_CONTENT_LENGTH=1024 * 1024,
-    )
-    if config:
-        app.config.update(config)
+    from mopq.dashboard.factory import create_app as build
 
-    from dashboard import api, auth, live, pages, security, stats_cache, vendor
-
-    auth.init_app(app, current)
-    stats_cache.init_app(app, app.config["MOPQ_STATS_MAX_AGE"])
-    app.register_blueprint(pages.blueprint)
-    app.register_blueprint(api.blueprint)
-    app.register_blueprint(vendor.blueprint)
-    socketio.init_app(app, cors_allowed_origins=security.origin_check(current))
-    live.register(socketio, app)
-    security.init_app(app, current)  # last: its guards wrap Socket.IO's middleware too
-    return app
+    return build(config)

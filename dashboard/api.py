@@ -27,15 +27,15 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
 
-from collectors import series
-from collectors.stats import worker_rows
-from dashboard import audit, openapi, prometheus, queries, stats_cache, store
-from dashboard import parameters as p
-from dashboard.auth import current_identity
-from dashboard.endpoints import ADMIN, PUBLIC, BadParameter, BodyTooLarge, endpoint
-from dashboard.openapi import ref
 from mopq import admin, schema
 from mopq.clock import utcnow
+from mopq.collectors import series
+from mopq.collectors.stats import worker_rows
+from mopq.dashboard import audit, openapi, prometheus, queries, stats_cache, store
+from mopq.dashboard import parameters as p
+from mopq.dashboard.auth import current_identity
+from mopq.dashboard.endpoints import ADMIN, PUBLIC, BadParameter, BodyTooLarge, endpoint
+from mopq.dashboard.openapi import ref
 from mopq.errors import InvalidInput
 
 blueprint = Blueprint("api", __name__)

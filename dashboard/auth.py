@@ -41,8 +41,8 @@ from typing import Any
 from flask import Response, current_app, g, jsonify, request
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
-from dashboard.security import same_origin
-from dashboard.settings import DashboardSettings
+from mopq.dashboard.security import same_origin
+from mopq.dashboard.settings import DashboardSettings
 
 log = logging.getLogger("mopq.dashboard")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import re
 
-from dashboard.vendor import _plotly_js
+from mopq.dashboard.vendor import _plotly_js
 
 STYLE_GUARD = re.compile(r'getElementById\("([0-9a-f]{64})"\)\)\{var \w+=document\.'
                          r'createElement\("style"\)')

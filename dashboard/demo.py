@@ -205,7 +205,7 @@ class Demo:
         self.say("mopq demo: declared search field orders.order_id "
                  "(try order_id=1000 on the Search page)")
         if self.with_collector:
-            from collectors import Collector
+            from mopq.collectors import Collector
 
             self.collector = Collector(self.uri, self.database).start()
             self.say(f"mopq demo: collector {self.collector.id} counting the business log")

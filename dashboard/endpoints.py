@@ -31,8 +31,8 @@ from flask import Blueprint, request
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from werkzeug.datastructures import MultiDict
 
-from dashboard import auth
-from dashboard.parameters import Expect
+from mopq.dashboard import auth
+from mopq.dashboard.parameters import Expect
 
 PUBLIC, READ, ADMIN = "public", "read", "admin"
 MAX_BODY_BYTES = 64 * 1024   # an admin body: 1,000 ids take about 27 KB

@@ -33,10 +33,10 @@ from flask_socketio import ConnectionRefusedError, SocketIO
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from collectors import series
-from collectors.stats import read_stats
-from dashboard import auth, stats_cache, store
 from mopq.clock import utcnow
+from mopq.collectors import series
+from mopq.collectors.stats import read_stats
+from mopq.dashboard import auth, stats_cache, store
 
 log = logging.getLogger("mopq.live")
 

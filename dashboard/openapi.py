@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
-from dashboard.endpoints import ADMIN, PUBLIC, READ, REGISTRY, Endpoint
 from mopq import __version__
+from mopq.dashboard.endpoints import ADMIN, PUBLIC, READ, REGISTRY, Endpoint
 
 REF = "#/components/schemas/"
 ERRORS = "#/components/responses/"

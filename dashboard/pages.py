@@ -17,11 +17,14 @@ from typing import Any
 from flask import Blueprint, abort, redirect, render_template, request
 from pymongo.errors import PyMongoError
 
-from collectors import series
-from collectors.counters import HOUR, MINUTE
-from collectors.stats import worker_rows
-from dashboard import charts, formatting, queries, stats_cache, store
-from dashboard.auth import (
+from mopq import search as declared
+from mopq import validation
+from mopq.clock import utcnow
+from mopq.collectors import series
+from mopq.collectors.counters import HOUR, MINUTE
+from mopq.collectors.stats import worker_rows
+from mopq.dashboard import charts, formatting, queries, stats_cache, store
+from mopq.dashboard.auth import (
     ADMIN,
     ENABLE_ADMIN,
     current_identity,
@@ -29,9 +32,6 @@ from dashboard.auth import (
     require_read,
     unauthorized,
 )
-from mopq import search as declared
-from mopq import validation
-from mopq.clock import utcnow
 from mopq.errors import InvalidInput
 
 blueprint = Blueprint("pages", __name__)

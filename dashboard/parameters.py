@@ -35,8 +35,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from collectors.counters import HOUR, MINUTE, RESOLUTIONS, SECOND
 from mopq.business import MAX_NAME_LENGTH
+from mopq.collectors.counters import HOUR, MINUTE, RESOLUTIONS, SECOND
 from mopq.schema import MAX_QUEUE_NAME_LENGTH
 from mopq.search import FIELD
 

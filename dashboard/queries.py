@@ -16,12 +16,12 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo.database import Database
 
-from collectors.counters import (
+from mopq import schema
+from mopq.collectors.counters import (
     HOUR,
     MINUTE,
     SECOND,
 )
-from mopq import schema
 
 RESOLUTION_WIDTH = {SECOND: 1, MINUTE: 60, HOUR: 3600}
 QUEUE_KINDS = (schema.WRITTEN, schema.CLAIMED, schema.ACKED, schema.FAILED, schema.DEAD_EVENT,

@@ -27,7 +27,7 @@ import psutil
 from flask import Flask, Response, current_app, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from dashboard.settings import LOOPBACK_HOSTS, DashboardSettings
+from mopq.dashboard.settings import LOOPBACK_HOSTS, DashboardSettings
 
 WILDCARD_BINDS = ("", "0.0.0.0", "::", "*")
 SOCKETIO_PATH = "/socket.io/"

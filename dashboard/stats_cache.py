@@ -25,7 +25,7 @@ from typing import Any
 from flask import Flask, current_app
 from pymongo.database import Database
 
-from collectors.stats import read_stats
+from mopq.collectors.stats import read_stats
 
 Reader = Callable[[Database], dict[str, Any]]
 STALE_LIMIT_SECONDS = 5.0

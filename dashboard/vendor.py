@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flask import Blueprint, abort, send_file
 
-from dashboard import ROOT
+from mopq.dashboard.factory import ROOT
 
 blueprint = Blueprint("vendor", __name__, url_prefix="/vendor")
 

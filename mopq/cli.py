@@ -1,13 +1,17 @@
-"""The ``mopq`` command.
+"""The ``mopq`` command, assembled from what each installed part registers.
 
-Commands that need the collector or the dashboard import them inside the
-command, so a service that only imports ``mopq`` never loads Flask.
+The library's own commands are here: ``engine``, ``worker``, ``failed`` and
+``retry``. Every function registered under the ``mopq.commands`` entry
+point adds its part's (the collectors: ``collect``, ``stats``; the
+dashboard: ``serve``, ``run``, ``demo``), so the library never imports the
+parts built on it, and a part that is not installed adds nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import os
 import sys
@@ -27,30 +31,6 @@ def _cmd_engine(args: argparse.Namespace) -> int:
         print(f"mopq: engine ready in {home}")
         return 0
     return engine.run_foreground(port=args.port, data=args.data, host=args.host)
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    from mopq import supervisor
-
-    return supervisor.run(host=args.host, port=args.port, data=args.data,
-                          engine_port=args.engine_port, collector=not args.no_collector)
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from mopq.supervisor import REPO_ROOT, port_taken
-
-    problem = port_taken("dashboard", args.host, args.port, "mopq serve --port {port}")
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
-    os.environ["MOPQ_BIND"] = f"{args.host}:{args.port}"
-    if args.workers is not None:
-        os.environ["MOPQ_WEB_WORKERS"] = str(args.workers)
-    command = [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "gunicorn.conf.py"),
-               "app:app"]
-    os.chdir(REPO_ROOT)
-    os.execv(sys.executable, command)
-    return 0  # not reached
 
 
 HANDLER_FORM = "package.module:function"
@@ -116,63 +96,6 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         print(f"mopq worker: cannot reach MongoDB: {error}", file=sys.stderr)
         return 1
     worker.run()
-    return 0
-
-
-def _cmd_collect(args: argparse.Namespace) -> int:
-    import signal
-
-    from collectors import Collector
-
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    collector = Collector(batch_size=args.batch_size, lease_seconds=args.lease_seconds,
-                          monitor=not args.no_monitor)
-    signal.signal(signal.SIGTERM, lambda *_: collector.stop(0))
-    print(f"mopq collect: collector {collector.id} on database {collector.db.name}; "
-          "Ctrl-C stops it", flush=True)
-    collector.start()
-    try:
-        while collector.running:
-            collector._thread.join(0.5)
-    except KeyboardInterrupt:
-        pass
-    collector.stop(5.0)
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from dashboard import demo
-
-    if args.seconds <= 0 or args.rate <= 0:
-        print("mopq demo: --seconds and --rate must be positive", file=sys.stderr)
-        return 2
-    return demo.run(seconds=args.seconds, rate=args.rate, collector=not args.no_collector)
-
-
-def _cmd_stats(args: argparse.Namespace) -> int:
-    import json
-
-    from collectors.stats import read_stats
-    from mopq.connection import get_database
-
-    stats = read_stats(get_database())
-    if args.json:
-        print(json.dumps(stats, indent=2))
-        return 0
-    print(f"{'queue':<24}{'pending':>9}{'inflight':>9}{'delayed':>9}{'dead':>7}"
-          f"{'written':>9}{'done':>9}{'failed':>8}  oldest")
-    for name, row in stats["queues"].items():
-        print(f"{name[:23]:<24}{row['pending']:>9}{row['inflight']:>9}{row['delayed']:>9}"
-              f"{row['dead']:>7}{row['written']:>9}{row['done']:>9}{row['failed']:>8}"
-              f"  {row['oldest_pending_age_seconds']:.0f} s")
-    workers = ", ".join(f"{count} {state}" for state, count in stats["workers"].items())
-    collector = stats["collector"]
-    print(f"workers: {workers}")
-    print(f"collector: lag {collector['lag_seconds']:.1f} s, {collector['events_waiting']} "
-          f"events waiting, {collector['events_total']} applied, "
-          f"{collector['collectors_alive']} collector(s) alive")
     return 0
 
 
@@ -269,22 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only fetch the jars and compile the launcher, then exit")
     engine.set_defaults(func=_cmd_engine)
 
-    run = commands.add_parser("run", help="engine (unless MOPQ_MONGODB_URI), collector, dashboard")
-    run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=8000)
-    run.add_argument("--data", help="engine data folder (default var/engine)")
-    run.add_argument("--engine-port", type=int, default=None,
-                     help="engine port (default 27017, or a free one if taken)")
-    run.add_argument("--no-collector", action="store_true", help="do not start a collector")
-    run.set_defaults(func=_cmd_run)
-
-    serve = commands.add_parser("serve", help="the dashboard under gunicorn")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=None,
-                       help="gunicorn processes (default MOPQ_WEB_WORKERS, 2)")
-    serve.set_defaults(func=_cmd_serve)
-
     worker = commands.add_parser("worker", help="run a handler over the messages of queues")
     worker.add_argument("--queue", action="append", required=True, metavar="NAME",
                         help="queue to consume (repeat for several, taken in turn)")
@@ -303,29 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="longest wait between claims when idle (default 1)")
     worker.set_defaults(func=_cmd_worker)
 
-    collect = commands.add_parser("collect", help="consume the business log in the foreground")
-    collect.add_argument("--batch-size", type=int, default=2000,
-                         help="most events applied in one batch (default 2000)")
-    collect.add_argument("--lease-seconds", type=float, default=10.0, metavar="SECONDS",
-                         help="how long a dead collector's partitions stay held (default 10)")
-    collect.add_argument("--no-monitor", action="store_true",
-                         help="do not take part in worker monitoring and sweeps")
-    collect.set_defaults(func=_cmd_collect)
-
-    demo = commands.add_parser("demo", help="producers, workers, events and a collector for a "
-                                             "first look at the dashboard")
-    demo.add_argument("--seconds", type=float, default=120.0,
-                      help="how long to run (default 120); Ctrl-C stops earlier")
-    demo.add_argument("--rate", type=float, default=20.0,
-                      help="messages written per second (default 20)")
-    demo.add_argument("--no-collector", action="store_true",
-                      help="do not start a collector (run `mopq collect` yourself)")
-    demo.set_defaults(func=_cmd_demo)
-
-    stats = commands.add_parser("stats", help="queue, worker and collector figures")
-    stats.add_argument("--json", action="store_true", help="print the /api/stats document")
-    stats.set_defaults(func=_cmd_stats)
-
     failed = commands.add_parser("failed", help="list dead messages")
     failed.add_argument("--queue", help="only this queue")
     failed.add_argument("--error", help="only messages whose error contains this text")
@@ -340,7 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--all", action="store_true",
                        help="needed to retry every dead message when no id or filter is given")
     retry.set_defaults(func=_cmd_retry)
+    add_registered_commands(commands)
     return parser
+
+
+COMMANDS_ENTRY_POINT = "mopq.commands"
+
+
+def add_registered_commands(commands: argparse._SubParsersAction) -> None:
+    """Let each installed part add its commands (entry point group ``mopq.commands``)."""
+    for entry in sorted(importlib.metadata.entry_points(group=COMMANDS_ENTRY_POINT),
+                        key=lambda entry: entry.name):
+        entry.load()(commands)
 
 
 def main(argv: list[str] | None = None) -> int:

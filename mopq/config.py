@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 DEFAULT_DATABASE = "mopq"
 
@@ -39,23 +39,51 @@ def parsed(env: Env, name: str, default: Any, parse: Callable[[str], Any],
     return value
 
 
+Parser = Callable[[Env, str, Any], Any]
+
+
 def seconds(env: Env, name: str, default: float) -> float:
     return parsed(env, name, default, float, lambda value: value > 0,
                   "is not a positive number of seconds")
 
 
-def count(env: Env, name: str, default: int, minimum: int) -> int:
-    return parsed(env, name, default, int, lambda value: value >= minimum,
-                  f"must be a whole number of at least {minimum}")
+def at_least(minimum: int) -> Parser:
+    """A parser of whole numbers no smaller than ``minimum``."""
+    def count(env: Env, name: str, default: int) -> int:
+        return parsed(env, name, default, int, lambda value: value >= minimum,
+                      f"must be a whole number of at least {minimum}")
+    return count
 
 
-def text(env: Env, name: str) -> str | None:
-    return env.get(name) or None
+def text(env: Env, name: str, default: str | None = None) -> str | None:
+    return env.get(name) or default
 
 
-def words(env: Env, name: str) -> tuple[str, ...]:
+def words(env: Env, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
     """A comma-separated list (blanks dropped): ``MOPQ_ALLOWED_HOSTS=a.example,b.example``."""
-    return tuple(word.strip() for word in (env.get(name) or "").split(",") if word.strip())
+    found = tuple(word.strip() for word in (env.get(name) or "").split(",") if word.strip())
+    return found or default
+
+
+def setting(variable: str, default: Any, parse: Parser = text) -> Any:
+    """A settings field read from ``variable``; its default written here, once."""
+    return field(default=default, metadata={"variable": variable, "parse": parse})
+
+
+Read = TypeVar("Read", bound="FromEnvironment")
+
+
+class FromEnvironment:
+    """A frozen dataclass of ``setting(...)`` fields, read from the environment."""
+
+    @classmethod
+    def from_env(cls: type[Read], env: Env | None = None) -> Read:
+        env = os.environ if env is None else env
+        values = {item.name: item.metadata["parse"](env, item.metadata["variable"],
+                                                     item.default)
+                  for item in fields(cls)  # type: ignore[arg-type]
+                  if "variable" in item.metadata}
+        return cls(**values)
 
 
 def _cache_dir(env: Env) -> Path:
@@ -66,26 +94,22 @@ def _cache_dir(env: Env) -> Path:
     return Path(base) / "mopq"
 
 
+def _cache_dir_setting(env: Env, name: str, default: Path | None) -> Path:
+    return _cache_dir(env)
+
+
 @dataclass(frozen=True)
-class Settings:
+class Settings(FromEnvironment):
     """Where the library finds MongoDB, and where it caches the engine.
 
     ``mongodb_uri`` is None when ``MOPQ_MONGODB_URI`` is unset: callers that
     need a server then start the embedded engine (see ``mopq.engine``).
     """
 
-    mongodb_uri: str | None = None
-    database: str = DEFAULT_DATABASE
-    cache_dir: Path = field(default_factory=lambda: _cache_dir(os.environ))
-
-    @classmethod
-    def from_env(cls, env: Env | None = None) -> Settings:
-        env = os.environ if env is None else env
-        return cls(
-            mongodb_uri=text(env, "MOPQ_MONGODB_URI"),
-            database=text(env, "MOPQ_DATABASE") or DEFAULT_DATABASE,
-            cache_dir=_cache_dir(env),
-        )
+    mongodb_uri: str | None = setting("MOPQ_MONGODB_URI", None)
+    database: str = setting("MOPQ_DATABASE", DEFAULT_DATABASE)
+    # MOPQ_CACHE_DIR, else $XDG_CACHE_HOME/mopq, else ~/.cache/mopq
+    cache_dir: Path = setting("MOPQ_CACHE_DIR", None, _cache_dir_setting)
 
 
 def settings() -> Settings:

@@ -1,7 +1,7 @@
 """The embedded engine: mongo-java-server started by our Java launcher.
 
 Why: no package registry ships ``mongod``, so the no-configuration default and
-the test suite run on mongo-java-server (see ``engine/`` and shared ENGINE.md).
+the test suite run on mongo-java-server (see ``engine/`` and docs/ENGINE.md).
 When ``MOPQ_MONGODB_URI`` is set none of this runs: that server is used.
 
 The jars are fetched by Maven at the version pinned in ``engine/pom.xml`` and,

@@ -2,7 +2,7 @@
 
 How a claim works, and why: on MongoDB a claim could be one sorted
 ``find_one_and_update``, but the embedded engine scans the whole collection
-for every query not on ``_id`` (shared ENGINE.md), so a sorted claim costs
+for every query not on ``_id`` (docs/ENGINE.md), so a sorted claim costs
 O(backlog) each time. Instead a queue reads a batch of candidate ids once
 (sorted by priority, then age), keeps them for a short while, and takes each
 with a compare-and-set update on ``_id`` whose filter re-checks that the

@@ -3,7 +3,7 @@
 Every collection mopq uses is named here, with the shape of its documents and
 the indexes its hot queries need. On MongoDB the indexes serve those queries;
 the embedded engine accepts them but only uses unique ones for lookups (see
-shared ENGINE.md), which is why hot collections are kept small: finished
+docs/ENGINE.md), which is why hot collections are kept small: finished
 messages and applied events are deleted.
 
 ``messages`` — one document per message (the entity; every transition is one

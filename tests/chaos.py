@@ -382,7 +382,7 @@ def _noting(method: Callable[..., Any], troubles: list[str]) -> Callable[..., An
 
 
 def run_collector(args: argparse.Namespace) -> int:
-    from collectors import Collector
+    from mopq.collectors import Collector
 
     stop = Stop(args.parent)
     collector = Collector(uri=args.uri, database=DATABASE, poll_interval=0.1,
@@ -835,9 +835,9 @@ VIOLATING = ("despite an accepted ack", "inside a live lease")
 
 
 def analyse(db: Any, run_dir: Path, journal: Journal, quiet: bool) -> Report:
-    from collectors.counters import TOTAL, counter_id, totals
-    from collectors.stats import read_stats
     from mopq import schema
+    from mopq.collectors.counters import TOTAL, counter_id, totals
+    from mopq.collectors.stats import read_stats
 
     report = Report()
     produced, torn_p = read_records(sorted(run_dir.glob("producer-*.jsonl")))

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from pymongo.database import Database
 
-from collectors import Collector
 from mopq import Envelope, Queue, Worker, emit, flush, schema
+from mopq.collectors import Collector
 from mopq.search import declare_search_field
 from tests.helpers import wait_until
 

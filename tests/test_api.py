@@ -24,12 +24,12 @@ from bson import ObjectId
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from prometheus_client.parser import text_string_to_metric_families
 
-from collectors import Collector
-from collectors.stats import read_stats
-from dashboard import auth, create_app
-from dashboard.stats_cache import STALE_LIMIT_SECONDS, StatsCache
 from mopq import Queue, Worker, emit, flush, schema
 from mopq import connection as mopq_connection
+from mopq.collectors import Collector
+from mopq.collectors.stats import read_stats
+from mopq.dashboard import auth, create_app
+from mopq.dashboard.stats_cache import STALE_LIMIT_SECONDS, StatsCache
 from mopq.search import declare_search_field
 from tests.helpers import free_port, wait_until
 from tests.live_server import live_dashboard

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from bson import ObjectId
 
-from collectors import Collector
 from mopq import Queue, emit, flush, schema
+from mopq.collectors import Collector
 from tests.dashboard_data import HOSTILE_BODY, HOSTILE_ERROR, make_dead, populate
 from tests.helpers import free_port, wait_until
 from tests.live_server import live_dashboard

@@ -13,7 +13,7 @@ import pytest
 
 from mopq import Queue, flush, schema
 from mopq.cli import main
-from mopq.supervisor import run
+from mopq.dashboard.supervisor import run
 from tests.helpers import free_port
 from tests.live_server import live_dashboard
 

@@ -13,13 +13,13 @@ import time
 
 import pytest
 
-from collectors import Collector
-from collectors.batch import apply_batch
-from collectors.counters import HOUR, MINUTE, SECOND, TOTAL, bucket_start, counter_id
-from collectors.leases import PartitionLeases
-from collectors.monitor import Monitor
-from collectors.stats import read_stats
 from mopq import Queue, admin, emit, flush, maintenance, schema
+from mopq.collectors import Collector
+from mopq.collectors.batch import apply_batch
+from mopq.collectors.counters import HOUR, MINUTE, SECOND, TOTAL, bucket_start, counter_id
+from mopq.collectors.leases import PartitionLeases
+from mopq.collectors.monitor import Monitor
+from mopq.collectors.stats import read_stats
 from mopq.connection import get_database
 from tests.helpers import wait_until
 
@@ -127,10 +127,10 @@ def test_a_journal_left_by_a_crash_is_replayed_exactly_once(db_name, db, journal
     else:
         journal = {"seq": seq, "apply": ids, "skip": []}
     db.leases.update_one({"_id": f"partition:{partition}"}, {"$set": {"journal": journal}})
-    from collectors.batch import expire_receipts
+    from mopq.collectors.batch import expire_receipts
     assert expire_receipts(db) == 0  # "r1" has expired, but the journal still needs it
-    from collectors.batch import _counter_update
-    from collectors.counters import deltas_of
+    from mopq.collectors.batch import _counter_update
+    from mopq.collectors.counters import deltas_of
     partial = list(deltas_of(own).items())[:2]
     for cid, delta in partial:
         db.counters.find_one_and_update(*_counter_update(cid, delta, {partition: seq}),
@@ -156,8 +156,8 @@ def test_a_batch_finishing_after_a_replay_adds_only_the_missing_shares(db_name, 
     own = [e for e in events if e["partition"] == partition]
     assert len(own) < len(events), "the events should span several partitions"
     # Another collector already replayed this partition's share of the coming batch.
-    from collectors.batch import _counter_update
-    from collectors.counters import deltas_of
+    from mopq.collectors.batch import _counter_update
+    from mopq.collectors.counters import deltas_of
     seq = leases[partition]["seq"] + 1
     key = counter_id("b:split:*", TOTAL, None)
     db.counters.find_one_and_update(*_counter_update(key, deltas_of(own)[key], {partition: seq}),
@@ -365,7 +365,7 @@ def test_partition_leases_keep_a_fair_share(db_name, db):
 
 def test_a_batch_counts_business_values_durations_and_activities_per_bucket():
     """What a dashboard chart reads back: count, sum, min, max, histogram, activity counts."""
-    from collectors.counters import deltas_of, histogram_bin
+    from mopq.collectors.counters import deltas_of, histogram_bin
 
     at = dt.datetime(2026, 11, 26, 12, 30, 15, 250_000, tzinfo=dt.UTC)
     later = at + dt.timedelta(seconds=1)

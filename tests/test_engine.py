@@ -13,9 +13,9 @@ import pytest
 from pymongo import MongoClient
 from pymongo.errors import DuplicateKeyError
 
-from collectors import Collector
-from collectors.stats import read_stats
 from mopq import Queue, flush, schema
+from mopq.collectors import Collector
+from mopq.collectors.stats import read_stats
 from mopq.connection import get_client, get_database
 from mopq.engine import Engine
 from tests.helpers import free_port, wait_until

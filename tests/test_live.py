@@ -16,8 +16,8 @@ from contextlib import contextmanager
 import pytest
 import socketio
 
-from collectors import Collector
 from mopq import Queue
+from mopq.collectors import Collector
 from tests.helpers import free_port, wait_until
 from tests.live_server import live_dashboard
 
@@ -159,7 +159,7 @@ def test_an_engine_outage_is_pushed_once(db_name, tmp_path):
 
 
 def test_snapshot_fingerprint_ignores_what_only_the_clock_changes():
-    from dashboard.live import fingerprint
+    from mopq.dashboard.live import fingerprint
 
     base = {"queues": {"q": {"pending": 1, "oldest_pending_age_seconds": 1.0}},
             "collector": {"lag_seconds": 1.0, "events_waiting": 2,

@@ -14,9 +14,9 @@ import time
 import psutil
 import pytest
 
-from collectors.monitor import Monitor, Thresholds
-from collectors.stats import read_stats
 from mopq import Queue, Worker
+from mopq.collectors.monitor import Monitor, Thresholds
+from mopq.collectors.stats import read_stats
 from mopq.connection import get_database
 from tests.helpers import wait_until
 

@@ -34,9 +34,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from collectors import Collector
-from dashboard import create_app
 from mopq import Queue, emit, flush, schema
+from mopq.collectors import Collector
+from mopq.dashboard import create_app
 from mopq.search import declare_search_field
 
 ADMIN_TOKEN = "fuzz-admin-token"

@@ -12,8 +12,8 @@ import base64
 
 import pytest
 
-from dashboard import create_app
 from mopq import Queue, flush
+from mopq.dashboard import create_app
 from tests.dashboard_data import HOSTILE_BODY, HOSTILE_ERROR, populate
 from tests.helpers import free_port
 

@@ -326,9 +326,9 @@ def test_any_client_a_user_passes_works(engine_uri, db_name):
     "can't compare offset-naive and offset-aware datetimes"; read_stats too."""
     from pymongo import MongoClient
 
-    from collectors import Collector
-    from collectors.stats import read_stats
     from mopq import flush
+    from mopq.collectors import Collector
+    from mopq.collectors.stats import read_stats
 
     client = MongoClient(engine_uri)  # naive datetimes, the server's default write concern
     try:

@@ -13,7 +13,7 @@ import base64
 
 import pytest
 
-from dashboard import create_app
+from mopq.dashboard import create_app
 
 AUTH_ENV = ("MOPQ_ADMIN_TOKEN", "MOPQ_READ_TOKEN", "MOPQ_BASIC_AUTH_USERS", "MOPQ_ADMIN_USERS",
             "MOPQ_ALLOWED_HOSTS", "MOPQ_ALLOWED_ORIGINS", "MOPQ_BIND", "MOPQ_TRUSTED_PROXIES")

@@ -1,6 +1,7 @@
 """``mopq run``: the whole local stack in one command, stopped by one Ctrl-C.
 
-It starts the embedded engine (H2 storage under ``var/``) unless
+It starts the embedded engine (H2 storage under ``var/engine`` in the current
+folder) unless
 ``MOPQ_MONGODB_URI`` is set, then a collector and the dashboard under gunicorn
 as child processes that inherit the URI. If any child dies, or on SIGINT /
 SIGTERM, every child is stopped and the engine last, gracefully, so its data
@@ -22,7 +23,6 @@ import psutil
 from mopq.config import settings
 from mopq.engine import Engine
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENGINE_PORT = 27017
 CHILD_STOP_SECONDS = 10.0
 
@@ -61,6 +61,12 @@ def port_taken(what: str, host: str, port: int, how: str) -> str | None:
             f"another: {how.format(port=port + 1)}.")
 
 
+def gunicorn_command() -> list[str]:
+    """gunicorn serving the dashboard with its settings, from wherever it runs."""
+    return [sys.executable, "-m", "gunicorn", "-c", "python:mopq.dashboard.gunicorn_config",
+            "mopq.dashboard:create_app()"]
+
+
 def _stop_children(children: list[subprocess.Popen]) -> None:
     for child in children:
         if child.poll() is None:
@@ -92,7 +98,7 @@ def run(host: str = "127.0.0.1", port: int = 8000, data: str | None = None,
         print(problem, file=sys.stderr, flush=True)
         return 2
     if uri is None:
-        data_dir = Path(data) if data else REPO_ROOT / "var" / "engine"
+        data_dir = Path(data) if data else Path("var") / "engine"
         data_dir.mkdir(parents=True, exist_ok=True)
         if engine_port is None:
             engine_port = DEFAULT_ENGINE_PORT if _port_free("127.0.0.1", DEFAULT_ENGINE_PORT) else 0
@@ -115,10 +121,8 @@ def run(host: str = "127.0.0.1", port: int = 8000, data: str | None = None,
     try:
         if collector:
             children["the collector"] = subprocess.Popen(
-                [sys.executable, "-m", "mopq", "collect"], env=env, cwd=REPO_ROOT)
-        children["the dashboard (gunicorn)"] = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "gunicorn.conf.py"),
-             "app:app"], env=env, cwd=REPO_ROOT)
+                [sys.executable, "-m", "mopq", "collect"], env=env)
+        children["the dashboard (gunicorn)"] = subprocess.Popen(gunicorn_command(), env=env)
         print(f"mopq: dashboard on http://{host}:{port}/ (Ctrl-C stops everything)", flush=True)
         while not stopping:
             for name, child in children.items():
