@@ -26,6 +26,7 @@ from pymongo.database import Database
 
 from mopq import schema, validation
 from mopq.clock import utcnow
+from mopq.doorbell import ringer_for
 from mopq.errors import InvalidInput
 from mopq.events import message_event
 from mopq.publisher import Outbox, publisher_for
@@ -84,11 +85,13 @@ def selection(*, states: Iterable[str] = (schema.DEAD,), queue: str | None = Non
                      error_contains or None)
 
 
-def _apply(db: Database, chosen: Selection, update_for: Any, limit: int) -> int:
-    """Run one CAS update per selected message; return how many changed."""
+def _apply(db: Database, chosen: Selection, update_for: Any,
+           limit: int) -> tuple[int, set[str]]:
+    """Run one CAS update per selected message; return how many changed, and their queues."""
     messages = db[schema.MESSAGES]
     publisher = publisher_for(db)
     changed = 0
+    queues: set[str] = set()
     seen: set[ObjectId] = set()
     while changed < limit:
         page = [d for d in messages.find(chosen.query(), _EVENT_FIELDS).limit(PAGE)
@@ -105,7 +108,8 @@ def _apply(db: Database, chosen: Selection, update_for: Any, limit: int) -> int:
             if document is not None and document["state"] == state:
                 publisher.add_outbox(Outbox(document["_id"], state, [event]))
                 changed += 1
-    return changed
+                queues.add(candidate["queue"])
+    return changed, queues
 
 
 def retry(db: Database, chosen: Selection, limit: int = MAX_SELECTION) -> int:
@@ -120,7 +124,11 @@ def retry(db: Database, chosen: Selection, limit: int = MAX_SELECTION) -> int:
                           "updated_at": now, "epoch": epoch, "retried_at": now},
                  "$unset": {"dead_at": ""}, "$push": {"outbox": event}}, schema.PENDING, event)
 
-    return _apply(db, chosen, update_for, limit)
+    changed, queues = _apply(db, chosen, update_for, limit)
+    ringer = ringer_for(db)
+    for queue in queues:  # their consumers may be waiting: ring them
+        ringer.ring(queue)
+    return changed
 
 
 def remove(db: Database, chosen: Selection, limit: int = MAX_SELECTION) -> int:
@@ -134,7 +142,7 @@ def remove(db: Database, chosen: Selection, limit: int = MAX_SELECTION) -> int:
         return ({"$set": {"state": schema.REMOVED, "updated_at": now},
                  "$unset": {"dedupe": ""}, "$push": {"outbox": event}}, schema.REMOVED, event)
 
-    return _apply(db, chosen, update_for, limit)
+    return _apply(db, chosen, update_for, limit)[0]
 
 
 def purge(db: Database, queue: str) -> int:

@@ -55,6 +55,13 @@ def at_least(minimum: int) -> Parser:
     return count
 
 
+def boolean(env: Env, name: str, default: bool) -> bool:
+    return parsed(env, name, default, lambda raw: {"1": True, "true": True, "yes": True,
+                                                   "0": False, "false": False,
+                                                   "no": False}.get(raw.lower()),
+                  lambda value: True, "must be 1 or 0 (true/false, yes/no)")
+
+
 def text(env: Env, name: str, default: str | None = None) -> str | None:
     return env.get(name) or default
 
@@ -110,6 +117,9 @@ class Settings(FromEnvironment):
     database: str = setting("MOPQ_DATABASE", DEFAULT_DATABASE)
     # MOPQ_CACHE_DIR, else $XDG_CACHE_HOME/mopq, else ~/.cache/mopq
     cache_dir: Path = setting("MOPQ_CACHE_DIR", None, _cache_dir_setting)
+    # Writers ring waiting consumers over UDP after a write (mopq/doorbell.py); 0 leaves
+    # consumers to poll (once a second), e.g. where UDP between hosts is filtered.
+    rings: bool = setting("MOPQ_RINGS", True, boolean)
 
 
 def settings() -> Settings:

@@ -24,6 +24,7 @@ from pymongo.database import Database
 
 from mopq import schema
 from mopq.clock import utcnow
+from mopq.doorbell import ringer_for
 from mopq.events import expanded, message_event
 from mopq.publisher import Outbox, publish_outboxes
 
@@ -64,6 +65,7 @@ def _release(db: Database, query: dict[str, Any], reason: str, now: dt.datetime)
     """Return held messages matching ``query`` to pending, one CAS per lease."""
     messages = db[schema.MESSAGES]
     changed = []
+    released: list[dict[str, Any]] = []
     for candidate in messages.find(query, _EVENT_FIELDS).limit(SWEEP_BATCH):
         token = candidate.get("lease_token")
         event = message_event(schema.RECLAIMED, candidate, now, token, reason=reason)
@@ -75,7 +77,11 @@ def _release(db: Database, query: dict[str, Any], reason: str, now: dt.datetime)
         )
         if document is not None:
             changed.append(Outbox(candidate["_id"], schema.PENDING, [event]))
+            released.append(candidate)
     publish_outboxes(db, changed)
+    ringer = ringer_for(db)
+    for queue in {candidate["queue"] for candidate in released}:
+        ringer.ring(queue)
     return len(changed)
 
 
@@ -110,9 +116,15 @@ def republish_outboxes(db: Database, now: dt.datetime | None = None,
     return len(documents)
 
 
+def forget_doorbells(db: Database, now: dt.datetime | None = None) -> int:
+    """Remove doorbells their processes stopped renewing (writers ignore them already)."""
+    return db[schema.DOORBELLS].delete_many({"expires_at": {"$lte": now or utcnow()}}).deleted_count
+
+
 def sweep(db: Database, now: dt.datetime | None = None) -> SweepResult:
     """One pass of every sweep; safe to run concurrently from many processes."""
     schema.ensure_indexes(db)
+    forget_doorbells(db, now)
     return SweepResult(
         expired=expire_messages(db, now),
         reclaimed=reclaim_expired_leases(db, now),

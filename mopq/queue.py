@@ -44,6 +44,7 @@ from mopq import schema, validation
 from mopq.bulk import duplicates_only
 from mopq.clock import utcnow
 from mopq.connection import get_database, prepared
+from mopq.doorbell import FALLBACK_POLL_SECONDS, doorbell_for, ringer_for
 from mopq.errors import InvalidInput
 from mopq.events import message_event, written_entry
 from mopq.message import Message
@@ -57,6 +58,8 @@ MIN_CANDIDATES = 128
 MAX_LIMIT = 1000
 MAX_VISIBILITY_TIMEOUT = 12 * 3600
 MAX_PRIORITY = 2**31 - 1
+# Longest read(wait=...): a long poll holds a thread (a worker's, or a dashboard's).
+MAX_WAIT_SECONDS = 60.0
 
 Backoff = Callable[[int], float]
 
@@ -197,6 +200,8 @@ class Queue:
                     return existing["_id"]
                 # The first one finished between our insert and our look-up: write anew.
         self.publisher.add_outbox(outbox)
+        if document["visible_at"] <= document["created_at"]:
+            ringer_for(self.db).ring(self.name)
         return document["_id"]
 
     def write_many(self, bodies: Iterable[Mapping[str, Any] | Envelope], *,
@@ -245,6 +250,8 @@ class Queue:
             for index in sorted(duplicate_indexes):
                 ids[index] = self._insert_one(*made[index])
         self.publisher.add_outboxes([outbox for _, outbox in inserted])
+        if any(document["visible_at"] <= document["created_at"] for document, _ in inserted):
+            ringer_for(self.db).ring(self.name)
         return ids
 
     # -- claiming ------------------------------------------------------------------
@@ -257,12 +264,15 @@ class Queue:
             query["routing_key"] = routing_key
         return query
 
-    def _next_candidate(self, routing_key: str | None, want: int) -> dict[str, Any] | None:
+    def _next_candidate(self, routing_key: str | None,
+                        want: int) -> tuple[dict[str, Any] | None, bool]:
+        """The next candidate to try, and whether the candidates were read just now."""
         with self._lock:
             candidates = self._candidates.setdefault(routing_key, collections.deque())
             age = time.monotonic() - self._candidates_read_at.get(routing_key, 0.0)
             cost = self._candidates_cost.get(routing_key, 0.0)
-            if not candidates or age > max(CANDIDATE_TTL_SECONDS, 10 * cost):
+            fresh = not candidates or age > max(CANDIDATE_TTL_SECONDS, 10 * cost)
+            if fresh:
                 candidates.clear()
                 started = time.monotonic()
                 size = MIN_CANDIDATES if cost < 0.01 else MAX_LIMIT
@@ -274,7 +284,7 @@ class Queue:
                 candidates.extend(cursor)
                 self._candidates_read_at[routing_key] = time.monotonic()
                 self._candidates_cost[routing_key] = time.monotonic() - started
-            return candidates.popleft() if candidates else None
+            return (candidates.popleft() if candidates else None), fresh
 
     def _spread_candidates(self, routing_key: str | None) -> None:
         """After a lost race, try the rest in random order within each priority.
@@ -297,12 +307,18 @@ class Queue:
             self._candidates.pop(routing_key, None)
 
     def read(self, routing_key: str | None = None, visibility_timeout: float = 30,
-             limit: int = 1) -> list[Message]:
+             limit: int = 1, wait: float = 0) -> list[Message]:
         """Claim up to ``limit`` visible messages; each is hidden for ``visibility_timeout`` s.
 
-        Returns an empty list when nothing is claimable. A claimed message must be
-        deleted (acknowledged), failed or extended before the timeout, or it becomes
-        visible again and another consumer may claim it.
+        With ``wait`` (seconds, at most ``MAX_WAIT_SECONDS``), when nothing is
+        claimable, wait for a message: return as soon as one is claimed, or an
+        empty list once ``wait`` has passed. Writers ring this process when they
+        write (``mopq.doorbell``), so the wait ends within milliseconds of a
+        write; it also looks once a second in case a ring was lost.
+
+        A claimed message must be deleted (acknowledged), failed or extended
+        before the timeout, or it becomes visible again and another consumer
+        may claim it.
         """
         routing_key = validation.optional_key("routing_key", routing_key)
         timeout = validation.non_negative("visibility_timeout", visibility_timeout)
@@ -310,12 +326,33 @@ class Queue:
             raise InvalidInput(f"visibility_timeout must be more than 0 and at most "
                                f"{MAX_VISIBILITY_TIMEOUT} seconds, got {visibility_timeout!r}.")
         limit = validation.integer("limit", limit, 1, MAX_LIMIT)
+        wait = validation.non_negative("wait", wait)
+        if wait > MAX_WAIT_SECONDS:
+            raise InvalidInput(f"wait must be at most {MAX_WAIT_SECONDS} seconds, got {wait!r}.")
+        if not wait:
+            return self._read_now(routing_key, timeout, limit)
+        bell = doorbell_for(self.db)
+        deadline = time.monotonic() + wait
+        rang = False
+        while True:
+            seen = bell.rings([self.name])
+            claimed = self._read_now(routing_key, timeout, limit)
+            if claimed:
+                return claimed
+            if rang:
+                bell.found_nothing(self.name)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            rang = bell.wait([self.name], seen, min(remaining, FALLBACK_POLL_SECONDS))
+
+    def _read_now(self, routing_key: str | None, timeout: float, limit: int) -> list[Message]:
         claimed: list[Message] = []
         rescanned = False
         while len(claimed) < limit:
-            candidate = self._next_candidate(routing_key, limit - len(claimed))
+            candidate, fresh = self._next_candidate(routing_key, limit - len(claimed))
             if candidate is None:
-                if rescanned:
+                if rescanned or fresh:  # the candidates were just read: there are none
                     break
                 self._forget_candidates(routing_key)
                 rescanned = True

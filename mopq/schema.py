@@ -38,6 +38,9 @@ start, rewritten every heartbeat, "stopped" on a clean stop)::
      stopped_at,
      zombie_reason, checked_at}   # written by the monitor
 
+``doorbells`` — where waiting consumers can be rung after a write
+(``mopq.doorbell``): ``{_id: identity, ip, port, database, queues, expires_at}``.
+
 ``settings`` — ``{_id: "search_fields", fields: [{queue, field}, ...]}``:
 body fields declared searchable (``mopq.search``), each with an index; and
 ``{_id: "queues", names: [...]}``: every queue the collectors have seen
@@ -68,6 +71,7 @@ RECEIPTS = "receipts"
 LEASES = "leases"
 AUDIT = "audit"
 SETTINGS = "settings"
+DOORBELLS = "doorbells"
 
 # Message states. ``done``, ``expired`` and ``removed`` are terminal: the
 # document stays only until its outbox is published, then it is deleted.

@@ -52,7 +52,6 @@ messages still held then come back when their lease expires.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import logging
 import os
 import signal
@@ -67,7 +66,11 @@ from pymongo.errors import PyMongoError
 
 from mopq import schema, validation
 from mopq.clock import utcnow
+from mopq.config import settings
+from mopq.connection import get_database
+from mopq.doorbell import doorbell_for
 from mopq.errors import InvalidInput, LeaseLost
+from mopq.hosts import host_ip, listening_port
 from mopq.message import Message
 from mopq.queue import MAX_VISIBILITY_TIMEOUT, Backoff, Queue
 
@@ -82,50 +85,12 @@ FIRST_ERROR_WAIT_SECONDS = 0.5
 MAX_ERROR_WAIT_SECONDS = 10.0
 FINAL_WRITE_LOCK_SECONDS = 15.0
 MAX_SETTLE_RETRY_WAIT_SECONDS = 2.0
+# Idle threads other than the one that looks every poll_interval wait this long for a
+# ring (a lost ring is found by the lookout, which then wakes them).
+SIBLING_WAIT_SECONDS = 30.0
 
 Handler = Callable[[Message], object]
 
-
-
-def host_ip() -> str:
-    """The first non-loopback IPv4 address of this host's interfaces, else 127.0.0.1.
-
-    Read from the interface table; no packet is sent anywhere. Interfaces that
-    are down and link-local addresses are passed over while a better one exists.
-    """
-    try:
-        interfaces = psutil.net_if_addrs()
-        stats = psutil.net_if_stats()
-    except (OSError, psutil.Error):
-        return "127.0.0.1"
-    fallback = None
-    for name, addresses in interfaces.items():
-        up = stats[name].isup if name in stats else True
-        for address in addresses:
-            if address.family != socket.AF_INET:
-                continue
-            try:
-                ip = ipaddress.IPv4Address(address.address)
-            except ValueError:
-                continue
-            if ip.is_loopback or ip.is_unspecified:
-                continue
-            if up and not ip.is_link_local:
-                return str(ip)
-            fallback = fallback or str(ip)
-    return fallback or "127.0.0.1"
-
-
-def listening_port(process: psutil.Process | None = None) -> int:
-    """The lowest TCP port this process listens on, or 0 if it listens on none."""
-    process = process or psutil.Process()
-    try:
-        connections = process.net_connections(kind="tcp")
-    except (OSError, psutil.Error):
-        return 0
-    ports = sorted(c.laddr.port for c in connections
-                   if c.status == psutil.CONN_LISTEN and c.laddr)
-    return ports[0] if ports else 0
 
 
 def _positive_seconds(name: str, value: object, maximum: float | None = None) -> float:
@@ -172,13 +137,17 @@ class Worker:
         process = psutil.Process()
         self.pid = os.getpid()
         self.ip = host_ip()
-        self.port = port if port is not None else listening_port(process)
         self.hostname = socket.gethostname()
+        self.db = get_database(uri, database)
+        # Writers ring the worker on its doorbell's port, the port its identity names.
+        self.doorbell = doorbell_for(self.db, port or 0) if settings().rings else None
+        if port is None:
+            port = self.doorbell.port if self.doorbell else listening_port(process)
+        self.port = port
         self.identity = f"{self.ip}:{self.port}:{int(process.create_time())}:{self.pid}"
 
-        self.queues = [Queue(name, uri=uri, database=database, max_attempts=max_attempts,
+        self.queues = [Queue(name, db=self.db, max_attempts=max_attempts,
                              backoff=backoff, worker=self.identity) for name in names]
-        self.db = self.queues[0].db
         self.workers = self.db[schema.WORKERS]
 
         self.started_at: dt.datetime | None = None
@@ -198,6 +167,8 @@ class Worker:
         self._loop_threads: set[int] = set()
         self._thread: threading.Thread | None = None
         self._beat_failing = False
+        self._names = [queue.name for queue in self.queues]
+        self._lookout = threading.Lock()
 
     def __repr__(self) -> str:
         return (f"Worker({self.identity!r}, queues={[q.name for q in self.queues]!r}, "
@@ -323,6 +294,8 @@ class Worker:
     def _request_stop(self) -> None:
         self._stopping.set()
         self._beat_now.set()
+        if self.doorbell is not None:  # wake the threads waiting for a message
+            self.doorbell.ring_locally(self._names)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if self._stopping.is_set():
@@ -375,7 +348,9 @@ class Worker:
         turn = index % len(self.queues)
         idle_wait = 0.0
         error_wait = 0.0
+        rang = False
         while not self._stopping.is_set():
+            seen = self.doorbell.rings(self._names) if self.doorbell else 0
             try:
                 message, turn = self._claim(turn)
             except PyMongoError as error:
@@ -393,12 +368,34 @@ class Worker:
                 self._stopping.wait(error_wait)
                 continue
             error_wait = 0.0
-            if message is None:
+            if message is not None:
+                idle_wait = 0.0
+                if self.doorbell is not None and self.concurrency > 1:
+                    self.doorbell.ring_locally(self._names)  # more may wait: wake a sibling
+                self._handle(index, message)
+                continue
+            if self.doorbell is None:
                 idle_wait = min(self.poll_interval, max(FIRST_IDLE_WAIT_SECONDS, idle_wait * 2))
                 self._stopping.wait(idle_wait)
                 continue
-            idle_wait = 0.0
-            self._handle(index, message)
+            if rang:
+                for name in self._names:
+                    self.doorbell.found_nothing(name)
+            rang = self._wait_for_ring(seen)
+
+    def _wait_for_ring(self, seen: int) -> bool:
+        """Wait for a ring; one idle thread at a time also looks every poll_interval.
+
+        So an idle worker sends the engine one claim attempt per queue and
+        poll_interval whatever its concurrency; a ring wakes every thread.
+        """
+        assert self.doorbell is not None
+        if self._lookout.acquire(blocking=False):
+            try:
+                return self.doorbell.wait(self._names, seen, self.poll_interval)
+            finally:
+                self._lookout.release()
+        return self.doorbell.wait(self._names, seen, SIBLING_WAIT_SECONDS)
 
     def _claim(self, turn: int) -> tuple[Message | None, int]:
         """One message from the first queue, from ``turn`` on, that has one."""

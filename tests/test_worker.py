@@ -17,9 +17,9 @@ import psutil
 import pytest
 from bson import ObjectId
 
-from mopq import Queue, Worker, schema
+from mopq import Queue, Worker, flush, schema
 from mopq.engine import Engine
-from mopq.worker import host_ip
+from mopq.hosts import host_ip
 from tests.handlers import read_records
 from tests.helpers import free_port, wait_until
 
@@ -159,14 +159,34 @@ def test_heartbeat_names_the_worker_shows_the_current_message_and_advances(db):
     assert heartbeat(db, worker.identity)["processed"] == 1
 
 
-def test_identity_port_is_the_given_port_else_the_listening_port(db):
-    assert Worker("q", print, port=8123).identity.split(":")[1] == "8123"
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("0.0.0.0", 0))
+        return probe.getsockname()[1]
+
+
+def test_identity_port_is_the_given_port_else_the_doorbells(db):
+    """Writers ring a worker on the port its identity ip:port:start_time:pid names."""
+    given = _free_udp_port()
+    worker = Worker("q", print, port=given)
+    assert worker.identity.split(":")[1] == str(given) == str(worker.doorbell.port)
+    udp = {c.laddr.port for c in psutil.Process().net_connections(kind="udp") if c.laddr}
+    assert given in udp
+    worker.doorbell.listen(["q"])  # as a waiting worker does; rings for other queues are dropped
+    before = worker.doorbell.rings(["q"])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ringer:
+        ringer.sendto(db.name.encode() + b"\x00q", ("127.0.0.1", given))
+    assert worker.doorbell.wait(["q"], before, 5)
+
+
+def test_without_rings_the_identity_port_is_the_listening_port(db, monkeypatch):
+    monkeypatch.setenv("MOPQ_RINGS", "0")
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
         worker = Worker("q", print)
-    assert worker.port == port
+    assert worker.doorbell is None and worker.port == port
     assert worker.identity.split(":")[1] == str(port)
 
 
@@ -215,6 +235,9 @@ def test_worker_keeps_going_through_an_engine_outage(caplog):
         assert worker.stop(timeout=30)
         assert engine_db(uri)[schema.WORKERS].find_one(
             {"_id": worker.identity})["state"] == "stopped"
+        # Its events must be out before this engine goes for good, or this process's
+        # publisher retries them forever and every later flush() waits for it.
+        assert flush(10)
     finally:
         engine.stop()
 

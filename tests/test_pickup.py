@@ -1,0 +1,134 @@
+"""Long polling: a waiting consumer is rung by the writer and claims at once.
+
+``Queue.read(wait=...)`` and an idle ``Worker`` listen on a doorbell
+(``mopq.doorbell``); a write in another process rings it over UDP. Checked
+here with real processes on the real engine: the wait ends within 100 ms of a
+write, times out cleanly, still ends (by its once-a-second look) when no ring
+comes, and an idle worker, however many threads and queues it has, sends the
+engine at most 5 queries a second, forged rings included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+from mopq import Queue
+from mopq.doorbell import MAX_EMPTY_RINGS_PER_SECOND
+
+WRITER = """
+import sys, time
+from mopq import Queue
+queue = Queue(sys.argv[1])
+queue.write({"n": 1})
+print(time.time(), flush=True)
+"""
+
+
+def _write_from_another_process(queue: str, **env: str) -> float:
+    result = subprocess.run([sys.executable, "-c", WRITER, queue], capture_output=True,
+                            text=True, check=True, timeout=60, env={**os.environ, **env})
+    return float(result.stdout.strip())
+
+
+def _read_waiting(queue: Queue, wait: float, into: list) -> threading.Thread:
+    def read() -> None:
+        messages = queue.read(wait=wait)
+        into.append((messages, time.time()))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    return reader
+
+
+def _until_waiting(queue: Queue) -> None:
+    """The reader has registered its doorbell (writers read it to know whom to ring)."""
+    deadline = time.monotonic() + 10
+    while not queue.db.doorbells.find_one({"queues": queue.name}):
+        assert time.monotonic() < deadline, "the reader never registered its doorbell"
+        time.sleep(0.01)
+
+
+def test_a_waiting_read_ends_within_100_ms_of_a_write_elsewhere(db_name):
+    queue = Queue("ring")
+    delays = []
+    for _ in range(5):
+        got: list = []
+        reader = _read_waiting(queue, 10, got)
+        _until_waiting(queue)
+        written = _write_from_another_process("ring")
+        reader.join(15)
+        [(messages, returned)] = got
+        assert len(messages) == 1
+        messages[0].delete()
+        delays.append(returned - written)
+    assert statistics.median(delays) < 0.1, delays
+
+
+def test_a_waiting_read_times_out_cleanly(db_name):
+    started = time.monotonic()
+    assert Queue("quiet").read(wait=0.5) == []
+    assert 0.5 <= time.monotonic() - started < 1.5
+
+
+def test_without_a_ring_the_wait_still_ends_by_looking(db_name):
+    queue = Queue("unrung")
+    got: list = []
+    reader = _read_waiting(queue, 10, got)
+    _until_waiting(queue)
+    written = _write_from_another_process("unrung", MOPQ_RINGS="0")
+    reader.join(15)
+    [(messages, returned)] = got
+    assert len(messages) == 1 and returned - written < 2.5
+
+
+IDLE_WORKER = """
+import json, socket, sys, time
+from tests.commands_counted import Counter as Count
+from mopq import Worker
+worker = Worker(["idle_a", "idle_b"], print, concurrency=4, heartbeat_interval=5)
+worker.start()
+time.sleep(2)  # started, registered, settled
+before, started = Count.commands, time.monotonic()
+time.sleep(5)
+quiet = (Count.commands - before) / (time.monotonic() - started)
+ring = worker.doorbell
+flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+before, started = Count.commands, time.monotonic()
+for _ in range(2000):
+    flood.sendto(worker.db.name.encode() + b"\\x00idle_a", ("127.0.0.1", worker.port))
+time.sleep(3)
+flooded = (Count.commands - before) / (time.monotonic() - started)
+worker.stop(timeout=30)
+print(json.dumps({"quiet": quiet, "flooded": flooded}))
+"""
+
+
+def test_an_idle_worker_sends_at_most_five_queries_a_second(db_name):
+    result = subprocess.run([sys.executable, "-c", IDLE_WORKER], capture_output=True,
+                            text=True, timeout=120, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rates = json.loads(result.stdout.strip().splitlines()[-1])
+    assert rates["quiet"] <= 5, rates
+    # 2,000 forged rings in a burst: rings that find nothing are capped per second.
+    assert rates["flooded"] <= 5 + 2 * MAX_EMPTY_RINGS_PER_SECOND, rates
+
+
+def test_rings_reach_a_worker_on_its_identity_port(db_name):
+    """The datagram format writers in any language use: <database>\\0<queue>."""
+    from mopq import Worker
+
+    queue = Queue("bell")
+    worker = Worker(["bell"], lambda message: None)
+    worker.doorbell.listen(["bell"])
+    seen = worker.doorbell.rings(["bell"])
+    port = int(worker.identity.split(":")[1])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.sendto(queue.db.name.encode() + b"\x00bell", ("127.0.0.1", port))
+    assert worker.doorbell.wait(["bell"], seen, 5)
