@@ -1,9 +1,10 @@
 """``Message``: a claimed message and what its holder may do with it.
 
-Every method is a compare-and-set on the lease token the claim handed out:
-if the lease expired and the message was claimed again (or was already
-acknowledged, failed or removed), the update matches nothing, nothing
-changes, and :class:`mopq.errors.LeaseLost` says so.
+Every method is a compare-and-set on the lease token the claim handed out
+and on the lease's deadline: if the lease expired (whether or not the message
+was claimed again since) or the message was already acknowledged, failed or
+removed, the update matches nothing, nothing changes, and
+:class:`mopq.errors.LeaseLost` says so.
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ class Message:
                 f"attempts={self.attempts}, routing_key={self.routing_key!r})")
 
     def _held(self) -> dict[str, Any]:
-        return {"_id": self.id, "state": schema.INFLIGHT, "lease_token": self.lease_token}
+        """The lease is ours and has not run out: a late holder is refused even when no
+        one has claimed the message since (design invariant 2)."""
+        return {"_id": self.id, "state": schema.INFLIGHT, "lease_token": self.lease_token,
+                "visible_at": {"$gt": utcnow()}}
 
     def _transition(self, update: dict[str, Any], what: str,
                     events: list[dict[str, Any]] | None = None) -> dict[str, Any]:

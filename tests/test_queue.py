@@ -350,3 +350,21 @@ def test_any_client_a_user_passes_works(engine_uri, db_name):
         assert (row["written"], row["done"], row["dead"], row["delayed"]) == (3, 1, 1, 1)
     finally:
         client.close()
+
+
+def test_an_acknowledgement_after_the_lease_ran_out_is_refused(db_name, db):
+    """Even when nobody claimed the message since (make chaos saw such late acks accepted)."""
+    queue = Queue("late")
+    queue.write({"n": 1})
+    [message] = queue.read(visibility_timeout=0.3)
+    deadline = message.lease_expires_at.timestamp() + 0.05
+    while time.time() < deadline:
+        time.sleep(0.02)
+    for act in (message.delete, lambda: message.fail("late"), message.extend):
+        with pytest.raises(LeaseLost):
+            act()
+    stored = db.messages.find_one({"_id": message.id})
+    assert stored["state"] == "inflight" and stored["lease_token"] == message.lease_token
+    [again] = queue.read(visibility_timeout=30)
+    assert again.id == message.id and again.attempts == 2
+    again.delete()
