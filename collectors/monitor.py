@@ -31,10 +31,10 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo.database import Database
 
-from mopq import maintenance, schema
+from mopq import admin, history, maintenance, schema
 from mopq.clock import utcnow
 from mopq.collectors.batch import expire_receipts
-from mopq.collectors.settings import Thresholds
+from mopq.collectors.settings import Retention, Thresholds
 
 log = logging.getLogger("mopq.monitor")
 
@@ -137,11 +137,14 @@ class MonitorResult:
 class Monitor:
     """One pass at a time; the collector decides when and under which lease."""
 
-    def __init__(self, db: Database, thresholds: Thresholds | None = None) -> None:
+    def __init__(self, db: Database, thresholds: Thresholds | None = None,
+                 retention: Retention | None = None) -> None:
         self.db = db
         self.thresholds = thresholds or Thresholds.from_env()
         self.hostname = socket.gethostname()
+        self.retention = retention or Retention.from_env()
         self._retention_at: dt.datetime | None = None
+        self._retention_behind = False
 
     def run_once(self, now: dt.datetime | None = None) -> MonitorResult:
         now = now or utcnow()
@@ -180,13 +183,30 @@ class Monitor:
                                     "heartbeat_at": worker.get("heartbeat_at")})
                 result.forgotten += 1
         result.sweep = maintenance.sweep(self.db, now)
-        if self._retention_at is None or now - self._retention_at >= RETENTION_EVERY:
+        if self._retention_at is None or now - self._retention_at >= RETENTION_EVERY \
+                or self._retention_behind:
             self.enforce_retention(now)
             self._retention_at = now
         return result
 
     def enforce_retention(self, now: dt.datetime | None = None) -> int:
-        """Delete counter buckets past their keep time and old receipts."""
+        """Delete what is past its keep time: counter buckets, receipts, history, dead messages.
+
+        History and dead messages go a batch at a time; while a batch comes
+        back full, the next pass (seconds later) takes another, so a backlog
+        drains without holding the engine, and claims (another collection)
+        never wait for it.
+        """
         now = now or utcnow()
         removed = self.db[schema.COUNTERS].delete_many({"expires_at": {"$lte": now}}).deleted_count
-        return removed + expire_receipts(self.db, now)
+        removed += expire_receipts(self.db, now)
+        forgotten = history.forget_finished(
+            self.db, now - dt.timedelta(seconds=self.retention.finished))
+        dead = [d["_id"] for d in self.db[schema.MESSAGES].find(
+            {"state": schema.DEAD,
+             "dead_at": {"$lt": now - dt.timedelta(seconds=self.retention.dead)}},
+            {"_id": 1}).limit(history.RETENTION_BATCH)]
+        expired_dead = admin.remove(self.db, admin.selection(ids=dead),
+                                    reason="retention") if dead else 0
+        self._retention_behind = max(forgotten, len(dead)) >= history.RETENTION_BATCH
+        return removed + forgotten + expired_dead

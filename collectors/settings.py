@@ -1,7 +1,7 @@
-"""The collectors' settings: how workers are classified from their heartbeats.
+"""The collectors' settings: how workers are classified, how long history is kept.
 
-Read from the environment (``MOPQ_WORKER_*_SECONDS``); each default is
-written once, as the field's default below.
+Read from the environment (``MOPQ_WORKER_*_SECONDS``, ``MOPQ_HISTORY_SECONDS``,
+``MOPQ_DEAD_SECONDS``); each default is written once, as the field's default.
 """
 
 from __future__ import annotations
@@ -23,3 +23,11 @@ class Thresholds(FromEnvironment):
     no_progress: float = setting("MOPQ_WORKER_NO_PROGRESS_SECONDS", 1800.0, seconds)
     # Dead or stopped workers are forgotten after this long.
     forget: float = setting("MOPQ_WORKER_FORGET_SECONDS", 86400.0, seconds)
+
+
+@dataclass(frozen=True)
+class Retention(FromEnvironment):
+    """How long the monitor keeps finished messages (history) and dead ones."""
+
+    finished: float = setting("MOPQ_HISTORY_SECONDS", 86400.0, seconds)
+    dead: float = setting("MOPQ_DEAD_SECONDS", 30 * 86400.0, seconds)

@@ -62,9 +62,12 @@ def message_view(document: dict[str, Any]) -> dict[str, Any]:
     """A message as pages and the API show it (no internal fields)."""
     keep = ("queue", "routing_key", "body", "priority", "state", "attempts", "created_at",
             "updated_at", "visible_at", "expire_at", "last_error", "traceback", "errors",
-            "dead_at", "activity", "dedupe_key", "leased_by", "claimed_at", "progress", "log")
+            "dead_at", "activity", "dedupe_key", "leased_by", "claimed_at", "progress", "log",
+            "done_at", "duration", "worker", "result")
     view = {"id": str(document["_id"])}
     view.update({key: document[key] for key in keep if key in document})
+    if "done_at" in document and "state" not in document:  # from history
+        view["state"] = schema.DONE
     if view.get("expire_at") == schema.NEVER:
         view["expire_at"] = None
     return view
@@ -75,7 +78,8 @@ def message(db: Database, message_id: str) -> dict[str, Any] | None:
         object_id = ObjectId(message_id)
     except (InvalidId, TypeError):
         return None
-    document = db[schema.MESSAGES].find_one({"_id": object_id}, {"outbox": 0})
+    document = db[schema.MESSAGES].find_one({"_id": object_id}, {"outbox": 0}) or \
+        db[schema.HISTORY].find_one({"_id": object_id})
     return message_view(document) if document else None
 
 
@@ -90,8 +94,8 @@ def declared_search_fields(db: Database) -> dict[str, list[str]]:
 
 def search(db: Database, message_id: str | None = None, field: str | None = None,
            value: Any = None, queue: str | None = None) -> list[dict[str, Any]]:
-    """Messages by id, or by a declared body field's value, across queues and states."""
-    messages = db[schema.MESSAGES]
+    """Messages by id, or by a declared body field's value, across queues and states,
+    finished ones (history) included."""
     if message_id:
         found = message(db, message_id)
         return [found] if found else []
@@ -99,7 +103,17 @@ def search(db: Database, message_id: str | None = None, field: str | None = None
                                                   else [value]}}
     if queue:
         query["queue"] = queue
-    return [message_view(d) for d in messages.find(query, {"outbox": 0, "log": 0})
-            .limit(MAX_SEARCH_RESULTS)]
+    found = [message_view(d) for d in db[schema.MESSAGES].find(
+        query, {"outbox": 0, "log": 0}).limit(MAX_SEARCH_RESULTS)]
+    if len(found) < MAX_SEARCH_RESULTS:
+        found += [message_view(d) for d in db[schema.HISTORY].find(
+            query, {"log": 0}).sort([("done_at", -1)]).limit(MAX_SEARCH_RESULTS - len(found))]
+    return found
+
+
+def recent_finished(db: Database, queue: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The queue's most recently finished messages, from history."""
+    return [message_view(d) for d in db[schema.HISTORY].find(
+        {"queue": queue}, {"log": 0}).sort([("done_at", -1)]).limit(limit)]
 
 

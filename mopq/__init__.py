@@ -11,12 +11,14 @@ from mopq.errors import (
     InvalidInput,
     InvalidQueueName,
     LeaseLost,
+    MessageDead,
     MessageNotFound,
     MopqError,
+    ResultTimeout,
 )
 from mopq.message import Message
 from mopq.publisher import flush_all as flush
-from mopq.queue import Envelope, Queue, exponential_backoff
+from mopq.queue import Envelope, Queue, Written, exponential_backoff
 from mopq.worker import Worker
 
 __version__ = "0.1.0"
@@ -28,10 +30,13 @@ __all__ = [
     "InvalidQueueName",
     "LeaseLost",
     "Message",
+    "MessageDead",
     "MessageNotFound",
     "MopqError",
     "Queue",
+    "ResultTimeout",
     "Worker",
+    "Written",
     "emit",
     "exponential_backoff",
     "flush",

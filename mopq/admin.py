@@ -131,14 +131,17 @@ def retry(db: Database, chosen: Selection, limit: int = MAX_SELECTION) -> int:
     return changed
 
 
-def remove(db: Database, chosen: Selection, limit: int = MAX_SELECTION) -> int:
+def remove(db: Database, chosen: Selection, limit: int = MAX_SELECTION,
+           reason: str = "operator") -> int:
     """Remove selected messages (dead, or pending for a purge); each is counted as removed.
 
     Not ``delete``: that is Karait's word for acknowledging (``Message.delete``).
+    ``reason`` goes with each removal's event ("operator", "retention").
     """
 
     def update_for(candidate: dict[str, Any], now: dt.datetime):
-        event = message_event(schema.DELETED, candidate, now, was=candidate["state"])
+        event = message_event(schema.DELETED, candidate, now, was=candidate["state"],
+                              reason=reason)
         return ({"$set": {"state": schema.REMOVED, "updated_at": now},
                  "$unset": {"dedupe": ""}, "$push": {"outbox": event}}, schema.REMOVED, event)
 

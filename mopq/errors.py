@@ -31,3 +31,15 @@ class LeaseLost(MopqError):
 
 class MessageNotFound(MopqError):
     """No message with that id is in the state the operation needs."""
+
+
+class MessageDead(MopqError):
+    """The message ran out of attempts; ``last_error`` says why its last attempt failed."""
+
+    def __init__(self, message: str, last_error: str | None = None) -> None:
+        super().__init__(message)
+        self.last_error = last_error
+
+
+class ResultTimeout(MopqError, TimeoutError):
+    """The message did not finish within the time asked for (it may still)."""

@@ -8,7 +8,8 @@ compare-and-set on one message:
 * inflight messages whose lease ran out go back to ``pending`` (``reclaimed``),
   so stats show them waiting rather than held (a claim would take them anyway);
 * outboxes that a crashed process left unpublished are published, and
-  finished messages whose publication was cut short are deleted.
+  finished messages whose publication was cut short are deleted (a done one
+  copied into history first).
 
 :func:`reclaim_worker` returns a dead worker's messages at once, without
 waiting for their leases.
@@ -22,7 +23,7 @@ from typing import Any
 
 from pymongo.database import Database
 
-from mopq import schema
+from mopq import history, schema
 from mopq.clock import utcnow
 from mopq.doorbell import ringer_for
 from mopq.events import expanded, message_event
@@ -107,6 +108,8 @@ def republish_outboxes(db: Database, now: dt.datetime | None = None,
                  {"state": {"$in": list(schema.TERMINAL_STATES)}}]},
         {"state": 1, "outbox": 1, "queue": 1, "routing_key": 1, "activity": 1},
     ).limit(SWEEP_BATCH))
+    history.archive(db, [d["_id"] for d in documents
+                         if not d.get("outbox") and d["state"] == schema.DONE])
     for document in documents:
         if not document.get("outbox") and document["state"] in schema.TERMINAL_STATES:
             db[schema.MESSAGES].delete_one({"_id": document["_id"], "state": document["state"]})

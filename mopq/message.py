@@ -20,6 +20,7 @@ from mopq import schema, validation
 from mopq.clock import utcnow
 from mopq.errors import InvalidInput, LeaseLost
 from mopq.events import message_event
+from mopq.history import checked_result
 from mopq.publisher import Outbox
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ class Message:
         self.claimed_at: dt.datetime = document["claimed_at"]
         self.visibility_timeout: float = document["visibility_timeout"]
         self.lease_expires_at: dt.datetime = document["visible_at"]
+        # What the handler returned, kept with the finished message (a Worker sets it).
+        self.result: Any = None
 
     def __repr__(self) -> str:
         return (f"Message(id={self.id}, queue={self.queue.name!r}, "
@@ -82,13 +85,22 @@ class Message:
                     "activity": self.activity}
         return message_event(kind, snapshot, now, self.lease_token, **extra)
 
-    def delete(self) -> None:
-        """Acknowledge: the work is done and the message goes away (Karait's word)."""
+    def delete(self, result: Any = None) -> None:
+        """Acknowledge: the work is done and the message goes away (Karait's word).
+
+        ``result`` (JSON-like, at most 64 KiB encoded) is kept with the finished
+        message in history, where ``Queue.write(...).result()`` and the HTTP API
+        find it.
+        """
+        result = checked_result(result)
         now = utcnow()
         duration = (now - self.claimed_at).total_seconds()
+        finished: dict[str, Any] = {"state": schema.DONE, "updated_at": now, "done_at": now,
+                                    "acked_lease": self.lease_token}
+        if result is not None:
+            finished["result"] = result
         self._transition(
-            {"$set": {"state": schema.DONE, "updated_at": now, "done_at": now},
-             "$unset": {"lease_token": "", "dedupe": ""}},
+            {"$set": finished, "$unset": {"lease_token": "", "dedupe": ""}},
             "acknowledge",
             [self._event(schema.ACKED, now, duration=duration, attempts=self.attempts)],
         )

@@ -14,7 +14,8 @@ Two kinds of work reach it, both from this process:
 Publishing an outbox is: insert the events one transition pushed (duplicate
 ids are ignored: the event is already there), then pull them from the
 message's outbox, and delete the message if it is in a terminal state and its
-outbox is now empty (no transition follows a terminal one).
+outbox is now empty (no transition follows a terminal one); a done message
+is copied into history first (``mopq.history``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pymongo import DeleteOne, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, InvalidOperation, OperationFailure, PyMongoError
 
-from mopq import schema
+from mopq import history, schema
 from mopq.bulk import duplicates_only
 from mopq.clock import utcnow
 from mopq.events import as_document, business_event, expanded
@@ -123,6 +124,7 @@ def publish_outboxes(db: Database, outboxes: list[Outbox], republished: bool = F
     # is deleted at once (its outbox would be empty after the pull).
     finished = [outbox for outbox in outboxes if outbox.state in schema.TERMINAL_STATES]
     if finished:
+        history.archive(db, [o.message_id for o in finished if o.state == schema.DONE])
         ids = [[e["id"] for e in outbox.events] for outbox in finished]
         removed = messages.bulk_write([
             DeleteOne({"_id": outbox.message_id, "state": outbox.state,
@@ -142,10 +144,14 @@ def publish_outboxes(db: Database, outboxes: list[Outbox], republished: bool = F
         for outbox in outboxes]
     # A finished message goes once its outbox is empty, whichever publisher
     # empties it: another process (or client) may have published its last
-    # transition while this one held an earlier one. If events still wait
-    # (their publisher is slower, or died), the sweep publishes them and deletes it.
+    # transition while this one held an earlier one. A done one goes only by a
+    # publisher that knows it is done (above: it copies it into history first),
+    # or by the sweep. If events still wait (their publisher is slower, or
+    # died), the sweep publishes them and deletes it.
+    archived = list(schema.TERMINAL_STATES)  # done ones among these were copied above
     deletes = [DeleteOne({"_id": outbox.message_id,
-                          "state": {"$in": list(schema.TERMINAL_STATES)},
+                          "state": {"$in": archived if outbox.state == schema.DONE
+                                    else [schema.EXPIRED, schema.REMOVED]},
                           "outbox.0": {"$exists": False}})
                for outbox in outboxes]
     messages.bulk_write(pulls + deletes, ordered=True)

@@ -40,12 +40,12 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from mopq import schema, validation
+from mopq import history, schema, validation
 from mopq.bulk import duplicates_only
 from mopq.clock import utcnow
 from mopq.connection import get_database, prepared
 from mopq.doorbell import FALLBACK_POLL_SECONDS, doorbell_for, ringer_for
-from mopq.errors import InvalidInput
+from mopq.errors import InvalidInput, MessageDead, MessageNotFound, ResultTimeout
 from mopq.events import message_event, written_entry
 from mopq.message import Message
 from mopq.object_ids import object_ids
@@ -89,6 +89,20 @@ def exponential_backoff(first: float = 1.0, factor: float = 2.0, cap: float = 30
 
 def new_token() -> str:
     return secrets.token_hex(8)
+
+
+class Written(ObjectId):
+    """A written message's id (an ``ObjectId``) that can also wait for its outcome."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, message_id: ObjectId, queue: Queue) -> None:
+        super().__init__(message_id)
+        self._queue = queue
+
+    def result(self, timeout: float = 30.0) -> Any:
+        """The handler's result once the message is done; see ``Queue.result``."""
+        return self._queue.result(self, timeout)
 
 
 @dataclass(frozen=True)
@@ -183,10 +197,15 @@ class Queue:
 
     def write(self, body: Mapping[str, Any], routing_key: str | None = None,
               expire: float | None = None, delay: float = 0, priority: int = 0,
-              dedupe_key: str | None = None, activity: str | None = None) -> ObjectId:
-        """Write one message; return its id (the first one's, for a repeated ``dedupe_key``)."""
+              dedupe_key: str | None = None, activity: str | None = None) -> Written:
+        """Write one message; return its id (the first one's, for a repeated ``dedupe_key``).
+
+        The id is a ``Written``: ``.result(timeout)`` waits for the outcome.
+        """
         options = self._options(routing_key, expire, delay, priority, activity, utcnow())
-        return self._insert_one(*self._document(body, options, dedupe_key, object_ids(1)[0]))
+        message_id = self._insert_one(*self._document(body, options, dedupe_key,
+                                                      object_ids(1)[0]))
+        return Written(message_id, self)
 
     def _insert_one(self, document: dict[str, Any], outbox: Outbox) -> ObjectId:
         """Insert, or return the id of the unfinished message holding the same dedupe key."""
@@ -416,6 +435,41 @@ class Queue:
     def get(self, message_id: ObjectId | str) -> dict[str, Any] | None:
         """The message document (any state), or None."""
         return self.messages.find_one({"_id": ObjectId(str(message_id)), "queue": self.name})
+
+    def result(self, message_id: ObjectId | str, timeout: float = 30.0) -> Any:
+        """Wait for a message's outcome: its result once done (None if it returned none).
+
+        Raises ``MessageDead`` if it ran out of attempts, ``MessageNotFound`` if
+        it is neither waiting nor in history (expired, removed by an operator,
+        finished longer ago than history keeps, or never written here), and
+        ``ResultTimeout`` if it is still unfinished after ``timeout`` seconds.
+        """
+        message_id = ObjectId(str(message_id))
+        timeout = validation.non_negative("timeout", timeout)
+        deadline = time.monotonic() + timeout
+        pause = 0.005
+        while True:
+            done = history.finished(self.db, message_id)
+            if done is not None:
+                return done.get("result")
+            current = self.messages.find_one({"_id": message_id, "queue": self.name},
+                                             {"state": 1, "last_error": 1})
+            if current is None:
+                done = history.finished(self.db, message_id)  # archived meanwhile?
+                if done is not None:
+                    return done.get("result")
+                raise MessageNotFound(
+                    f"Message {message_id} of queue {self.name!r} is neither waiting nor "
+                    "finished: it expired, an operator removed it, it finished longer ago "
+                    "than history keeps (MOPQ_HISTORY_SECONDS), or it was never written here.")
+            if current["state"] == schema.DEAD:
+                raise MessageDead(f"Message {message_id} of queue {self.name!r} is dead: "
+                                  f"{current.get('last_error')}", current.get("last_error"))
+            if time.monotonic() >= deadline:
+                raise ResultTimeout(f"Message {message_id} of queue {self.name!r} is still "
+                                    f"{current['state']} after {timeout:g} s.")
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.25)
 
     def count(self, state: str | None = None) -> int:
         """Messages of this queue in ``state`` (default: every state not yet finished)."""

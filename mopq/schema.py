@@ -38,6 +38,9 @@ start, rewritten every heartbeat, "stopped" on a clean stop)::
      stopped_at,
      zombie_reason, checked_at}   # written by the monitor
 
+``history`` — acknowledged messages, kept for a while with their result
+(``mopq.history`` has the shape).
+
 ``doorbells`` — where waiting consumers can be rung after a write
 (``mopq.doorbell``): ``{_id: identity, ip, port, database, queues, expires_at}``.
 
@@ -72,6 +75,7 @@ LEASES = "leases"
 AUDIT = "audit"
 SETTINGS = "settings"
 DOORBELLS = "doorbells"
+HISTORY = "history"
 
 # Message states. ``done``, ``expired`` and ``removed`` are terminal: the
 # document stays only until its outbox is published, then it is deleted.
@@ -148,6 +152,11 @@ INDEXES: tuple[CollectionIndexes, ...] = (
     CollectionIndexes(EVENTS, (
         # Collectors read the oldest events of the partitions they hold.
         IndexModel([("partition", ASCENDING), ("at", ASCENDING)], name="partition_at"),
+    )),
+    CollectionIndexes(HISTORY, (
+        # Retention (oldest first) and the queue page's recent finished messages.
+        IndexModel([("done_at", ASCENDING)], name="done_at"),
+        IndexModel([("queue", ASCENDING), ("done_at", DESCENDING)], name="queue_done_at"),
     )),
     CollectionIndexes(WORKERS, (
         # Monitor: workers by last heartbeat.

@@ -38,9 +38,10 @@ def declare_search_field(queue: str, field: str, db: Database | None = None) -> 
     validation.queue_name(queue)
     check_field(field)
     db = db if db is not None else get_database()
-    schema.create_missing_indexes(db[schema.MESSAGES], [IndexModel(
-        [("queue", ASCENDING), (f"body.{field}", ASCENDING)], name=f"search_{field}",
-        sparse=True)])
+    for collection in (schema.MESSAGES, schema.HISTORY):  # finished messages are found too
+        schema.create_missing_indexes(db[collection], [IndexModel(
+            [("queue", ASCENDING), (f"body.{field}", ASCENDING)], name=f"search_{field}",
+            sparse=True)])
     db[schema.SETTINGS].update_one({"_id": SEARCH_FIELDS},
                                    {"$addToSet": {"fields": {"queue": queue, "field": field}}},
                                    upsert=True)

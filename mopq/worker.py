@@ -70,6 +70,7 @@ from mopq.config import settings
 from mopq.connection import get_database
 from mopq.doorbell import doorbell_for
 from mopq.errors import InvalidInput, LeaseLost
+from mopq.history import checked_result
 from mopq.hosts import host_ip, listening_port
 from mopq.message import Message
 from mopq.queue import MAX_VISIBILITY_TIMEOUT, Backoff, Queue
@@ -415,7 +416,7 @@ class Worker:
                                     "since": utcnow()}
         try:
             try:
-                self.handler(message)
+                returned = self.handler(message)
             except Exception as error:
                 log.warning("mopq worker %s: handler failed on %r: %s: %s", self.identity,
                             message, type(error).__name__, error)
@@ -432,12 +433,22 @@ class Worker:
                         self._failed += 1
                 self._request_stop()
             else:
+                message.result = self._keepable(message, returned)
                 if self._settle(message, None):
                     with self._lock:
                         self._processed += 1
         finally:
             with self._lock:
                 self._current.pop(index, None)
+
+    def _keepable(self, message: Message, returned: object) -> object:
+        """The handler's return value as the message's result, or None if it cannot be kept."""
+        try:
+            return checked_result(returned)
+        except InvalidInput as problem:
+            log.warning("mopq worker %s: the result of %r is not kept: %s", self.identity,
+                        message, problem)
+            return None
 
     def _settle(self, message: Message, error: BaseException | None) -> bool:
         """Acknowledge (``error`` None) or fail the message; True if it was recorded.
@@ -453,7 +464,7 @@ class Worker:
         while True:
             try:
                 if error is None:
-                    message.delete()
+                    message.delete(result=message.result)
                 else:
                     message.fail(error)
                 return True

@@ -1,0 +1,96 @@
+"""History: acknowledged messages kept for a while, with their result.
+
+Why a collection of its own: a claim looks for candidates in ``messages``,
+and on the embedded engine every such look scans the collection
+(docs/ENGINE.md), so finished work cannot stay there without slowing
+claims. Once a done message's events are published, whoever publishes them
+(the consumer's publisher, or the sweep for one a crashed process left)
+copies it here and then deletes it from ``messages``; the copy is keyed by
+the message id, so doing it twice changes nothing.
+
+A history document::
+
+    {_id: message id, queue, routing_key, body, priority, activity, dedupe_key,
+     attempts, created_at, claimed_at, done_at, duration, worker, result,
+     acked_lease,        # the lease token the acknowledgement carried
+     errors: [...]}      # the failed attempts before it succeeded
+
+Retention, enforced by the monitor under its lease in batches
+(``collectors.monitor``): finished messages are forgotten after
+``MOPQ_HISTORY_SECONDS`` (one day); dead messages are removed after
+``MOPQ_DEAD_SECONDS`` (30 days), counted as removed like an operator's delete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import bson
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError
+
+from mopq import schema
+from mopq.bulk import duplicates_only
+from mopq.errors import InvalidInput
+
+MAX_RESULT_BYTES = 64 * 1024
+RETENTION_BATCH = 1_000
+KEPT = ("queue", "routing_key", "body", "priority", "activity", "dedupe_key", "attempts",
+        "created_at", "claimed_at", "done_at", "result", "acked_lease", "errors")
+
+
+def checked_result(result: Any) -> Any:
+    """A handler's result as stored: BSON-encodable and at most ``MAX_RESULT_BYTES``."""
+    if result is None:
+        return None
+    try:
+        size = len(bson.encode({"result": result}))
+    except (bson.errors.InvalidDocument, TypeError, OverflowError) as error:
+        raise InvalidInput(f"a result must be JSON-like (dicts, lists, str, numbers, bool, "
+                           f"None): {error}") from None
+    if size > MAX_RESULT_BYTES:
+        raise InvalidInput(f"a result is {size} bytes encoded; at most {MAX_RESULT_BYTES} are "
+                           "kept. Store large results elsewhere and return a reference.")
+    return result
+
+
+def history_document(message: dict[str, Any]) -> dict[str, Any]:
+    document = {key: message[key] for key in KEPT if key in message}
+    document["_id"] = message["_id"]
+    document["worker"] = message.get("leased_by")
+    if message.get("claimed_at") and message.get("done_at"):
+        document["duration"] = (message["done_at"] - message["claimed_at"]).total_seconds()
+    return document
+
+
+def archive(db: Database, message_ids: list[Any]) -> int:
+    """Copy the done messages among ``message_ids`` into history; return how many were found.
+
+    Call before deleting them from ``messages``; a repeat copies nothing new.
+    """
+    if not message_ids:
+        return 0
+    done = list(db[schema.MESSAGES].find({"_id": {"$in": message_ids}, "state": schema.DONE},
+                                         {"outbox": 0, "dedupe": 0}))
+    if done:
+        try:
+            db[schema.HISTORY].insert_many([history_document(m) for m in done], ordered=False)
+        except BulkWriteError as error:
+            duplicates_only(error)
+    return len(done)
+
+
+def finished(db: Database, message_id: Any) -> dict[str, Any] | None:
+    return db[schema.HISTORY].find_one({"_id": message_id})
+
+
+def forget_finished(db: Database, before: dt.datetime) -> int:
+    """Forget up to ``RETENTION_BATCH`` finished messages done before ``before``.
+
+    In batches so that a large backlog of old history never holds the engine
+    for long; the monitor calls again at its next pass.
+    """
+    old = [d["_id"] for d in db[schema.HISTORY].find({"done_at": {"$lt": before}}, {"_id": 1})
+           .limit(RETENTION_BATCH)]
+    return db[schema.HISTORY].delete_many({"_id": {"$in": old}}).deleted_count if old else 0
