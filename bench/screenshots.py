@@ -1,11 +1,14 @@
 """Screenshots of every dashboard page with demo traffic, into docs/screenshots/.
 
+Each page is taken twice: on a desktop (1280 px wide, ``<page>.png``) and on a
+phone (390 px, ``<page>-phone.png``).
+
 Why a script: the README shows what the dashboard looks like, and those
 pictures should come from the real thing — the embedded engine (or
 ``MOPQ_MONGODB_URI``), ``mopq demo``'s traffic, gunicorn and Debian's
 Chromium — and be easy to take again after a change::
 
-    .venv/bin/python bench/screenshots.py            # about a minute
+    .venv/bin/python bench/screenshots.py            # about a minute and a half
     .venv/bin/python bench/screenshots.py --warmup 90 --out /tmp/shots
 """
 
@@ -37,6 +40,18 @@ PAGES = [("overview", "/"), ("queues", "/queues"), ("queue", "/queues/orders"),
          ("metrics", "/metrics-ui"), ("audit", "/audit")]
 
 
+PHONE = {"width": 390, "height": 844}
+
+
+def take(page, url: str, path: str, file: Path) -> None:
+    page.goto(url + path)
+    page.wait_for_selector('#live-state[data-state="connected"]')
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(1500)  # let charts draw and a push or two arrive
+    page.screenshot(path=str(file), full_page=True)
+    print(f"screenshots: {file}", flush=True)
+
+
 def shoot(url: str, out: Path, order_id: int) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
@@ -45,25 +60,21 @@ def shoot(url: str, out: Path, order_id: int) -> None:
         context = browser.new_context(viewport={"width": 1280, "height": 860},
                                       device_scale_factor=1, http_credentials=credentials)
         page = context.new_page()
-        page.goto(url + "/failed")
+        page.goto(url + "/login?next=/failed")  # challenged, the browser signs in as admin
         retry = page.locator('button[data-action="retry"]').first
         if retry.count():
             retry.click()  # so the audit page has an entry
             page.wait_for_selector("#action-status.ok, #action-status.error")
         for name, path in PAGES:
-            page.goto(url + path.format(order_id=order_id))
-            page.wait_for_selector('#live-state[data-state="connected"]')
-            page.wait_for_load_state("networkidle")
-            page.wait_for_timeout(1500)  # let charts draw and a push or two arrive
-            page.screenshot(path=str(out / f"{name}.png"), full_page=True)
-            print(f"screenshots: {out / f'{name}.png'}", flush=True)
-        phone = browser.new_context(viewport={"width": 390, "height": 844},
-                                    device_scale_factor=1, http_credentials=credentials)
+            take(page, url, path.format(order_id=order_id), out / f"{name}.png")
+        # The same pages on a phone (390 px wide, as an iPhone 12-15 shows them).
+        phone = browser.new_context(viewport=PHONE, screen=PHONE, device_scale_factor=1,
+                                    is_mobile=True, has_touch=True,
+                                    http_credentials=credentials)
         small = phone.new_page()
-        small.goto(url + "/")
-        small.wait_for_selector('#live-state[data-state="connected"]')
-        small.wait_for_timeout(1500)
-        small.screenshot(path=str(out / "overview-phone.png"), full_page=True)
+        small.goto(url + "/login?next=/")
+        for name, path in PAGES:
+            take(small, url, path.format(order_id=order_id), out / f"{name}-phone.png")
         browser.close()
 
 

@@ -21,7 +21,7 @@ from mopq import search as declared
 from mopq import validation
 from mopq.clock import utcnow
 from mopq.collectors import series
-from mopq.collectors.counters import HOUR, MINUTE
+from mopq.collectors.counters import HOUR, MINUTE, RESOLUTIONS
 from mopq.collectors.stats import worker_rows
 from mopq.dashboard import charts, formatting, queries, stats_cache, store
 from mopq.dashboard.auth import (
@@ -183,7 +183,11 @@ def queue_page(name: str) -> tuple[str, int]:
                                         now)
         return {"queue": row, "history": {
             "t": [int(t.timestamp() * 1000) for t in history["t"]],
-            "counts": history["counts"], "duration_seconds": history["duration_seconds"]}}
+            "counts": history["counts"], "duration_seconds": history["duration_seconds"],
+            # the window the range button names, and the bucket width, for the chart's axis
+            "since": int((now - HISTORY_RANGE[resolution]).timestamp() * 1000),
+            "until": int(now.timestamp() * 1000),
+            "step": int(RESOLUTIONS[resolution][0].total_seconds() * 1000)}}
 
     context = _read(render)
     status = 404 if not context["engine_error"] and context["queue"] is None else 200
@@ -268,7 +272,7 @@ def workers_page() -> str:
 @blueprint.get("/activities")
 @require_read
 def activities_page() -> str:
-    return render_template("activities.html",
+    return render_template("activities.html", rate_minutes=series.RATE_MINUTES,
                            **_read(lambda db: {"activities": series.activities(db)}))
 
 

@@ -23,6 +23,23 @@
     return m.el("strong", { dataset: { field: name } }, text);
   }
 
+  // How long the rate is averaged over (the server's, in data-rate-minutes).
+  function rateMinutes() {
+    const list = document.getElementById("activities");
+    return (list && parseInt(list.dataset.rateMinutes, 10)) || 5;
+  }
+
+  // "Time left at that rate": none once finished; a dash, and why, without a rate.
+  function timeLeft(a) {
+    if (a.complete) return [field("seconds_left", "none"), " \u2014 finished"];
+    const parts = [field("seconds_left", m.seconds(a.seconds_left))];
+    if (a.seconds_left === null || a.seconds_left === undefined) {
+      parts.push(m.el("span", { className: "note why" }, "nothing was done in the last " +
+        rateMinutes() + " minutes, so there is no rate to estimate from"));
+    }
+    return parts;
+  }
+
   function buildSection(a) {
     const percent = a.total ? ((a.done + a.failed) / a.total) * 100 : 100;
     const section = m.el("section", {
@@ -41,10 +58,13 @@
     m.el("div", { className: "activity-meta" },
       m.el("span", {}, field("done", m.number(a.done)), " done"),
       m.el("span", {}, field("failed", m.number(a.failed)), " dead"),
-      m.el("span", {}, field("left", m.number(a.left)), " left of ", field("total", m.number(a.total))),
-      m.el("span", {}, field("done_per_second", m.number(a.done_per_second)), " done/s"),
-      m.el("span", {}, "time left ", field("seconds_left",
-        a.complete ? "finished" : m.seconds(a.seconds_left)))));
+      m.el("span", {}, field("left", m.number(a.left)), " left of ", field("total", m.number(a.total)))),
+    m.el("dl", { className: "facts activity-rate" },
+      m.el("dt", {}, "Rate"),
+      m.el("dd", {}, field("done_per_second", m.number(a.done_per_second)),
+        " done per second over the last " + rateMinutes() + " minutes"),
+      m.el("dt", {}, "Time left at that rate"),
+      m.el("dd", {}, ...timeLeft(a))));
     drawBar(section);
     return section;
   }

@@ -27,7 +27,7 @@
       m.el("td", {}, String(who.name || "?"), m.el("div", { className: "note" }, String(who.via || ""))),
       m.el("td", {}, m.el("span", { className: "badge" }, String(entry.action || "?")),
         outcome ? m.el("div", { className: "warning-text" }, outcome) : null),
-      m.el("td", {}, target(entry)),
+      m.el("td", { className: "wide" }, target(entry)),
       m.el("td", { className: "num" }, entry.count === null || entry.count === undefined
         ? "—" : m.number(entry.count)));
   }
@@ -44,7 +44,9 @@
     }
     const entries = answer.data.items || [];
     status.textContent = "";
-    document.getElementById("audit-rows").replaceChildren(...entries.map(row));
+    const body = document.getElementById("audit-rows");
+    body.replaceChildren(...entries.map(row));
+    m.labelCells(body);
     document.getElementById("audit-empty").hidden = entries.length > 0;
     document.getElementById("audit-panel").hidden = entries.length === 0;
   }

@@ -7,7 +7,9 @@
   if (!m || !charts) return;
   const range = document.getElementById("range");
   const REFRESH_GAP_MS = 5000;
-  const SPANS_MS = { "-1h": 3600e3, "-1d": 86400e3, "-90d": 90 * 86400e3 };
+  const SPANS_MS = { "-1h": charts.HOUR, "-1d": charts.DAY, "-90d": 90 * charts.DAY };
+  const STEP_MS = { s: charts.SECOND, m: charts.MINUTE, h: charts.HOUR };
+  const HOVER = { s: "%b %-d, %H:%M:%S", m: "%b %-d, %H:%M", h: "%b %-d, %H:00" };
   let lastRefresh = 0;
 
   function query(section) {
@@ -38,20 +40,26 @@
     }
     const data = answer.data;
     fillTags(section.querySelector(".tag-filter"), data.available_tags);
-    const x = data.t.map(function (t) { return new Date(t); });
     const count = data.count.reduce(function (a, b) { return a + b; }, 0);
     const sum = data.sum.reduce(function (a, b) { return a + b; }, 0);
     summary.textContent = m.number(count) + " event(s), sum " + m.number(sum) + " in this range";
+    const [resolution, since] = range.value.split("|");
+    const step = STEP_MS[resolution];
+    // Each bucket is drawn over its own time (bar and sum point in its middle), so a
+    // sparse series keeps bars as wide as their bucket and the axis its whole range.
+    const x = data.t.map(function (t) { return new Date(Date.parse(t) + step / 2); });
     charts.draw(section.querySelector(".chart"), [
-      { type: "bar", name: "count", x: x, y: data.count, marker: { color: charts.COLORS.count } },
+      { type: "bar", name: "count", x: x, y: data.count, width: step * 0.9,
+        marker: { color: charts.COLORS.count } },
       charts.line("sum", x, data.sum, charts.COLORS.sum, { yaxis: "y2", mode: "lines+markers",
         line: { color: charts.COLORS.sum, width: 2, shape: "linear" }, marker: { size: 5 } }),
     ], {
-      xaxis: { type: "date", gridcolor: "#eaecf0", zeroline: false,
-        range: [new Date(Date.now() - SPANS_MS[range.value.split("|")[1]]), new Date()] },
-      yaxis: { gridcolor: "#eaecf0", rangemode: "tozero", title: { text: "count" } },
+      // the window the range names, to the end of the bucket still being counted
+      xaxis: charts.timeAxis(Date.now() - SPANS_MS[since], Math.ceil(Date.now() / step) * step,
+        HOVER[resolution]),
+      yaxis: { title: { text: "count" } },
       yaxis2: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false,
-        title: { text: "sum" }, nticks: 5 },
+        zeroline: false, title: { text: "sum" }, nticks: 5 },
     });
   }
 

@@ -84,6 +84,32 @@
     return node;
   }
 
+  // Rows a script builds get their column's label (shown above each value on a
+  // phone, see mopq.css) from the table's header, as the templates write it.
+  function labelCells(tbody) {
+    const table = tbody && tbody.closest("table");
+    if (!table) return;
+    const labels = Array.from(table.querySelectorAll("thead th"))
+      .map(function (th) { return th.textContent.trim(); });
+    tbody.querySelectorAll("tr").forEach(function (tr) {
+      Array.from(tr.children).forEach(function (cell, index) {
+        if (!cell.dataset.label && labels[index]) cell.dataset.label = labels[index];
+      });
+    });
+    requestAnimationFrame(fitTables); // once the caller has shown or hidden its panel
+  }
+
+  // A table wider than its panel becomes cards (table.data.cards in mopq.css)
+  // instead of scrolling sideways, a phone turned sideways or a tablet included;
+  // up to 640 px wide mopq.css makes every table cards by itself.
+  function fitTables() {
+    document.querySelectorAll(".table-wrap > table.data").forEach(function (table) {
+      const wrap = table.parentElement;
+      table.classList.remove("cards");
+      if (wrap.clientWidth && table.scrollWidth > wrap.clientWidth + 1) table.classList.add("cards");
+    });
+  }
+
   function readJSON(node, name) {
     const raw = node && node.dataset[name];
     if (!raw) return null;
@@ -199,11 +225,20 @@
 
   refreshTimes();
   setInterval(refreshTimes, 1000);
+  fitTables();
+  let fitting = null;
+  window.addEventListener("resize", function () {
+    clearTimeout(fitting);
+    fitting = setTimeout(fitTables, 150);
+  });
+  document.addEventListener("toggle", function (event) {
+    if (event.target.open && event.target.querySelector(".table-wrap")) fitTables();
+  }, true);
 
   window.mopq = {
     socket: socket, onStats: onStats, api: api, el: el, number: number, percent: percent,
     seconds: seconds, ago: ago, absolute: absolute, timeElement: timeElement,
     refreshTimes: refreshTimes, readJSON: readJSON, confirmAction: confirmAction,
-    setStat: setStat,
+    setStat: setStat, labelCells: labelCells, fitTables: fitTables,
   };
 })();

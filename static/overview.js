@@ -49,7 +49,10 @@
       charts.line("written", x, written),
       charts.line("acked", x, acked),
       charts.line("failed", x, failed),
-    ], { yaxis: { gridcolor: "#eaecf0", rangemode: "tozero", title: { text: "per second" } } });
+    ], {
+      xaxis: charts.timeAxis(x[0], x[x.length - 1], "%H:%M:%S"),
+      yaxis: { title: { text: "per second" } },
+    });
   }
 
   function totals(queues) {
@@ -79,7 +82,7 @@
       const row = queues[name];
       const age = row.pending ? row.oldest_pending_age_seconds + elapsed() : null;
       return m.el("tr", { dataset: { queue: name } },
-        m.el("td", {}, m.el("a", { href: "/queues/" + encodeURIComponent(name) }, name)),
+        m.el("td", { className: "lead" }, m.el("a", { href: "/queues/" + encodeURIComponent(name) }, name)),
         m.el("td", { className: "num" }, m.number(row.pending)),
         m.el("td", { className: "num" }, m.number(row.inflight)),
         m.el("td", { className: "num" }, m.number(row.delayed)),
@@ -88,6 +91,7 @@
         m.el("td", { className: "num" }, m.percent(failureRate(row))));
     });
     body.replaceChildren(...rows);
+    m.labelCells(body);
   }
 
   function drawCollector() {

@@ -29,7 +29,7 @@
       ? m.el("a", { href: "/failed?queue=" + encodeURIComponent(row.name) }, m.number(row.dead))
       : "0";
     return m.el("tr", { dataset: { queue: row.name } },
-      m.el("td", {}, m.el("a", { href: queueUrl(row.name) }, row.name)),
+      m.el("td", { className: "lead" }, m.el("a", { href: queueUrl(row.name) }, row.name)),
       ...["pending", "inflight", "delayed", "done", "failed"].map(function (field) {
         return m.el("td", { className: "num", dataset: { field: field } }, cellText(field, row));
       }),
@@ -38,7 +38,7 @@
         function (field) {
           return m.el("td", { className: "num", dataset: { field: field } }, cellText(field, row));
         }),
-      m.el("td", { className: "warning-text", dataset: { field: "warnings" } },
+      m.el("td", { className: "warning-text wide", dataset: { field: "warnings" } },
         cellText("warnings", row)));
   }
 
@@ -63,7 +63,9 @@
     if (!answer.ok || !answer.data) return;
     const rows = Array.isArray(answer.data) ? answer.data : answer.data.items;
     if (!Array.isArray(rows)) return;
-    document.getElementById("queue-rows").replaceChildren(...rows.map(buildRow));
+    const body = document.getElementById("queue-rows");
+    body.replaceChildren(...rows.map(buildRow));
+    m.labelCells(body);
     document.getElementById("queues-empty").hidden = rows.length > 0;
     document.getElementById("queues-panel").hidden = rows.length === 0;
   }
@@ -98,21 +100,37 @@
     const node = document.getElementById("history-chart");
     const history = node && m.readJSON(node, "history");
     if (!history || !charts) return;
-    const x = history.t.map(function (t) { return new Date(t); });
-    const bars = ["written", "acked", "failed", "dead"].map(function (kind) {
-      return { type: "bar", name: kind, x: x, y: history.counts[kind],
-        marker: { color: charts.COLORS[kind] } };
+    // Every bucket of the window, those without events too: each series is a step
+    // line on the same times (a count holds from its bucket's start to the next),
+    // and the axis spans exactly the window the range button names.
+    const step = history.step;
+    const first = Math.floor(history.since / step) * step;
+    const x = [];
+    const at = new Map();
+    for (let t = first; t <= history.until; t += step) { at.set(t, x.length); x.push(new Date(t)); }
+    function dense(values, missing) {
+      const out = x.map(function () { return missing; });
+      history.t.forEach(function (t, index) {
+        if (at.has(t)) out[at.get(t)] = values[index];
+      });
+      return out;
+    }
+    const counts = ["written", "acked", "failed", "dead"].map(function (kind) {
+      return charts.line(kind, x, dense(history.counts[kind], 0), charts.COLORS[kind]);
     });
     const durations = ["p50", "p95"].map(function (name) {
-      return charts.line(name + " handler time", x, history.duration_seconds[name],
+      return charts.line("handler " + name, x, dense(history.duration_seconds[name], null),
         charts.COLORS[name], { yaxis: "y2", mode: "lines+markers", marker: { size: 4 },
-          line: { color: charts.COLORS[name], width: 2, dash: "dot", shape: "linear" } });
+          connectgaps: false,
+          line: { color: charts.COLORS[name], width: 1.5, dash: "dot", shape: "hv" } });
     });
-    charts.draw(node, bars.concat(durations), {
-      barmode: "group", height: 300,
-      yaxis: { gridcolor: "#eaecf0", rangemode: "tozero", title: { text: "messages" } },
+    charts.draw(node, counts.concat(durations), {
+      height: 300,
+      xaxis: charts.timeAxis(history.since, history.until,
+        step >= charts.HOUR ? "%b %-d, %H:00" : "%b %-d, %H:%M"),
+      yaxis: { title: { text: "messages per " + (step >= charts.HOUR ? "hour" : "minute") } },
       yaxis2: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false,
-        title: { text: "seconds" }, tickformat: ".2~f" },
+        zeroline: false, title: { text: "handler seconds" }, tickformat: ".2~f" },
     });
   }
 

@@ -20,6 +20,9 @@ from mopq import flush
 from mopq.connection import close_all
 from mopq.engine import engine_unless_configured
 
+# The browser fixtures (browser, page_opener, collector) for the page tests.
+pytest_plugins = ["tests.browsers"]
+
 
 @pytest.fixture(scope="session")
 def engine_uri() -> Iterator[str]:

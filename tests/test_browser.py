@@ -10,69 +10,28 @@ Content-Security-Policy.
 from __future__ import annotations
 
 import http.server
-import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from bson import ObjectId
 
 from mopq import Queue, emit, flush, schema
-from mopq.collectors import Collector
+from tests.browsers import Watched, needs_chromium
 from tests.dashboard_data import HOSTILE_BODY, HOSTILE_ERROR, make_dead, populate
 from tests.helpers import free_port, wait_until
 from tests.live_server import live_dashboard
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-quic"]
 ADMIN = ("admin", "secret")
 READER = ("reader", "readpw")
 AUTH = {"MOPQ_ADMIN_USERS": ":".join(ADMIN), "MOPQ_BASIC_AUTH_USERS": ":".join(READER)}
 PAGES = ["/", "/queues", "/queues/orders", "/queues/orders?resolution=h", "/failed",
          "/failed?state=failing", "/search", "/search?q=order_id%3D41", "/workers",
          "/activities", "/metrics-ui", "/audit"]
-# Records what a page says in its console, what it throws and what the CSP refuses.
-WATCH_CSP = """
-window.__csp = [];
-document.addEventListener("securitypolicyviolation", function (event) {
-  window.__csp.push(event.violatedDirective + " " + event.blockedURI);
-});
-"""
 
-sync_api = pytest.importorskip("playwright.sync_api")
-pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None,
-                                reason="Debian's chromium is not installed (make browser)")
-
-
-@dataclass
-class Watched:
-    page: object
-    errors: list[str] = field(default_factory=list)
-    dialogs: list[str] = field(default_factory=list)
-
-    def csp_violations(self) -> list[str]:
-        return self.page.evaluate("window.__csp || []")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                              args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def collector(engine_uri, db_name) -> Iterator[Collector]:
-    running = Collector(engine_uri, db_name, poll_interval=0.05, monitor_interval=0.5).start()
-    yield running
-    running.stop(5.0)
+pytestmark = needs_chromium
 
 
 @pytest.fixture
@@ -82,33 +41,8 @@ def server(engine_uri, db_name, tmp_path: Path, collector) -> Iterator[str]:
 
 
 @pytest.fixture
-def open_page(browser) -> Iterator[object]:
-    contexts = []
-
-    def open_(credentials: tuple[str, str] | None) -> Watched:
-        options = {}
-        if credentials:
-            options["http_credentials"] = {"username": credentials[0],
-                                           "password": credentials[1], "send": "always"}
-        context = browser.new_context(viewport={"width": 1280, "height": 900}, **options)
-        contexts.append(context)
-        context.add_init_script(WATCH_CSP)
-        page = context.new_page()
-        watched = Watched(page)
-        page.on("console", lambda message: message.type == "error"
-                and watched.errors.append(f"console: {message.text}"))
-        page.on("pageerror", lambda error: watched.errors.append(f"pageerror: {error}"))
-
-        def on_dialog(dialog) -> None:
-            watched.dialogs.append(dialog.message)
-            dialog.dismiss()
-
-        page.on("dialog", on_dialog)
-        return watched
-
-    yield open_
-    for context in contexts:
-        context.close()
+def open_page(page_opener) -> Callable[..., Watched]:
+    return lambda credentials: page_opener(credentials, viewport={"width": 1280, "height": 900})
 
 
 def visit(watched: Watched, url: str) -> None:
