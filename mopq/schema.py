@@ -44,7 +44,8 @@ start, rewritten every heartbeat, "stopped" on a clean stop)::
 ``doorbells`` — where waiting consumers can be rung after a write
 (``mopq.doorbell``): ``{_id: identity, ip, port, database, queues, expires_at}``.
 
-``settings`` — ``{_id: "search_fields", fields: [{queue, field}, ...]}``:
+``settings`` — ``{_id: "format", version: 1}``: the storage format the
+database speaks (docs/FORMAT.md); ``{_id: "search_fields", fields: [{queue, field}, ...]}``:
 body fields declared searchable (``mopq.search``), each with an index; and
 ``{_id: "queues", names: [...]}``: every queue the collectors have seen
 (``collectors.batch.register_queues``).
@@ -65,6 +66,11 @@ from dataclasses import dataclass
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.collection import Collection
 from pymongo.database import Database
+
+# The storage format clients in any language follow (docs/FORMAT.md); a database
+# records the version it speaks in settings {_id: "format", version: N}.
+FORMAT_VERSION = 1
+FORMAT_DOCUMENT = "format"
 
 MESSAGES = "messages"
 EVENTS = "events"
@@ -168,17 +174,38 @@ _ensured: set[tuple[int, str]] = set()
 _ensured_lock = threading.Lock()
 
 
+class FormatMismatch(RuntimeError):
+    """The database was written by a newer version of the storage format than this code's."""
+
+
 def ensure_indexes(db: Database) -> None:
-    """Create every index once per process and database (cheap to call again)."""
+    """Create every index once per process and database (cheap to call again).
+
+    Also records the storage format version (``settings`` ``{_id: "format"}``)
+    if the database has none, and refuses a database of a newer format.
+    """
     key = (id(db.client), db.name)
     if key in _ensured:
         return
     with _ensured_lock:
         if key in _ensured:
             return
+        check_format(db)
         for entry in INDEXES:
             create_missing_indexes(db[entry.collection], list(entry.indexes))
         _ensured.add(key)
+
+
+def check_format(db: Database) -> int:
+    """The database's format version (recorded as ours if it had none); raises if newer."""
+    db[SETTINGS].update_one({"_id": FORMAT_DOCUMENT},
+                            {"$setOnInsert": {"version": FORMAT_VERSION}}, upsert=True)
+    stored = int((db[SETTINGS].find_one({"_id": FORMAT_DOCUMENT}) or {}).get("version", 1))
+    if stored > FORMAT_VERSION:
+        raise FormatMismatch(
+            f"Database {db.name!r} speaks mopq storage format {stored}; this mopq speaks "
+            f"format {FORMAT_VERSION} (docs/FORMAT.md). Upgrade mopq before using it.")
+    return stored
 
 
 def create_missing_indexes(collection: Collection, indexes: list[IndexModel]) -> None:

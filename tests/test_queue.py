@@ -368,3 +368,16 @@ def test_an_acknowledgement_after_the_lease_ran_out_is_refused(db_name, db):
     [again] = queue.read(visibility_timeout=30)
     assert again.id == message.id and again.attempts == 2
     again.delete()
+
+
+def test_the_database_records_its_format_and_a_newer_one_is_refused(db_name, db, engine_uri):
+    from pymongo import MongoClient
+
+    from mopq.schema import FORMAT_VERSION, FormatMismatch, ensure_indexes
+
+    Queue("formats").write({"n": 1})
+    assert db.settings.find_one({"_id": "format"})["version"] == FORMAT_VERSION
+    db.settings.update_one({"_id": "format"}, {"$set": {"version": FORMAT_VERSION + 1}})
+    with MongoClient(engine_uri, tz_aware=True) as other:  # a process that has not checked yet
+        with pytest.raises(FormatMismatch, match="Upgrade mopq"):
+            ensure_indexes(other[db_name])
