@@ -21,26 +21,24 @@ import logging
 from typing import Any
 
 from bson import ObjectId
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
-from pymongo.errors import ConnectionFailure, PyMongoError
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+from pymongo.errors import PyMongoError
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter
 
 from mopq import admin, schema
 from mopq.clock import utcnow
 from mopq.collectors import series
 from mopq.collectors.stats import worker_rows
-from mopq.dashboard import audit, openapi, prometheus, queries, stats_cache, store
+from mopq.dashboard import audit, errors, openapi, prometheus, queries, stats_cache, store
 from mopq.dashboard import parameters as p
 from mopq.dashboard.auth import current_identity
-from mopq.dashboard.endpoints import ADMIN, PUBLIC, BadParameter, BodyTooLarge, endpoint
+from mopq.dashboard.endpoints import ADMIN, PUBLIC, endpoint
 from mopq.dashboard.openapi import ref
-from mopq.errors import InvalidInput
 
 blueprint = Blueprint("api", __name__)
 
-RETRY_AFTER_SECONDS = 5
 JSON_PREFIX = "/api/"
 JSON_PATHS = ("/openapi.json", "/metrics", "/healthz")
 log = logging.getLogger("mopq.dashboard")
@@ -106,52 +104,8 @@ def _on_register(state: Any) -> None:
 
 # -- errors ---------------------------------------------------------------------------------
 
-def _error(status: int, message: str, **extra: Any) -> Response:
-    response = jsonify({"error": message, **extra})
-    response.status_code = status
-    return response
-
-
-@blueprint.errorhandler(BadParameter)
-def _bad_parameter(error: BadParameter) -> Response:
-    status = 413 if isinstance(error, BodyTooLarge) else 400
-    return _error(status, error.message, parameter=error.parameter)
-
-
-@blueprint.errorhandler(InvalidInput)
-def _invalid_input(error: InvalidInput) -> Response:
-    return _error(400, str(error), parameter=None)
-
-
-@blueprint.errorhandler(RequestEntityTooLarge)
-def _too_large(error: RequestEntityTooLarge) -> Response:
-    limit = current_app.config.get("MAX_CONTENT_LENGTH")
-    return _error(413, f"the request body is too large: at most {limit} bytes are accepted.",
-                  parameter="body")
-
-
-@blueprint.errorhandler(HTTPException)
-def _http_error(error: HTTPException) -> Response:
-    return _error(error.code or 500, error.description or error.name)
-
-
-@blueprint.errorhandler(Exception)
-def _unexpected(error: Exception) -> Response:
-    log.exception("mopq dashboard: unexpected error in %s %s", request.method, request.path)
-    return _error(500, "internal error; the dashboard's log has the details.")
-
-
-@blueprint.errorhandler(PyMongoError)
-def _engine_error(error: PyMongoError) -> Response:
-    if isinstance(error, ConnectionFailure):
-        response = _error(503, "the engine is unreachable",
-                          detail=f"{type(error).__name__}: MongoDB did not answer in time; "
-                                 "check that it runs and MOPQ_MONGODB_URI points at it.")
-    else:
-        response = _error(503, "the engine could not answer the request",
-                          detail=type(error).__name__)
-    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    return response
+errors.answer_in_json(blueprint)
+_error = errors.error
 
 
 # -- helpers --------------------------------------------------------------------------------

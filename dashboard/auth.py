@@ -207,7 +207,12 @@ def csrf_problem() -> str | None:
 
 def refuse_reader() -> Response | None:
     """The answer to a request that may not read, or None if it may."""
-    if current_identity().role is None:
+    identity = current_identity()
+    if identity.role is None:
+        if identity.via == "none" and request.headers.get("Authorization", "").lower() \
+                .startswith("bearer "):
+            return _json_error(403, "this token may not read the dashboard (a producer or "
+                                    "consumer token is for the queue API only).")
         return unauthorized()
     return None
 

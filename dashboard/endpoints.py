@@ -31,10 +31,13 @@ from flask import Blueprint, request
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from werkzeug.datastructures import MultiDict
 
-from mopq.dashboard import auth
+from mopq.dashboard import auth, grants
 from mopq.dashboard.parameters import Expect
 
 PUBLIC, READ, ADMIN = "public", "read", "admin"
+# The HTTP queue's accesses: a producer or consumer token admitting the path's queue,
+# or (OUTCOME) either of those or a dashboard reader.
+PRODUCE, CONSUME, OUTCOME = grants.PRODUCER, grants.CONSUMER, "outcome"
 MAX_BODY_BYTES = 64 * 1024   # an admin body: 1,000 ids take about 27 KB
 MAX_BODY_DEPTH = 16          # objects and arrays inside one another
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
@@ -70,7 +73,13 @@ class Endpoint:
     ok: dict[str, Any] = field(default_factory=dict)   # the 200 answer's schema
     ok_description: str = "The answer."
     ok_media: str = "application/json"
+    ok_status: int = 200
+    also_ok: tuple[int, ...] = ()       # other success statuses, with the same answer
+    body_limit: int = 0                 # bytes; 0: MAX_BODY_BYTES
+    body_depth: int = 0                 # nesting; 0: MAX_BODY_DEPTH
     errors: tuple[int, ...] = ()        # statuses besides 400/401/403/413/503
+    safe: bool | None = None            # the talk's classes: no effect / a repeat is harmless
+    idempotent: bool | None = None
     error_descriptions: Mapping[int, str] = field(default_factory=dict)
     description: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)  # x- fields of the operation
@@ -105,9 +114,13 @@ def endpoint(blueprint: Blueprint, rule: str, method: str = "GET", *, summary: s
             values: dict[str, Any] = {}
             if spec.path is not None:
                 values.update(parse(spec.path, path).model_dump())
+            refusal = _queue_refusal(spec.access, values.get("name"))
+            if refusal is not None:
+                return refusal
             values["query"] = parse_query(request.args, spec.query)
             if spec.body is not None:
-                values["body"] = parse_body(spec.body)
+                values["body"] = parse_body(spec.body, spec.body_limit or MAX_BODY_BYTES,
+                                            spec.body_depth or MAX_BODY_DEPTH)
             if spec.query is None:
                 values.pop("query")
             return view(**values)
@@ -124,6 +137,18 @@ def _access_refusal(access: str) -> Any:
         return auth.refuse_reader()
     if access == ADMIN:
         return auth.refuse_admin()
+    if access in (PRODUCE, CONSUME):
+        return grants.refuse(access)
+    return None
+
+
+def _queue_refusal(access: str, queue: str | None) -> Any:
+    if queue is None:
+        return None
+    if access in (PRODUCE, CONSUME):
+        return grants.refuse_queue(access, queue)
+    if access == OUTCOME:
+        return grants.refuse_outcome(queue)
     return None
 
 
@@ -232,7 +257,7 @@ def nesting(raw: bytes) -> int:
     return deepest
 
 
-def json_body(max_bytes: int = MAX_BODY_BYTES) -> Any:
+def json_body(max_bytes: int = MAX_BODY_BYTES, max_depth: int = MAX_BODY_DEPTH) -> Any:
     """The parsed JSON body of this request, after its size and depth limits."""
     if request.mimetype != "application/json":
         raise BadParameter("body", "send a JSON object with Content-Type: application/json.")
@@ -241,17 +266,18 @@ def json_body(max_bytes: int = MAX_BODY_BYTES) -> Any:
         raise BodyTooLarge("body", f"the request body is too large ({len(raw)} bytes); at most "
                                    f"{max_bytes} are accepted here.")
     depth = nesting(raw)
-    if depth > MAX_BODY_DEPTH:
+    if depth > max_depth:
         raise BadParameter("body", f"the JSON body nests {depth} levels deep; at most "
-                                   f"{MAX_BODY_DEPTH} are accepted.")
+                                   f"{max_depth} are accepted.")
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):
         raise BadParameter("body", "the request body is not valid JSON.") from None
 
 
-def parse_body(model: Any) -> Any:
-    data = json_body()
+def parse_body(model: Any, max_bytes: int = MAX_BODY_BYTES,
+               max_depth: int = MAX_BODY_DEPTH) -> Any:
+    data = json_body(max_bytes, max_depth)
     if not isinstance(data, dict):
         raise BadParameter("body", "the request body must be a JSON object "
                                    "(Content-Type: application/json).")

@@ -36,12 +36,24 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if config:
         app.config.update(config)
 
-    from mopq.dashboard import api, auth, live, pages, security, stats_cache, vendor
+    from mopq.dashboard import (
+        api,
+        auth,
+        grants,
+        live,
+        pages,
+        queue_api,
+        security,
+        stats_cache,
+        vendor,
+    )
 
     auth.init_app(app, current)
+    grants.init_app(app, current)
     stats_cache.init_app(app, app.config["MOPQ_STATS_MAX_AGE"])
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(queue_api.blueprint)
     app.register_blueprint(vendor.blueprint)
     socketio.init_app(app, cors_allowed_origins=security.origin_check(current))
     live.register(socketio, app)

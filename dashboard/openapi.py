@@ -16,7 +16,16 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from mopq import __version__
-from mopq.dashboard.endpoints import ADMIN, PUBLIC, READ, REGISTRY, Endpoint
+from mopq.dashboard.endpoints import (
+    ADMIN,
+    CONSUME,
+    OUTCOME,
+    PRODUCE,
+    PUBLIC,
+    READ,
+    REGISTRY,
+    Endpoint,
+)
 
 REF = "#/components/schemas/"
 ERRORS = "#/components/responses/"
@@ -162,6 +171,20 @@ SCHEMAS: dict[str, Any] = {
                              "audit_id": STRING}},
 }
 
+# What mopq.validation.body accepts, as JSON carries it over HTTP: objects whose keys do not
+# start with '$' nor hold NUL, numbers within 64-bit integers' range, strings, lists, null,
+# booleans. One schema with a list of types (no anyOf), so no branch is another's subset.
+SCHEMAS["MessageBody"] = {
+    "type": "object", "description": "A message body: a JSON object (at most 1 MiB encoded, "
+                                     "64 levels deep, numbers from -2**63 to 2**63 - 1).",
+    "propertyNames": {"pattern": "^([^$\u0000][^\u0000]*)?$"},
+    "additionalProperties": ref("BodyValue")}
+SCHEMAS["BodyValue"] = {
+    "type": ["null", "boolean", "string", "number", "array", "object"],
+    "minimum": -2**63, "maximum": 2**63 - 1, "items": ref("BodyValue"),
+    "propertyNames": {"pattern": "^([^$\u0000][^\u0000]*)?$"},
+    "additionalProperties": ref("BodyValue")}
+
 RESPONSES = {
     "BadRequest": _json(ref("Error"), "A parameter or body field was refused; `parameter` "
                                        "names it and `error` says what is expected."),
@@ -182,7 +205,8 @@ ADMIN_NOTE = ("Needs admin credentials: a bearer admin token, or basic auth of a
               "X-CSRF-Token header). With no admin configured the answer is 403 saying how to "
               "enable it. Recorded in the audit log.")
 SECURITY = {PUBLIC: [], READ: [{}, {"bearer": []}, {"basic": []}],
-            ADMIN: [{"bearer": []}, {"basic": []}]}
+            ADMIN: [{"bearer": []}, {"basic": []}], PRODUCE: [{"bearer": []}],
+            CONSUME: [{"bearer": []}], OUTCOME: [{"bearer": []}, {"basic": []}, {}]}
 
 
 def _clean(schema: Any) -> Any:
@@ -191,6 +215,8 @@ def _clean(schema: Any) -> Any:
     A field that may be left out but not sent as null shows no default at all.
     """
     if isinstance(schema, dict):
+        if "x-schema" in schema:  # a named component (pydantic cannot $ref outside its own)
+            return ref(schema["x-schema"])
         cleaned = {key: _clean(value) for key, value in schema.items()
                    if key != "title" and not (key == "default" and value is None)}
         if "$ref" in cleaned:
@@ -232,10 +258,13 @@ def _operation(spec: Endpoint, components: dict[str, Any]) -> dict[str, Any]:
     statuses = {400, 503} if spec.name != "openapi_document" else {400}
     if spec.access != PUBLIC:
         statuses.add(401)
-    if spec.access == ADMIN:
-        statuses |= {403, 413}
-    responses: dict[str, Any] = {"200": {"description": spec.ok_description, "content": {
-        spec.ok_media: {"schema": spec.ok}}}}
+    if spec.access != READ and spec.access != PUBLIC:
+        statuses.add(403)
+    if spec.body is not None:
+        statuses.add(413)
+    responses: dict[str, Any] = {str(status): {
+        "description": spec.ok_description, "content": {spec.ok_media: {"schema": spec.ok}}}
+        for status in (spec.ok_status, *spec.also_ok)}
     for status in sorted(statuses | set(spec.errors)):
         described = spec.error_descriptions.get(status)
         if described or status not in STATUS_RESPONSES:
@@ -243,12 +272,19 @@ def _operation(spec: Endpoint, components: dict[str, Any]) -> dict[str, Any]:
         else:
             responses[str(status)] = {"$ref": ERRORS + STATUS_RESPONSES[status]}
     operation: dict[str, Any] = {
-        "operationId": spec.name, "summary": spec.summary, "tags": [spec.tag],
+        "x-access": spec.access, "operationId": spec.name, "summary": spec.summary,
+        "tags": [spec.tag],
         "parameters": _parameters(spec.path, "path") + _parameters(spec.query, "query"),
         "security": SECURITY[spec.access], "responses": responses, **spec.extra}
-    if spec.description or spec.access == ADMIN:
-        operation["description"] = " ".join(filter(None, [
-            spec.description, ADMIN_NOTE if spec.access == ADMIN else None]))
+    classes = None
+    if spec.safe is not None:
+        operation["x-safe"], operation["x-idempotent"] = spec.safe, spec.idempotent
+        classes = (f"{'Safe' if spec.safe else 'Not safe'}, "
+                   f"{'idempotent' if spec.idempotent else 'not idempotent'}.")
+    described = " ".join(filter(None, [classes, spec.description,
+                                       ADMIN_NOTE if spec.access == ADMIN else None]))
+    if described:
+        operation["description"] = described
     if spec.access == ADMIN:
         operation["parameters"].append({
             "name": "X-CSRF-Token", "in": "header", "required": False, "schema": STRING,
@@ -279,5 +315,9 @@ def document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
                                 "basic": {"type": "http", "scheme": "basic"}},
         },
-        "tags": [{"name": "read"}, {"name": "admin"}, {"name": "monitoring"}],
+        "tags": [{"name": "read"}, {"name": "admin"},
+                 {"name": "queue", "description": "The queue over HTTP, for producer and "
+                                                  "consumer tokens (MOPQ_PRODUCER_TOKENS, "
+                                                  "MOPQ_CONSUMER_TOKENS)."},
+                 {"name": "monitoring"}],
     }

@@ -111,6 +111,23 @@ def _whole_number(value: Any) -> Any:
     return value
 
 
+def _json_integer(value: Any) -> Any:
+    """A JSON body's integer: a number without a fraction (JSON Schema counts 5.0), not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("not a whole number")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("not a whole number")
+        return int(value)
+    return value
+
+
+def json_integer(low: int, high: int) -> Any:
+    """An integer field of a JSON body, from ``low`` to ``high``."""
+    return Annotated[int, Field(ge=low, le=high), BeforeValidator(_json_integer),
+                     Expect(f"a whole number from {low} to {high}")]
+
+
 def whole(low: int, high: int) -> Any:
     return Annotated[int, Field(ge=low, le=high), BeforeValidator(_whole_number),
                      Expect(f"a whole number from {low} to {high}")]

@@ -37,6 +37,9 @@ class DashboardSettings(FromEnvironment):
     admin_token: str | None = setting("MOPQ_ADMIN_TOKEN", None)
     basic_auth_users: str | None = setting("MOPQ_BASIC_AUTH_USERS", None)
     admin_users: str | None = setting("MOPQ_ADMIN_USERS", None)
+    # The HTTP queue's producer and consumer tokens (dashboard/grants.py).
+    producer_tokens: str | None = setting("MOPQ_PRODUCER_TOKENS", None)
+    consumer_tokens: str | None = setting("MOPQ_CONSUMER_TOKENS", None)
     # Signs the CSRF tokens. Unset: gunicorn_config.py draws one for all workers of
     # an instance; set it when several instances serve one site.
     secret_key: str | None = setting("MOPQ_SECRET_KEY", None)

@@ -13,7 +13,8 @@ A history document::
     {_id: message id, queue, routing_key, body, priority, activity, dedupe_key,
      attempts, created_at, claimed_at, done_at, duration, worker, result,
      acked_lease,        # the lease token the acknowledgement carried
-     errors: [...]}      # the failed attempts before it succeeded
+     errors: [...],      # the failed attempts before it succeeded
+     once}               # "<queue>\\0<key>" of Queue.write_once: a repeat finds it here
 
 Retention, enforced by the monitor under its lease in batches
 (``collectors.monitor``): finished messages are forgotten after
@@ -37,7 +38,7 @@ from mopq.errors import InvalidInput
 MAX_RESULT_BYTES = 64 * 1024
 RETENTION_BATCH = 1_000
 KEPT = ("queue", "routing_key", "body", "priority", "activity", "dedupe_key", "attempts",
-        "created_at", "claimed_at", "done_at", "result", "acked_lease", "errors")
+        "created_at", "claimed_at", "done_at", "result", "acked_lease", "errors", "once")
 
 
 def checked_result(result: Any) -> Any:

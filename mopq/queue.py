@@ -40,12 +40,12 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from mopq import history, schema, validation
+from mopq import admin, history, schema, validation
 from mopq.bulk import duplicates_only
 from mopq.clock import utcnow
 from mopq.connection import get_database, prepared
 from mopq.doorbell import FALLBACK_POLL_SECONDS, doorbell_for, ringer_for
-from mopq.errors import InvalidInput, MessageDead, MessageNotFound, ResultTimeout
+from mopq.errors import InvalidInput, LeaseLost, MessageDead, MessageNotFound, ResultTimeout
 from mopq.events import message_event, written_entry
 from mopq.message import Message
 from mopq.object_ids import object_ids
@@ -206,6 +206,66 @@ class Queue:
         message_id = self._insert_one(*self._document(body, options, dedupe_key,
                                                       object_ids(1)[0]))
         return Written(message_id, self)
+
+    def write_once(self, key: str, body: Mapping[str, Any], routing_key: str | None = None,
+                   expire: float | None = None, delay: float = 0, priority: int = 0,
+                   activity: str | None = None) -> tuple[Written, bool]:
+        """Write a message at most once per ``key``; return its id and whether this call wrote it.
+
+        The talk's idempotent create: repeating the call with the same key (a
+        retried request, a producer restarted mid-batch) changes nothing and
+        returns the same id, while the message is unfinished and, once it is
+        done, for as long as history keeps it (``MOPQ_HISTORY_SECONDS``).
+        Unlike ``dedupe_key``, which only holds while the message is unfinished.
+        """
+        key = validation.optional_key("key", key)
+        if key is None:
+            raise InvalidInput("write_once needs a key: a non-empty string.")
+        once = f"{self.name}\x00{key}"
+        finished = self.db[schema.HISTORY].find_one({"once": once}, {"_id": 1})
+        if finished is not None:
+            return Written(finished["_id"], self), False
+        options = self._options(routing_key, expire, delay, priority, activity, utcnow())
+        document, outbox = self._document(body, options, key, object_ids(1)[0])
+        document["once"] = once
+        message_id = self._insert_one(document, outbox)
+        if message_id != document["_id"]:
+            return Written(message_id, self), False
+        # The first message of this key may have finished (and freed the dedupe key)
+        # between the look in history and the insert: then this one is a copy.
+        finished = self.db[schema.HISTORY].find_one({"once": once}, {"_id": 1})
+        if finished is not None:
+            admin.remove(self.db, admin.selection(states=(schema.PENDING,), ids=[message_id]),
+                         reason="written twice")
+            return Written(finished["_id"], self), False
+        return Written(message_id, self), True
+
+    def held(self, message_id: ObjectId | str, lease_token: str) -> Message:
+        """The message a lease holds, to acknowledge, fail or extend it from anywhere.
+
+        For consumers that do not keep the ``Message`` a claim returned (the HTTP
+        API, a process that handed the work on). Raises ``MessageNotFound`` if no
+        such message waits in this queue, ``LeaseLost`` if it is not held under
+        ``lease_token`` any more.
+        """
+        document = self.messages.find_one({"_id": ObjectId(str(message_id)),
+                                           "queue": self.name})
+        if document is None:
+            raise MessageNotFound(f"No message {message_id} waits in queue {self.name!r}.")
+        if document.get("state") != schema.INFLIGHT or \
+                document.get("lease_token") != lease_token or document["visible_at"] <= utcnow():
+            raise LeaseLost(f"Message {message_id} of queue {self.name!r} is not held under "
+                            f"lease {lease_token} any more (it is {document.get('state')}); "
+                            "nothing was changed.")
+        return Message(self, document)
+
+    def acknowledged(self, message_id: ObjectId | str, lease_token: str) -> bool:
+        """Whether the message was acknowledged under this lease (a repeated ack is no error)."""
+        message_id = ObjectId(str(message_id))
+        done = self.messages.find_one({"_id": message_id, "queue": self.name,
+                                       "state": schema.DONE}, {"acked_lease": 1}) or \
+            history.finished(self.db, message_id)
+        return bool(done) and done.get("acked_lease") == lease_token
 
     def _insert_one(self, document: dict[str, Any], outbox: Outbox) -> ObjectId:
         """Insert, or return the id of the unfinished message holding the same dedupe key."""

@@ -16,6 +16,7 @@ atomic update of it)::
      lease_token, leased_by, claimed_at, visibility_timeout,   # while inflight
      epoch,              # nonce renewed when an operator retries a dead message
      dedupe,             # "<queue>\\x00<dedupe_key>", only while not done
+     once,               # the same, written by Queue.write_once (kept into history)
      dedupe_key, activity, last_error, traceback, errors: [...], dead_at,
      progress: {fraction, note, at}, log: [line, ...],
      outbox: [event, ...]}   # events of its transitions not yet published
@@ -163,6 +164,8 @@ INDEXES: tuple[CollectionIndexes, ...] = (
         # Retention (oldest first) and the queue page's recent finished messages.
         IndexModel([("done_at", ASCENDING)], name="done_at"),
         IndexModel([("queue", ASCENDING), ("done_at", DESCENDING)], name="queue_done_at"),
+        # Queue.write_once: a key written once is found here after its message finished.
+        IndexModel([("once", ASCENDING)], name="once", unique=True, sparse=True),
     )),
     CollectionIndexes(WORKERS, (
         # Monitor: workers by last heartbeat.

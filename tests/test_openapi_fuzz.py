@@ -41,6 +41,16 @@ from mopq.search import declare_search_field
 
 ADMIN_TOKEN = "fuzz-admin-token"
 READ_TOKEN = "fuzz-read-token"
+PRODUCER_TOKEN = "fuzz-producer-token-0123456789"
+CONSUMER_TOKEN = "fuzz-consumer-token-0123456789"
+# Credentials per operation, by the x-access the document gives it: each operation is
+# sent with what may call it (the run checks agreement both ways), and with what may not.
+BEARER = {"read": (READ_TOKEN, ADMIN_TOKEN), "admin": (ADMIN_TOKEN,), "public": (READ_TOKEN,),
+          "producer": (PRODUCER_TOKEN,), "consumer": (CONSUMER_TOKEN,),
+          "outcome": (PRODUCER_TOKEN, READ_TOKEN)}
+REFUSED = {"admin": None, "producer": CONSUMER_TOKEN, "consumer": PRODUCER_TOKEN}
+# A long poll is valid up to 20 s; generated waits are shortened so the run stays bounded.
+LONGEST_WAIT = 0.2
 SCALE = max(1, int(os.environ.get("MOPQ_FUZZ_SCALE", "1") or 1))
 DERANDOMIZE = not os.environ.get("MOPQ_FUZZ_RANDOM")
 # None: the examples the document gives (real queue and event names, so requests get
@@ -48,7 +58,8 @@ DERANDOMIZE = not os.environ.get("MOPQ_FUZZ_RANDOM")
 EXAMPLES = {None: 2, GenerationMode.POSITIVE: 6 * SCALE, GenerationMode.NEGATIVE: 4 * SCALE}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
-AUTH_ENV = ("MOPQ_ADMIN_TOKEN", "MOPQ_READ_TOKEN", "MOPQ_BASIC_AUTH_USERS", "MOPQ_ADMIN_USERS")
+AUTH_ENV = ("MOPQ_ADMIN_TOKEN", "MOPQ_READ_TOKEN", "MOPQ_BASIC_AUTH_USERS", "MOPQ_ADMIN_USERS",
+            "MOPQ_PRODUCER_TOKENS", "MOPQ_CONSUMER_TOKENS")
 
 
 @pytest.fixture
@@ -57,6 +68,8 @@ def api_schema(engine_uri, db_name, db, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MOPQ_ADMIN_TOKEN", ADMIN_TOKEN)
     monkeypatch.setenv("MOPQ_READ_TOKEN", READ_TOKEN)
+    monkeypatch.setenv("MOPQ_PRODUCER_TOKENS", f"fuzz-producer={PRODUCER_TOKEN}")
+    monkeypatch.setenv("MOPQ_CONSUMER_TOKENS", f"fuzz-consumer={CONSUMER_TOKEN}")
     # Named as the document's examples ("emails", "order_id=42", "order.paid"), so the
     # example requests find data.
     declare_search_field("emails", "order_id")  # first, as a service would (mopq.search)
@@ -95,6 +108,7 @@ def _fuzz(operation, mode: GenerationMode | None, headers: dict[str, str], examp
               phases=[Phase.explicit, Phase.generate],
               suppress_health_check=list(HealthCheck))
     def run(case) -> None:
+        _shorten_waits(case, mode)
         response = case.call(headers=headers)
         seen[response.status_code] = seen.get(response.status_code, 0) + 1
         case.validate_response(response, checks=checks, headers=headers)
@@ -108,24 +122,36 @@ def _fuzz(operation, mode: GenerationMode | None, headers: dict[str, str], examp
             raise
 
 
+def _shorten_waits(case, mode: GenerationMode | None) -> None:
+    """A valid wait of up to 20 s stays valid shorter; invalid ones are left as generated."""
+    if mode is not None and mode.is_negative:
+        return
+    for part in (case.body, case.query):
+        if isinstance(part, dict) and isinstance(part.get("wait"), int | float) \
+                and not isinstance(part.get("wait"), bool) and part["wait"] > LONGEST_WAIT:
+            part["wait"] = LONGEST_WAIT if isinstance(part["wait"], float) else 0
+
+
 def test_no_server_errors_for_generated_requests(api_schema):
     seen: dict[int, int] = {}
     disagreements: list[str] = []
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) >= 18  # /openapi.json itself is left out by schemathesis
     for operation in operations:
-        admin = operation.method.upper() == "POST"
         for mode, examples in EXAMPLES.items():
             negative = mode is not None and mode.is_negative
             # Both ways: nothing the schema forbids is accepted, nothing it allows refused.
             checks = CHECKS + ([negative_data_rejection] if negative else
                                [positive_data_acceptance])
-            runs = [({"Authorization": f"Bearer {ADMIN_TOKEN}"}, examples, checks)]
-            if admin:
-                # Without credentials every request is refused before its body is read.
-                runs.append(({}, 2, [not_a_server_error, status_code_conformance]))
-            else:
-                runs.append(({"Authorization": f"Bearer {READ_TOKEN}"}, examples, checks))
+            access = operation.definition.raw["x-access"]
+            runs = [({"Authorization": f"Bearer {token}"}, examples, checks)
+                    for token in BEARER[access]]
+            if access in REFUSED:
+                # Without the right credentials every request is refused before its body
+                # is read.
+                wrong = REFUSED[access]
+                runs.append(({"Authorization": f"Bearer {wrong}"} if wrong else {}, 2,
+                              [not_a_server_error, status_code_conformance]))
             for headers, count, run_checks in runs:
                 try:
                     _fuzz(operation, mode, headers, count, run_checks, seen)
