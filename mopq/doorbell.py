@@ -176,6 +176,7 @@ class Ringer:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.enabled = settings().rings  # read once: the environment is read per call otherwise
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._targets: dict[str, list[tuple[str, int]]] = {}
         self._read_at = 0.0
@@ -202,7 +203,7 @@ class Ringer:
 
     def ring(self, queue: str) -> int:
         """Ring every live doorbell of ``queue``; return how many were rung. Never raises."""
-        if not settings().rings:
+        if not self.enabled:
             return 0
         targets = self._current_targets().get(queue, [])
         datagram = self.db.name.encode() + b"\x00" + queue.encode()

@@ -437,3 +437,30 @@ def test_a_receipt_of_a_batch_that_lost_its_lease_skips_nothing(db_name, db):
     assert (result.applied, result.skipped) == (1, 0)
     total = db.counters.find_one({"_id": counter_id("b:tick:*", TOTAL, None)})
     assert total["count"] == 1
+
+
+def test_a_late_first_publication_after_the_sweep_is_not_counted_twice(db_name, db,
+                                                                       monkeypatch):
+    """Found writing docs/FORMAT.md: the sweep republished a lagging publisher's outbox, a
+    collector applied it, and the publisher's own late copy went out unflagged."""
+    import datetime as dt
+
+    from mopq import publisher
+    from mopq.clock import utcnow
+    from mopq.collectors.counters import totals
+
+    held: list = []
+    monkeypatch.setattr(publisher.Publisher, "add_outboxes",
+                        lambda self, outboxes: held.extend(outboxes))
+    Queue("late", db=db).write({"n": 1})
+    maintenance.sweep(db, utcnow() + dt.timedelta(seconds=6))  # republished, flagged
+    collector = Collector(db=db, monitor=False)
+    collector.partitions.rebalance({})
+    while collector.step().applied:
+        pass
+    assert totals(db, "late") == {"written": 1}
+    monkeypatch.setattr(publisher, "utcnow", lambda: utcnow() + dt.timedelta(seconds=6))
+    publisher.publish_outboxes(db, held)  # the lagging publisher's own first try, late
+    while collector.step().applied:
+        pass
+    assert totals(db, "late") == {"written": 1}
