@@ -7,11 +7,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mopq-installed
 NODE_STAMP := node_modules/.mopq-installed
+NODE_CLIENT_STAMP := clients/node/node_modules/.mopq-installed
 PYTEST_ARGS ?=
 
 .PHONY: install run test lint engine browser clean chaos
 
-install: $(STAMP) $(NODE_STAMP)
+install: $(STAMP) $(NODE_STAMP) $(NODE_CLIENT_STAMP)
 
 $(PY):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mopq needs Python 3.11+"' \
@@ -26,6 +27,13 @@ $(STAMP): pyproject.toml | $(PY)
 $(NODE_STAMP): package.json
 	@command -v npm >/dev/null || { echo "npm (Node.js) is needed for the dashboard's socket.io client: apt-get install nodejs npm"; exit 1; }
 	npm install --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The Node.js client (clients/node, docs/FORMAT.md) and its tests: the mongodb driver at the
+# version its package-lock.json pins.
+$(NODE_CLIENT_STAMP): clients/node/package.json clients/node/package-lock.json
+	@command -v npm >/dev/null || { echo "npm (Node.js) is needed for the Node client in clients/node: apt-get install nodejs npm"; exit 1; }
+	cd clients/node && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 engine: install

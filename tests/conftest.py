@@ -59,3 +59,14 @@ def db(engine_uri: str, db_name: str) -> Iterator[Database]:
         yield client[db_name]
     finally:
         client.close()
+
+
+@pytest.fixture
+def reap():
+    """Processes a test started (append them); any still running at the end are killed."""
+    processes: list = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

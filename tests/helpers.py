@@ -25,3 +25,28 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def drain_log(db, collector=None) -> int:
+    """Publish this process's buffered events, then apply the whole business log.
+
+    With no ``collector`` given, one without a monitor (so no sweep runs) takes
+    every partition. Returns how many events were applied.
+    """
+    from mopq import flush, schema
+    from mopq.collectors import Collector
+
+    assert flush(20), "events still unpublished after 20 s"
+    collector = collector or Collector(db=db, monitor=False)
+    collector.partitions.rebalance({})
+    applied = 0
+    while step := collector.step().applied:
+        applied += step
+    assert db[schema.EVENTS].count_documents({}) == 0
+    return applied
+
+
+def conserved(row: dict) -> bool:
+    """The conservation law of one queue's stats row (DESIGN.md invariant 3)."""
+    return row["written"] == sum(row[field] for field in (
+        "done", "expired", "removed", "dead", "pending", "inflight", "delayed"))

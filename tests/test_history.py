@@ -23,21 +23,12 @@ from mopq import (
     flush,
     schema,
 )
-from mopq.collectors import Collector
 from mopq.collectors.monitor import Monitor
 from mopq.collectors.settings import Retention
 from mopq.collectors.stats import read_stats
 from mopq.connection import get_database
 from mopq.dashboard import queries
-from tests.helpers import wait_until
-
-
-def _drain(db) -> None:
-    assert flush(10)
-    collector = Collector(db=db, monitor=False)
-    collector.partitions.rebalance({})
-    while collector.step().applied:
-        pass
+from tests.helpers import drain_log, wait_until
 
 
 def test_a_handlers_result_comes_back_to_the_writer(db_name, db):
@@ -123,6 +114,6 @@ def test_retention_works_in_batches_and_counts_dead_removals(db_name, db, monkey
     assert db[schema.MESSAGES].count_documents({"state": "dead"}) == 0  # 3 dead, one batch
     monitor.enforce_retention(later)
     assert db[schema.HISTORY].count_documents({}) == 0
-    _drain(db)
+    drain_log(db)
     row = read_stats(db)["queues"]["old"]
     assert (row["written"], row["done"], row["removed"], row["dead"]) == (7, 4, 3, 0)

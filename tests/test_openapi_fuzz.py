@@ -34,10 +34,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from mopq import Queue, emit, flush, schema
-from mopq.collectors import Collector
+from mopq import Queue, emit, flush
 from mopq.dashboard import create_app
 from mopq.search import declare_search_field
+from tests.helpers import drain_log
 
 ADMIN_TOKEN = "fuzz-admin-token"
 READ_TOKEN = "fuzz-read-token"
@@ -78,12 +78,7 @@ def api_schema(engine_uri, db_name, db, monkeypatch):
     for message in emails.read(limit=2):
         message.fail("boom")
     emit("order.paid", 3.0, tags={"region": "cn"})
-    assert flush(20)
-    collector = Collector(monitor=False)
-    collector.partitions.rebalance({})
-    while collector.step().applied:
-        pass
-    assert db[schema.EVENTS].count_documents({}) == 0
+    drain_log(db)
     app = create_app({"MOPQ_MONGODB_URI": engine_uri, "MOPQ_DATABASE": db_name,
                       "TESTING": True})
     yield schemathesis.openapi.from_wsgi("/openapi.json", app)

@@ -57,15 +57,6 @@ def output_of(tmp_path: Path, name: str) -> str:
     return (tmp_path / f"{name}.log").read_text()
 
 
-@pytest.fixture
-def reap():
-    """Processes a test started; any still running at the end are killed."""
-    processes: list[subprocess.Popen] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
 
 
 # -- a worker in a thread --------------------------------------------------------------
