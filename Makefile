@@ -10,7 +10,7 @@ NODE_STAMP := node_modules/.mopq-installed
 NODE_CLIENT_STAMP := clients/node/node_modules/.mopq-installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint engine browser clean chaos
+.PHONY: install run test lint engine browser clean chaos bench
 
 install: $(STAMP) $(NODE_STAMP) $(NODE_CLIENT_STAMP)
 
@@ -56,6 +56,15 @@ test: install engine browser
 # lost or miscounted (tests/chaos.py); a few minutes, longer with MINUTES=10.
 chaos: install engine
 	$(PY) -m tests.chaos $(if $(MINUTES),--minutes $(MINUTES))
+
+# mopq beside kombu-Mongo, Celery, RQ and Dramatiq (bench/peers.py); writes its section of
+# docs/BENCHMARKS.md. Debian's redis-server is installed when missing (as root); the peers
+# go into their own venv in ~/.cache/mopq/peers-venv. About 7 minutes; BENCH_ARGS=--quick.
+bench: install engine
+	@command -v redis-server >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		else echo "make bench: the Redis peers need Debian's redis-server (sudo apt-get install redis-server); their rows will say so"; fi; }
+	$(PY) bench/peers.py $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
