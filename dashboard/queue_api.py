@@ -17,6 +17,7 @@ too).
 
 from __future__ import annotations
 
+import collections
 import threading
 from typing import Annotated, Any
 
@@ -315,10 +316,46 @@ def claim(name: str, body: Claim) -> Any:
     messages = _queue(name, _consumer_name()).read(
         routing_key=body.routing_key, visibility_timeout=body.visibility_timeout,
         limit=body.limit, wait=body.wait)
+    _claims().keep(messages)
     return jsonify({"messages": [_claimed_view(message) for message in messages]})
 
 
+class Claims:
+    """The messages this process handed out, by id and lease, to settle them without a read.
+
+    A consumer's keep-alive connection stays on one gunicorn process, so its
+    acknowledgement usually finds its claim here and costs one round trip to
+    the engine instead of two; one on another process reads the message
+    (``Queue.held``). The compare-and-set of the settling update decides
+    either way: an entry is only a copy of what the claim answered.
+    """
+
+    MAX = 10_000
+
+    def __init__(self) -> None:
+        self._held: collections.OrderedDict[tuple[str, str], Any] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def keep(self, messages: list[Any]) -> None:
+        with self._lock:
+            for message in messages:
+                self._held[(str(message.id), message.lease_token)] = message
+            while len(self._held) > self.MAX:
+                self._held.popitem(last=False)
+
+    def take(self, message_id: str, lease: str) -> Any:
+        with self._lock:
+            return self._held.pop((message_id, lease), None)
+
+
+def _claims() -> Claims:
+    return current_app.extensions.setdefault("mopq_http_claims", Claims())
+
+
 def _held(name: str, message_id: str, lease: str) -> Any:
+    kept = _claims().take(message_id, lease)
+    if kept is not None and kept.queue.name == name:
+        return kept
     return _queue(name, _consumer_name()).held(message_id, lease)
 
 
@@ -333,7 +370,7 @@ def _held(name: str, message_id: str, lease: str) -> Any:
 def acknowledge(name: str, message_id: str, query: Lease) -> Any:
     queue = _queue(name, _consumer_name())
     try:
-        queue.held(message_id, query.lease).delete()
+        _held(name, message_id, query.lease).delete()
     except (LeaseLost, MessageNotFound) as lost:
         if queue.acknowledged(message_id, query.lease):
             return jsonify({"id": message_id, "state": "done"})

@@ -50,9 +50,10 @@ RENEW_SECONDS = 5.0
 EXPIRE_SECONDS = 15.0
 # Targets of a writer are re-read from ``doorbells`` at most this often.
 TARGETS_MAX_AGE_SECONDS = 1.0
-# Rings that found nothing to claim, per queue and second, before rings are
-# ignored for the rest of that second (a flood of forged rings costs at most this).
-MAX_EMPTY_RINGS_PER_SECOND = 50
+# After a ring that found nothing to claim (another consumer was faster, or the ring
+# was forged), the next ring is answered no sooner than this: a flood of rings costs
+# at most one claim attempt per gap, and no ring is ever dropped.
+EMPTY_RING_GAP_SECONDS = 0.01
 
 
 class Doorbell:
@@ -68,7 +69,7 @@ class Doorbell:
         self.identity = f"{self.ip}:{self.port}:{started}:{os.getpid()}"
         self._interest: dict[str, float] = {}     # queue -> when last waited on
         self._rung: dict[str, int] = {}           # queue -> rings so far
-        self._empty: dict[str, tuple[int, int]] = {}  # queue -> (second, empty rings)
+        self._empty_at: dict[str, float] = {}     # queue -> when a ring last found nothing
         self._condition = threading.Condition()
         self._registered: tuple[str, ...] = ()
         self._renewed_at = 0.0
@@ -88,20 +89,18 @@ class Doorbell:
                 continue
             queue = datagram[len(prefix):].decode("utf-8", "replace")
             with self._condition:
-                if queue in self._interest and not self._flooded(queue):
+                if queue in self._interest:
                     self._rung[queue] = self._rung.get(queue, 0) + 1
                     self._condition.notify_all()
 
-    def _flooded(self, queue: str) -> bool:
-        second, empty = self._empty.get(queue, (0, 0))
-        return second == int(time.monotonic()) and empty >= MAX_EMPTY_RINGS_PER_SECOND
-
     def found_nothing(self, queue: str) -> None:
-        """A ring led to no claim: count it against the flood limit."""
-        now = int(time.monotonic())
+        """A ring led to no claim: the next ring of this queue waits out the gap."""
         with self._condition:
-            second, empty = self._empty.get(queue, (now, 0))
-            self._empty[queue] = (now, empty + 1 if second == now else 1)
+            self._empty_at[queue] = time.monotonic()
+
+    def _gap(self, queues: tuple[str, ...]) -> float:
+        last = max((self._empty_at.get(queue, 0.0) for queue in queues), default=0.0)
+        return max(0.0, last + EMPTY_RING_GAP_SECONDS - time.monotonic())
 
     def rings(self, queues: Iterable[str]) -> int:
         """A number that grows with every ring of these queues (compare before and after)."""
@@ -119,14 +118,18 @@ class Doorbell:
         while True:
             self.listen(queues)
             with self._condition:
-                if self.rings(queues) != seen:
-                    return True
+                rang = self.rings(queues) != seen
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._condition.wait(min(remaining, RENEW_SECONDS))
-                if self.rings(queues) != seen:
-                    return True
+                if not rang and remaining > 0:
+                    self._condition.wait(min(remaining, RENEW_SECONDS))
+                    rang = self.rings(queues) != seen
+                gap = self._gap(queues) if rang else 0.0
+            if rang:
+                if gap:
+                    time.sleep(min(gap, max(0.0, deadline - time.monotonic())))
+                return True
+            if remaining <= 0:
+                return False
 
     def ring_locally(self, queues: Iterable[str]) -> None:
         """Wake this process's waiters (a stop, or a write in this same process)."""
