@@ -33,6 +33,7 @@ from werkzeug.datastructures import MultiDict
 
 from mopq.dashboard import auth, grants
 from mopq.dashboard.parameters import Expect
+from mopq.errors import InvalidInput
 
 PUBLIC, READ, ADMIN = "public", "read", "admin"
 # The HTTP queue's accesses: a producer or consumer token admitting the path's queue,
@@ -77,6 +78,7 @@ class Endpoint:
     also_ok: tuple[int, ...] = ()       # other success statuses, with the same answer
     body_limit: int = 0                 # bytes; 0: MAX_BODY_BYTES
     body_depth: int = 0                 # nesting; 0: MAX_BODY_DEPTH
+    body_optional: bool = False         # no body at all means the model's defaults
     errors: tuple[int, ...] = ()        # statuses besides 400/401/403/413/503
     safe: bool | None = None            # the talk's classes: no effect / a repeat is harmless
     idempotent: bool | None = None
@@ -118,7 +120,9 @@ def endpoint(blueprint: Blueprint, rule: str, method: str = "GET", *, summary: s
             if refusal is not None:
                 return refusal
             values["query"] = parse_query(request.args, spec.query)
-            if spec.body is not None:
+            if spec.body is not None and spec.body_optional and not request.get_data():
+                values["body"] = spec.body()
+            elif spec.body is not None:
                 values["body"] = parse_body(spec.body, spec.body_limit or MAX_BODY_BYTES,
                                             spec.body_depth or MAX_BODY_DEPTH)
             if spec.query is None:
@@ -200,6 +204,9 @@ def _refusal(model: Any, error: ValidationError, where: str | None) -> BadParame
         return BadParameter(name, f"unknown {kind} {name!r}; accepted: {accepted or 'none'}.")
     if problem["type"] == "missing":
         return BadParameter(name, f"{name} is required.")
+    library_error = problem.get("ctx", {}).get("error")
+    if isinstance(library_error, InvalidInput):  # the library's own words say the most
+        return BadParameter(name, str(library_error))
     expect = _expectation(model, name)
     if expect is None:
         return BadParameter(name, f"{name}: {problem['msg']}.")
@@ -270,9 +277,26 @@ def json_body(max_bytes: int = MAX_BODY_BYTES, max_depth: int = MAX_BODY_DEPTH) 
         raise BadParameter("body", f"the JSON body nests {depth} levels deep; at most "
                                    f"{max_depth} are accepted.")
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except (ValueError, RecursionError):
         raise BadParameter("body", "the request body is not valid JSON.") from None
+    if _SURROGATE_ESCAPE.search(raw) and not _well_formed(data):
+        raise BadParameter("body", "the JSON body holds a lone surrogate escape (\\ud800 to "
+                                   "\\udfff outside a pair), which is not text; send "
+                                   "well-formed Unicode.")
+    return data
+
+
+# Only a \\uD800-\\uDFFF escape can put a lone surrogate in parsed JSON (raw bytes are UTF-8).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _well_formed(data: Any) -> bool:
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_body(model: Any, max_bytes: int = MAX_BODY_BYTES,

@@ -290,8 +290,9 @@ def _operation(spec: Endpoint, components: dict[str, Any]) -> dict[str, Any]:
             "name": "X-CSRF-Token", "in": "header", "required": False, "schema": STRING,
             "description": "Needed with basic auth: the page's csrf-token."})
     if spec.body is not None:
-        operation["requestBody"] = {"required": True, "content": {"application/json": {
-            "schema": _body_schema(spec.body, components)}}}
+        operation["requestBody"] = {
+            "required": not spec.body_optional,
+            "content": {"application/json": {"schema": _body_schema(spec.body, components)}}}
     return operation
 
 

@@ -47,7 +47,7 @@ from mopq.dashboard.parameters import (
     Strict,
     json_integer,
 )
-from mopq.errors import InvalidBody, LeaseLost, MessageNotFound
+from mopq.errors import InvalidBody, InvalidInput, LeaseLost, MessageNotFound
 from mopq.queue import MAX_PRIORITY, MAX_VISIBILITY_TIMEOUT
 from mopq.schema import DEAD, DEFAULT_MAX_BODY_BYTES, DONE
 
@@ -150,6 +150,25 @@ class Claim(JSONBody):
 class Failure(JSONBody):
     reason: Annotated[str, StringConstraints(min_length=1, max_length=2000),
                       Expect("the reason, at most 2000 characters")] = "failed"
+
+
+def _library_result(value: Any) -> Any:
+    """A result as the library keeps it (mopq.history.checked_result), numbers in range."""
+    try:
+        _numbers_in_range(value, "result")
+        return history.checked_result(value)
+    except InvalidInput as problem:
+        raise ValueError(str(problem)) from None
+
+
+class Acknowledgement(JSONBody):
+    """What the work produced, kept with the finished message (an empty body: nothing)."""
+
+    result: Annotated[Any, AfterValidator(_library_result),
+                      WithJsonSchema({"x-schema": "BodyValue"}),
+                      Expect(f"any JSON value of at most {history.MAX_RESULT_BYTES} bytes "
+                             "encoded")] = Field(
+        None, description="Kept in history; GET …/messages/<id> answers it.")
 
 
 class LeaseChange(JSONBody):
@@ -361,16 +380,18 @@ def _held(name: str, message_id: str, lease: str) -> Any:
 
 @endpoint(blueprint, "/api/queues/<name>/messages/<message_id>", "DELETE", access=CONSUME,
           tag="queue", summary="Acknowledge a message: its work is done", path=MessagePath,
-          query=Lease, errors=(404, 409), safe=False, idempotent=True, ok=SETTLED,
+          query=Lease, body=Acknowledgement, body_optional=True,
+          body_limit=history.MAX_RESULT_BYTES + 1024, body_depth=BODY_DEPTH, errors=(404, 409),
+          safe=False, idempotent=True, ok=SETTLED,
           ok_description="Acknowledged (now, or by an earlier identical request).",
           error_descriptions={404: "No such message in this queue.",
                               409: "The lease is not held any more (it expired, or the "
                                    "message was acknowledged or failed under another); "
                                    "nothing was changed."})
-def acknowledge(name: str, message_id: str, query: Lease) -> Any:
+def acknowledge(name: str, message_id: str, query: Lease, body: Acknowledgement) -> Any:
     queue = _queue(name, _consumer_name())
     try:
-        _held(name, message_id, query.lease).delete()
+        _held(name, message_id, query.lease).delete(body.result)
     except (LeaseLost, MessageNotFound) as lost:
         if queue.acknowledged(message_id, query.lease):
             return jsonify({"id": message_id, "state": "done"})

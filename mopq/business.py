@@ -16,6 +16,7 @@ from mopq.clock import utcnow
 from mopq.connection import get_database
 from mopq.events import business_event
 from mopq.publisher import publisher_for
+from mopq.validation import unicode_text
 
 log = logging.getLogger("mopq.emit")
 
@@ -27,10 +28,10 @@ rejected = 0
 
 def _valid(name: object, value: object, tags: object) -> str | None:
     if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH or "$" in name \
-            or "\x00" in name or name in (".", ".."):
+            or "\x00" in name or name in (".", "..") or not unicode_text(name):
         # "." and ".." alone could not be a URL path segment (/api/metrics/<name>).
         return (f"event name must be a non-empty string of at most {MAX_NAME_LENGTH} characters "
-                f"without '$' or NUL, and not '.' or '..', got {name!r}")
+                f"of well-formed text without '$' or NUL, and not '.' or '..', got {name!r}")
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return f"value must be a finite number, got {value!r}"
     if not isinstance(tags, Mapping) or len(tags) > MAX_TAGS:
@@ -38,8 +39,10 @@ def _valid(name: object, value: object, tags: object) -> str | None:
     for key, tag in tags.items():
         if not isinstance(key, str) or not isinstance(tag, str) or not key \
                 or key.startswith("$") or "\x00" in key + tag or "." in key \
-                or len(key) > MAX_TAG_CHARS or len(tag) > MAX_TAG_CHARS:
-            return f"tag {key!r}={tag!r} must be short strings without '$', '.' or NUL"
+                or len(key) > MAX_TAG_CHARS or len(tag) > MAX_TAG_CHARS \
+                or not unicode_text(key + tag):
+            return (f"tag {key!r}={tag!r} must be short, well-formed strings without '$', '.' "
+                    "or NUL")
     return None
 
 

@@ -27,13 +27,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import bson
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
-from mopq import schema
+from mopq import schema, validation
 from mopq.bulk import duplicates_only
-from mopq.errors import InvalidInput
 
 MAX_RESULT_BYTES = 64 * 1024
 RETENTION_BATCH = 1_000
@@ -42,18 +40,10 @@ KEPT = ("queue", "routing_key", "body", "priority", "activity", "dedupe_key", "a
 
 
 def checked_result(result: Any) -> Any:
-    """A handler's result as stored: BSON-encodable and at most ``MAX_RESULT_BYTES``."""
+    """A handler's result as stored: JSON-like as a body is, and at most ``MAX_RESULT_BYTES``."""
     if result is None:
         return None
-    try:
-        size = len(bson.encode({"result": result}))
-    except (bson.errors.InvalidDocument, TypeError, OverflowError) as error:
-        raise InvalidInput(f"a result must be JSON-like (dicts, lists, str, numbers, bool, "
-                           f"None): {error}") from None
-    if size > MAX_RESULT_BYTES:
-        raise InvalidInput(f"a result is {size} bytes encoded; at most {MAX_RESULT_BYTES} are "
-                           "kept. Store large results elsewhere and return a reference.")
-    return result
+    return validation.json_like(result, "result", MAX_RESULT_BYTES)
 
 
 def history_document(message: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,25 @@ _SCALARS = (str, bool, int, float, type(None), dt.datetime)
 _MAX_DEPTH = 64
 
 
+def unicode_text(text: str) -> bool:
+    """Whether ``text`` can be stored: a lone surrogate (which JSON's \\ud800 escapes and
+    Python's str both allow) has no UTF-8 form, and BSON strings are UTF-8."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _not_unicode(what: str, text: str) -> InvalidInput | None:
+    if unicode_text(text):
+        return None
+    return InvalidInput(f"{what} {text!r} is not valid Unicode (it holds a lone surrogate such "
+                        "as \\ud800, which has no UTF-8 form); send well-formed text.")
+
+
 def queue_name(name: object) -> str:
     if not isinstance(name, str) or not name:
         raise InvalidQueueName(f"A queue name must be a non-empty string, got {name!r}.")
@@ -26,30 +45,40 @@ def queue_name(name: object) -> str:
     if "$" in name or "\x00" in name or "/" in name:
         raise InvalidQueueName(f"Queue name {name!r} holds '$', '/' or NUL; use letters, "
                                "digits, '.', '-', '_' or ':'.")
+    if not unicode_text(name):
+        raise InvalidQueueName(f"Queue name {name!r} is not valid Unicode (a lone surrogate); "
+                               "use letters, digits, '.', '-', '_' or ':'.")
     return name
 
 
-def _check_value(value: Any, path: str, depth: int) -> None:
+def _check_value(value: Any, path: str, depth: int, what: str = "Body") -> None:
+    """Name the first thing in ``value`` that cannot be stored as JSON-like BSON."""
     if depth > _MAX_DEPTH:
-        raise InvalidBody(f"Body nests deeper than {_MAX_DEPTH} levels at {path}.")
+        raise InvalidBody(f"{what} nests deeper than {_MAX_DEPTH} levels at {path}.")
     if isinstance(value, Mapping):
         for key, inner in value.items():
             if not isinstance(key, str):
-                raise InvalidBody(f"Body keys must be strings; {path} has key {key!r}.")
+                raise InvalidBody(f"{what} keys must be strings; {path} has key {key!r}.")
             if key.startswith("$") or "\x00" in key:
-                raise InvalidBody(f"Body key {path}.{key!r} starts with '$' or holds NUL, "
+                raise InvalidBody(f"{what} key {path}.{key!r} starts with '$' or holds NUL, "
                                   "which MongoDB reads as an operator; rename it.")
-            _check_value(inner, f"{path}.{key}", depth + 1)
+            if not unicode_text(key):
+                raise InvalidBody(f"{what} key {path}.{key!r} is not valid Unicode (a lone "
+                                  "surrogate has no UTF-8 form); send well-formed text.")
+            _check_value(inner, f"{path}.{key}", depth + 1, what)
     elif isinstance(value, list | tuple):
         for index, inner in enumerate(value):
-            _check_value(inner, f"{path}[{index}]", depth + 1)
+            _check_value(inner, f"{path}[{index}]", depth + 1, what)
+    elif isinstance(value, str) and not unicode_text(value):
+        raise InvalidBody(f"{what} value at {path} is not valid Unicode (a lone surrogate has no "
+                          "UTF-8 form); send well-formed text.")
     elif isinstance(value, float) and not math.isfinite(value):
-        raise InvalidBody(f"Body value at {path} is {value!r}; JSON has no NaN or infinity.")
+        raise InvalidBody(f"{what} value at {path} is {value!r}; JSON has no NaN or infinity.")
     elif isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
-        raise InvalidBody(f"Body value at {path} does not fit in 64 bits.")
+        raise InvalidBody(f"{what} value at {path} does not fit in 64 bits.")
     elif not isinstance(value, _SCALARS):
         raise InvalidBody(
-            f"Body value at {path} is a {type(value).__name__}; bodies hold only dicts, lists, "
+            f"{what} value at {path} is a {type(value).__name__}; it may hold only dicts, lists, "
             "str, int, float, bool, None and datetime. Convert it (e.g. str() or .isoformat())."
         )
 
@@ -81,10 +110,11 @@ def _plain_size(value: Any, depth: int) -> int:
         else:
             named = ((str(index), inner) for index, inner in enumerate(value))
         for key, inner in named:
-            if kind is dict and (type(key) is not str or key[:1] == "$" or "\x00" in key):
+            if kind is dict and (type(key) is not str or key[:1] == "$" or "\x00" in key
+                                 or not key.isascii()):
                 return _NOT_PLAIN
             inner_kind = type(inner)
-            if inner_kind is str:
+            if inner_kind is str and inner.isascii():
                 size += 7 + 4 * (len(key) + len(inner))
             elif inner_kind is int and _INT64[0] <= inner < _INT64[1]:
                 size += 10 + 4 * len(key)
@@ -95,7 +125,7 @@ def _plain_size(value: Any, depth: int) -> int:
                 size += 2 + 4 * len(key) + inner_size
         return size
     if kind is str:
-        return 5 + 4 * len(value)
+        return 5 + 4 * len(value) if value.isascii() else _NOT_PLAIN
     if kind is bool or value is None:
         return 1
     if kind is int:
@@ -126,6 +156,16 @@ def body(value: object, max_bytes: int) -> dict:
     return document
 
 
+def json_like(value: Any, name: str, max_bytes: int) -> Any:
+    """``value`` (any JSON-like value, not only a dict) checked as a body is, and its size."""
+    _check_value(value, name, 0, what=name.capitalize())
+    size = len(bson.encode({name: value}))
+    if size > max_bytes:
+        raise InvalidInput(f"{name.capitalize()} is {size} bytes encoded; at most {max_bytes} "
+                           "are kept. Store large values elsewhere and send a reference.")
+    return value
+
+
 def non_negative(name: str, value: object, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None
@@ -148,4 +188,7 @@ def optional_key(name: str, value: object) -> str | None:
     if not isinstance(value, str) or not value or len(value) > 512 or "\x00" in value:
         raise InvalidInput(f"{name} must be a non-empty string of at most 512 characters "
                            f"without NUL, got {value!r}.")
+    problem = _not_unicode(name, value)
+    if problem:
+        raise problem
     return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import re
 
 import bson
 import pytest
@@ -40,10 +41,13 @@ def _nested(levels: int) -> dict:
     ({"n": 2**70}, "64 bits"),
     ({"big": "x" * 20_000}, "the limit is 10000 bytes"),
     ({"deep": _nested(70)}, "deeper than 64 levels"),
-    ({"list": [1, {"ok": [2, {"$gt": 1}]}]}, "body.list.1..ok.1...$gt' starts with"),
+    ({"list": [1, {"ok": [2, {"$gt": 1}]}]}, "body.list[1].ok[1].'$gt' starts with"),
+    ({"text": "caf\u00e9 \ud83d"}, "body.text is not valid Unicode"),   # a lone surrogate
+    ({"k\udc00": 1}, "is not valid Unicode"),
+    ({"deep": ["fine \u00e9", {"x": "\udfff"}]}, "body.deep[1].x is not valid Unicode"),
 ])
 def test_bad_bodies_are_refused_and_nothing_is_written(queue, db, body, says):
-    with pytest.raises(InvalidBody, match=says.replace("$", r"\$")):
+    with pytest.raises(InvalidBody, match=re.escape(says)):
         queue.write(body)
     with pytest.raises(InvalidBody):
         queue.write_many([{"fine": 1}, body])
@@ -54,6 +58,7 @@ def test_bad_bodies_are_refused_and_nothing_is_written(queue, db, body, says):
     ("", "non-empty"), (None, "non-empty"), (7, "non-empty"),
     ("q" * 121, "the limit is 120"), ("a$b", "'\\$', '/' or NUL"),
     ("a\x00b", "'\\$', '/' or NUL"), ("a/b", "'\\$', '/' or NUL"),
+    ("q\ud800", "not valid Unicode"),
 ])
 def test_bad_queue_names_are_refused(db_name, db, name, says):
     with pytest.raises(InvalidQueueName, match=says):
@@ -72,6 +77,8 @@ def test_a_queue_name_of_120_characters_is_fine(db_name):
     (lambda q: q.write({}, priority=1.5), "priority must be a whole number"),
     (lambda q: q.write({}, routing_key=""), "routing_key must be a non-empty string"),
     (lambda q: q.write({}, dedupe_key=42), "dedupe_key must be a non-empty string"),
+    (lambda q: q.write({}, routing_key="r\ud800"), "routing_key .* is not valid Unicode"),
+    (lambda q: q.write_once("k\udbff", {}), "key .* is not valid Unicode"),
     (lambda q: q.read(visibility_timeout=-1), "visibility_timeout must not be negative"),
     (lambda q: q.read(visibility_timeout=0), "more than 0"),
     (lambda q: q.read(limit=0), "limit must be a whole number from 1"),
@@ -123,7 +130,11 @@ def test_a_body_near_the_size_limit_is_measured_exactly(queue, db):
 
 
 def test_the_quick_size_bound_is_never_below_the_encoded_size():
-    """Bodies the bound lets through unencoded must really fit: it may only overestimate."""
+    """Bodies the bound lets through unencoded must really fit: it may only overestimate.
+
+    Non-ASCII text takes the checked path (it must be well-formed Unicode), so
+    a body holding some has no quick bound; enough of them are pure ASCII.
+    """
     from mopq.validation import _plain_size
 
     rng = random.Random(20261126)
@@ -142,7 +153,11 @@ def test_the_quick_size_bound_is_never_below_the_encoded_size():
             return [value(depth + 1) for _ in range(rng.randint(0, 12))]
         return rng.choice(scalars)()
 
+    quick = 0
     for _ in range(3000):
         body = {f"f{i}": value(1) for i in range(rng.randint(0, 8))}
         bound = _plain_size(body, 0)
-        assert bound >= len(bson.encode(body)), body
+        if bound >= 0:
+            quick += 1
+            assert bound >= len(bson.encode(body)), body
+    assert quick > 500

@@ -29,7 +29,8 @@ def _mopq_database(db):  # emit() publishes through the client mopq itself share
 
 
 @pytest.mark.parametrize("args", [("", 1, {}), ("x", "1", {}), ("x", float("nan"), {}),
-                                  ("x", 1, {"a": 1}), ("$where", 1, {}), ("x", 1, "tags")])
+                                  ("x", 1, {"a": 1}), ("$where", 1, {}), ("x", 1, "tags"),
+                                  ("x\ud800", 1, {}), ("x", 1, {"region": "\udc00"})])
 def test_emit_refuses_bad_input_without_raising(db_name, db, args):
     name, value, tags = args
     assert emit(name, value, tags) is False

@@ -177,12 +177,32 @@ def test_the_outcome_can_be_waited_for(client, db):
         "shipped": True}
 
 
+def test_an_http_consumer_acknowledges_with_a_result_the_producer_reads(client, db):
+    written = Queue("orders").write({"a": 1})
+    [claimed] = _claim(client)
+    url = f"/api/queues/orders/messages/{claimed['id']}?lease={claimed['lease']}"
+    too_big = client.delete(url, json={"result": "x" * 70_000}, headers=AS_CONSUMER)
+    assert too_big.status_code in (400, 413)
+    lone = client.delete(url, json={"result": {"note": "\udc00"}}, headers=AS_CONSUMER)
+    assert lone.status_code == 400 and "surrogate" in lone.get_json()["error"]
+    assert Queue("orders").get(claimed["id"])["state"] == "inflight"  # refused, nothing changed
+    answer = client.delete(url, json={"result": {"parcel": "P-7"}}, headers=AS_CONSUMER)
+    assert answer.status_code == 200, answer.get_json()
+    assert written.result(timeout=10) == {"parcel": "P-7"}
+    outcome = client.get(f"/api/queues/orders/messages/{claimed['id']}", headers=AS_PRODUCER)
+    assert outcome.get_json()["result"] == {"parcel": "P-7"}
+    assert client.delete(url, headers=AS_CONSUMER).status_code == 200  # a repeat, no body
+
+
 def test_events_over_http_are_counted(client, db):
     one = client.post("/api/events", json={"name": "order.paid", "value": 5,
                                            "tags": {"region": "eu"}}, headers=AS_PRODUCER)
     many = client.post("/api/events", json={"events": [{"name": "order.paid", "value": 1}] * 3},
                        headers=AS_PRODUCER)
     assert (one.status_code, many.status_code) == (202, 202)
+    lone = client.post("/api/events", json={"name": "order.paid", "tags": {"r": "\ud800"}},
+                       headers=AS_PRODUCER)
+    assert lone.status_code == 400 and lone.get_json()["parameter"] == "body"
     client.post("/api/queues/orders/messages", json={"body": {}}, headers=AS_PRODUCER)
     _counts(db, "orders")  # drains the business log
     total = db.counters.find_one({"_id": "b:order.paid:*|total|-"})
@@ -220,7 +240,8 @@ def test_a_limited_token_writes_to_its_queue_only(client, db):
     {"body": {"$where": "1"}}, {"body": "text"}, {"body": {"n": 1}, "delay": -1},
     {"body": {"n": 1}, "priority": "high"}, {"body": {"n": 2**64}},
     {"messages": [{"body": {"ok": 1}}, {"body": {"$gt": 1}}]}, {"messages": []},
-    {"body": {"n": 1}, "extra": True},
+    {"body": {"n": 1}, "extra": True}, {"body": {"text": "\ud800"}},
+    {"body": {"n": 1}, "routing_key": "r\udfff"},
 ])
 def test_bad_writes_get_400_and_write_nothing(client, db, body):
     answer = client.post("/api/queues/orders/messages", json=body, headers=AS_PRODUCER)
