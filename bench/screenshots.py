@@ -1,7 +1,8 @@
 """Screenshots of every dashboard page with demo traffic, into docs/screenshots/.
 
 Each page is taken twice: on a desktop (1280 px wide, ``<page>.png``) and on a
-phone (390 px, ``<page>-phone.png``).
+phone (390 px, ``<page>-phone.png``): those listed here, and any other page
+the navigation links to.
 
 Why a script: the README shows what the dashboard looks like, and those
 pictures should come from the real thing — the embedded engine (or
@@ -28,11 +29,9 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from mopq import Queue  # noqa: E402
 from mopq.dashboard.demo import Demo  # noqa: E402
 from mopq.engine import engine_unless_configured  # noqa: E402
+from tests.browsers import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.live_server import live_dashboard  # noqa: E402
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-quic"]
 ADMIN = ("admin", "secret")
 PAGES = [("overview", "/"), ("queues", "/queues"), ("queue", "/queues/orders"),
          ("failed", "/failed"), ("search", "/search?q=order_id%3D{order_id}"),
@@ -47,15 +46,28 @@ def take(page, url: str, path: str, file: Path) -> None:
     page.goto(url + path)
     page.wait_for_selector('#live-state[data-state="connected"]')
     page.wait_for_load_state("networkidle")
-    page.wait_for_timeout(1500)  # let charts draw and a push or two arrive
+    page.wait_for_function("() => [...document.querySelectorAll('main .chart')]"
+                           ".every(node => node.querySelector('.main-svg')) && "
+                           "![...document.querySelectorAll('main [role=status]')]"
+                           ".some(node => node.textContent.startsWith('Loading'))")
+    page.wait_for_timeout(1500)  # a push or two, for the live figures
     page.screenshot(path=str(file), full_page=True)
     print(f"screenshots: {file}", flush=True)
 
 
+def every_page(page) -> list[tuple[str, str]]:
+    """PAGES, then each page the navigation links to that PAGES leaves out."""
+    listed = {path.split("?")[0] for _, path in PAGES}
+    linked = page.evaluate("() => [...document.querySelectorAll('header nav a')]"
+                           ".map(link => link.pathname)")
+    return PAGES + [(path.strip("/"), path) for path in dict.fromkeys(linked)
+                    if path not in listed]
+
+
 def shoot(url: str, out: Path, order_id: int) -> None:
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
-                                             headless=True, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=CHROMIUM_ARGS)
         credentials = {"username": ADMIN[0], "password": ADMIN[1], "send": "always"}
         context = browser.new_context(viewport={"width": 1280, "height": 860},
                                       device_scale_factor=1, http_credentials=credentials)
@@ -65,7 +77,8 @@ def shoot(url: str, out: Path, order_id: int) -> None:
         if retry.count():
             retry.click()  # so the audit page has an entry
             page.wait_for_selector("#action-status.ok, #action-status.error")
-        for name, path in PAGES:
+        pages = every_page(page)
+        for name, path in pages:
             take(page, url, path.format(order_id=order_id), out / f"{name}.png")
         # The same pages on a phone (390 px wide, as an iPhone 12-15 shows them).
         phone = browser.new_context(viewport=PHONE, screen=PHONE, device_scale_factor=1,
@@ -73,7 +86,7 @@ def shoot(url: str, out: Path, order_id: int) -> None:
                                     http_credentials=credentials)
         small = phone.new_page()
         small.goto(url + "/login?next=/")
-        for name, path in PAGES:
+        for name, path in pages:
             take(small, url, path.format(order_id=order_id), out / f"{name}-phone.png")
         browser.close()
 

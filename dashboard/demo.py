@@ -12,8 +12,11 @@ against ``MOPQ_MONGODB_URI`` (the database the dashboard reads), it runs
 * business events (``order.paid`` with a value and a region tag, ``signup``);
 * a collector (unless ``--no-collector``), so the counters and charts move.
 
-It declares ``orders: order_id`` as a search field, prints what it does, and
-stops cleanly when its time is up or on Ctrl-C.
+It declares ``orders: order_id`` as a search field and says which order to
+search for (the first it writes: found while it waits, once done from
+history, or dead), prints what it does, and stops cleanly when its time is up
+or on Ctrl-C. Several demos may run at once on one machine (against
+different databases).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import datetime as dt
 import itertools
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -36,10 +40,26 @@ QUEUES = ("orders", "emails", "reports")
 REGIONS = ("eu", "us", "cn")
 ACTIVITY_SIZE = 500
 MAX_ATTEMPTS = 3
-# Each demo worker takes its own port number so that, like separate processes,
-# each has an identity (ip:port:start_time:pid) and a row on the Workers page.
-WORKER_PORTS = {"orders": 9101, "emails": 9102, "reports": 9103}
+FIRST_ORDER_ID = 1000  # the order the Search hint names
 REPORT_EVERY_SECONDS = 10.0
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different UDP ports that were free a moment ago.
+
+    Each demo worker takes one so that, like separate processes, each has an
+    identity (ip:port:start_time:pid) and a row on the Workers page; the first
+    is the doorbell's. Fixed numbers made a second demo on the machine fail
+    (address already in use).
+    """
+    probes = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("0.0.0.0", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 class PaymentDeclined(Exception):
@@ -89,7 +109,7 @@ class Demo:
         self.threads: list[threading.Thread] = []
         self.workers: list[Worker] = []
         self.collector = None
-        self._order_ids = itertools.count(1000)
+        self._order_ids = itertools.count(FIRST_ORDER_ID)
 
     def queue(self, name: str) -> Queue:
         return Queue(name, uri=self.uri, database=self.database, max_attempts=MAX_ATTEMPTS,
@@ -203,7 +223,7 @@ class Demo:
         declare_search_field("orders", "order_id", db=self.db)
         self.say(f"mopq demo: database {self.database!r} at {self.uri}")
         self.say("mopq demo: declared search field orders.order_id "
-                 "(try order_id=1000 on the Search page)")
+                 f"(try order_id={FIRST_ORDER_ID} on the Search page)")
         if self.with_collector:
             from mopq.collectors import Collector
 
@@ -213,12 +233,13 @@ class Demo:
             self.say("mopq demo: no collector (--no-collector): run `mopq collect` to count")
         handlers = {"orders": (self.handle_order, 3), "emails": (self.handle_email, 2),
                     "reports": (self.handle_report, 3)}
-        for name, (handler, concurrency) in handlers.items():
+        for (name, (handler, concurrency)), port in zip(handlers.items(),
+                                                       free_ports(len(handlers)), strict=True):
             worker = Worker([name], self.counted(handler), concurrency, uri=self.uri,
                             database=self.database, max_attempts=MAX_ATTEMPTS,
                             backoff=exponential_backoff(first=0.5, cap=4.0),
                             heartbeat_interval=2.0, poll_interval=0.5,
-                            port=WORKER_PORTS[name])
+                            port=port)
             worker.start()
             self.workers.append(worker)
             self.say(f"mopq demo: worker {worker.identity} on {name} ({concurrency} threads)")

@@ -95,7 +95,12 @@ def declared_search_fields(db: Database) -> dict[str, list[str]]:
 def search(db: Database, message_id: str | None = None, field: str | None = None,
            value: Any = None, queue: str | None = None) -> list[dict[str, Any]]:
     """Messages by id, or by a declared body field's value, across queues and states,
-    finished ones (history) included."""
+    finished ones (history) included.
+
+    ``messages`` is read before ``history``: a message is copied into history
+    before it leaves ``messages``, so one finishing meanwhile is still found
+    (in both, then shown once).
+    """
     if message_id:
         found = message(db, message_id)
         return [found] if found else []
@@ -106,8 +111,11 @@ def search(db: Database, message_id: str | None = None, field: str | None = None
     found = [message_view(d) for d in db[schema.MESSAGES].find(
         query, {"outbox": 0, "log": 0}).limit(MAX_SEARCH_RESULTS)]
     if len(found) < MAX_SEARCH_RESULTS:
-        found += [message_view(d) for d in db[schema.HISTORY].find(
-            query, {"log": 0}).sort([("done_at", -1)]).limit(MAX_SEARCH_RESULTS - len(found))]
+        seen = {view["id"] for view in found}
+        finished = (message_view(d) for d in db[schema.HISTORY].find(
+            query, {"log": 0}).sort([("done_at", -1)]).limit(MAX_SEARCH_RESULTS))
+        found += [view for view in finished if view["id"] not in seen][
+            :MAX_SEARCH_RESULTS - len(found)]
     return found
 
 

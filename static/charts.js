@@ -49,8 +49,10 @@
       plot_bgcolor: "rgba(0,0,0,0)",
       font: { family: "system-ui, -apple-system, Segoe UI, sans-serif", size: narrow ? 11 : 12,
         color: "#344054" },
+      // Time labels a little lower than plotly puts them: the first and last, at the
+      // plot's corners, otherwise sit on the y axes' "0".
       xaxis: Object.assign({ type: "date", tickformatstops: TICK_FORMATS, tickangle: 0,
-        nticks: narrow ? 4 : 9 }, axis),
+        nticks: narrow ? 4 : 9, ticklabelstandoff: 6 }, axis),
       yaxis: Object.assign({ rangemode: "tozero", separatethousands: true,
         nticks: narrow ? 5 : 7 }, axis),
       legend: { orientation: "h", x: 0, y: 1.02, yanchor: "bottom" },

@@ -86,6 +86,7 @@
 
   // Rows a script builds get their column's label (shown above each value on a
   // phone, see mopq.css) from the table's header, as the templates write it.
+  // Every page's rows get them by themselves (see labelAddedRows below).
   function labelCells(tbody) {
     const table = tbody && tbody.closest("table");
     if (!table) return;
@@ -223,8 +224,24 @@
     });
   }
 
+  // Whatever script adds rows or cells to a table, whenever, they are labelled
+  // from its header, so no page can leave a phone without its column names.
+  function labelAddedRows(records) {
+    const bodies = new Set();
+    records.forEach(function (record) {
+      const body = record.target.closest && record.target.closest("tbody");
+      if (body) bodies.add(body);
+      record.addedNodes.forEach(function (node) {
+        if (node.querySelectorAll) node.querySelectorAll("tbody").forEach((b) => bodies.add(b));
+      });
+    });
+    bodies.forEach(labelCells);
+  }
+
   refreshTimes();
   setInterval(refreshTimes, 1000);
+  document.querySelectorAll("tbody").forEach(labelCells);
+  new MutationObserver(labelAddedRows).observe(document.body, { childList: true, subtree: true });
   fitTables();
   let fitting = null;
   window.addEventListener("resize", function () {

@@ -95,6 +95,21 @@ def test_finished_messages_are_found_until_their_retention_ends(db_name, db):
     assert db[schema.HISTORY].count_documents({}) == 0
 
 
+def test_a_message_finishing_during_a_search_is_found_once(db_name, db):
+    """Between its copy into history and its removal from messages, a finished
+    message is in both: search shows it once (it showed it twice)."""
+    from mopq import history
+    from mopq.search import declare_search_field
+
+    declare_search_field("orders", "order_id")
+    written = Queue("orders").write({"order_id": 1000})
+    db[schema.MESSAGES].update_one({"_id": written}, {"$set": {
+        "state": schema.DONE, "done_at": dt.datetime.now(dt.UTC)}})
+    assert history.archive(db, [written]) == 1  # copied; not yet removed from messages
+    found = queries.search(db, field="order_id", value=[1000], queue="orders")
+    assert [m["id"] for m in found] == [str(written)]
+
+
 def test_retention_works_in_batches_and_counts_dead_removals(db_name, db, monkeypatch):
     from mopq import history
 

@@ -8,10 +8,11 @@ an empty database read without signing in, and with the engine unreachable
 (844 px, where the widest tables still do not fit): nothing in <main> reaches
 past the right edge or is cut by a scrolling box, every table column's label
 is on screen beside its values, the charts' tick labels stay inside the
-chart, and nothing logs an error or trips the Content-Security-Policy. The
-queue history chart draws every series on one time axis over exactly the
-window its button names, and the Activities page says what its rate and
-time left mean.
+chart, and nothing logs an error or trips the Content-Security-Policy.
+Every page the navigation links to is visited. The queue history chart draws
+every series against time (lines on one date axis, the figure the page was
+given spanning the window) over exactly the window its button names, and the
+Activities page says what its rate and time left mean.
 """
 
 from __future__ import annotations
@@ -102,6 +103,19 @@ LAYOUT_PROBLEMS = """(width) => {
           ": tick label \u201c" + label.textContent + "\u201d is cut");
       }
     });
+    // ... and no two of them on top of each other (a time under the y axis' 0).
+    const labels = [...chart.querySelectorAll(".xtick text, .ytick text, .y2tick text")]
+      .filter((label) => label.textContent && label.getBoundingClientRect().width);
+    labels.forEach((one, i) => labels.slice(i + 1).forEach((other) => {
+      const a = one.getBoundingClientRect(), b = other.getBoundingClientRect();
+      const across = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+      const down = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+      if (across > 1 && down > 1) {
+        problems.push("chart " + (chart.id || chart.closest("[data-name]")?.dataset.name) +
+          ": tick labels \u201c" + one.textContent + "\u201d and \u201c" + other.textContent +
+          "\u201d overlap by " + across.toFixed(1) + " x " + down.toFixed(1) + " px");
+      }
+    }));
   });
   // Every column's label is on screen for every row: its header, or the cell's own label.
   document.querySelectorAll("main table").forEach((table, index) => {
@@ -177,6 +191,10 @@ def test_every_page_fits_a_phone_with_data(browser, phone, db, engine_uri, db_na
                         MOPQ_ADMIN_USERS=":".join(ADMIN)) as url:
         watched = phone(ADMIN)
         settle(watched, url, "/login?next=/failed")  # challenged: the browser signs in
+        linked = watched.page.evaluate("() => [...document.querySelectorAll('header nav a')]"
+                                       ".map(link => link.pathname)")
+        assert "/queues" in linked and set(linked) <= set(PAGES), \
+            ("pages the navigation links to and this test does not visit", set(linked) - set(PAGES))
         status = watched.page.evaluate("""async (id) => {
           const token = document.querySelector('meta[name="csrf-token"]').content;
           const response = await fetch("/api/failed/retry", {method: "POST",
@@ -227,14 +245,20 @@ def test_every_page_fits_a_phone_when_the_engine_is_unreachable(browser, phone, 
             check(watched, path)
 
 
+# The history chart as plotly holds it, and the figure data the page was given.
 HISTORY = """() => {
   const chart = document.getElementById("history-chart");
   const layout = chart._fullLayout;
+  const given = JSON.parse(chart.dataset.history);
+  const x = chart.data[0].x.map((t) => +new Date(t));
   return {range: layout.xaxis.range.map((t) => new Date(t).getTime()),
-          barmode: layout.barmode,
-          kinds: chart.data.map((trace) => trace.type + ":" + (trace.yaxis || "y")),
-          sameX: chart.data.every((trace) => trace.x.length === chart.data[0].x.length &&
-            trace.x.every((t, i) => +new Date(t) === +new Date(chart.data[0].x[i]))),
+          axis: layout.xaxis.type,
+          given: {window: given.until - given.since, step: given.step, t: given.t},
+          kinds: chart.data.map((trace) => trace.type + ":" + (trace.mode || "")),
+          sameX: chart.data.every((trace) => trace.x.length === x.length &&
+            trace.x.every((t, i) => +new Date(t) === x[i])),
+          gaps: [...new Set(x.slice(1).map((t, i) => t - x[i]))],
+          first: x[0], last: x[x.length - 1],
           now: Date.now()};
 }"""
 
@@ -250,8 +274,18 @@ def test_queue_history_draws_against_time_over_the_window_it_names(
             start, end = chart["range"]
             assert abs(end - start - hours * 3600e3) < 120e3, (resolution, end - start)
             assert abs(end - chart["now"]) < 120e3, resolution
-            assert all(kind.startswith("scatter") for kind in chart["kinds"]), chart["kinds"]
+            assert chart["given"]["window"] == hours * 3600e3, chart["given"]
+            assert chart["given"]["t"], resolution  # populate's traffic is in the window
+            # Time series: lines (not bars side by side), every trace on the same times,
+            # one bucket apart, on a date axis, from the window's start to its end.
+            step = chart["given"]["step"]
+            assert chart["axis"] == "date", chart["axis"]
+            assert all(kind.startswith("scatter:lines") for kind in chart["kinds"]), chart["kinds"]
             assert chart["sameX"], resolution
+            assert chart["gaps"] == [step], (resolution, chart["gaps"])
+            slack = 1e3  # plotly keeps the range as text
+            assert start - step < chart["first"] <= start + slack, (start, chart["first"])
+            assert end - step - slack < chart["last"] <= end + slack, (end, chart["last"])
             label = watched.page.text_content('nav.tabs a[aria-current="true"]')
             assert f"last {hours // 24} days" in label if resolution == "h" else \
                 "last 3 hours" in label
@@ -270,3 +304,28 @@ def test_activities_say_what_their_rate_and_time_left_mean(browser, phone, db, e
         # Nothing of nightly-import was done: no rate, so no time left, and the page says why.
         assert "nothing was done in the last 5 minutes" in text, text
         check(watched, "/activities")
+
+
+# A row a page's script adds the way a new panel might: cells without their labels.
+ADD_UNLABELLED_ROW = """() => {
+  const body = document.querySelector("#results tbody");
+  const row = body.rows[0].cloneNode(true);
+  row.id = "added-by-a-script";
+  [...row.cells].forEach((cell) => { delete cell.dataset.label; });
+  body.appendChild(row);
+}"""
+
+
+def test_rows_any_script_adds_are_labelled_on_a_phone(browser, phone, db, engine_uri, db_name,
+                                                       tmp_path: Path, collector):
+    """Labels come from the table's header whatever script adds the rows, so a new
+    panel cannot forget them (a table of the queue page's did)."""
+    populate(db, engine_uri, db_name)
+    with live_dashboard(engine_uri, db_name, tmp_path) as url:
+        watched = phone(None)
+        settle(watched, url, "/search?q=order_id%3D41")  # rows no push rebuilds
+        watched.page.evaluate(ADD_UNLABELLED_ROW)
+        watched.page.wait_for_function("() => [...document.getElementById('added-by-a-script')"
+                                       ".cells].every((cell) => cell.dataset.label)",
+                                       timeout=5_000)
+        check(watched, "/search?q=order_id%3D41")
