@@ -59,9 +59,9 @@ from mopq.bulk import duplicates_only
 from mopq.clock import utcnow
 from mopq.collectors.counters import Delta, deltas_of
 from mopq.collectors.leases import partition_lease_id
+from mopq.counter_documents import QUEUE_REGISTRY, add_queue_names
 
 RECEIPT_KEEP = dt.timedelta(hours=1)
-QUEUE_REGISTRY = "queues"
 
 
 @dataclass
@@ -154,9 +154,7 @@ def register_queues(db: Database, names: set[str]) -> None:
     known = _registered.setdefault((id(db.client), db.name), set())
     new = names - known
     if new:
-        db[schema.SETTINGS].update_one({"_id": QUEUE_REGISTRY},
-                                       {"$addToSet": {"names": {"$each": sorted(new)}}},
-                                       upsert=True)
+        add_queue_names(db, new)
         known.update(new)
 
 

@@ -25,8 +25,10 @@ Series (scope):
 * ``collector``: ``c:events`` — events applied.
 
 Buckets: 1 second (kept 1 hour), 1 minute (kept 2 days), 1 hour (kept 90
-days), and an all-time total. Bucket starts are computed here in Python (the
-embedded engine has no ``$dateTrunc``).
+days), and an all-time total. Bucket starts are computed in Python (the
+embedded engine has no ``$dateTrunc``). Ids, buckets and value fields are
+declared in ``mopq.counter_documents``, shared with the migration that
+carries counters to another deployment.
 """
 
 from __future__ import annotations
@@ -41,37 +43,25 @@ from typing import Any
 
 from mopq import schema
 
-SECOND, MINUTE, HOUR, TOTAL = "s", "m", "h", "total"
-RESOLUTIONS: dict[str, tuple[dt.timedelta, dt.timedelta]] = {
-    # resolution: (bucket width, how long buckets are kept)
-    SECOND: (dt.timedelta(seconds=1), dt.timedelta(hours=1)),
-    MINUTE: (dt.timedelta(minutes=1), dt.timedelta(days=2)),
-    HOUR: (dt.timedelta(hours=1), dt.timedelta(days=90)),
-}
+# Re-exported: the collectors' modules import these names from here.
+from mopq.counter_documents import (  # noqa: F401
+    ALL_QUEUES_SERIES,
+    EVENTS_APPLIED_SERIES,
+    HOUR,
+    MINUTE,
+    RESOLUTIONS,
+    SECOND,
+    TOTAL,
+    bucket_start,
+    counter_id,
+    unmarked,
+)
 
 # Upper edges (seconds) of the duration histogram; the last bin is "more".
 HISTOGRAM_EDGES: tuple[float, ...] = (
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300,
     600, 1800, 3600,
 )
-EVENTS_APPLIED_SERIES = "c:events"
-ALL_QUEUES_SERIES = "q:*"
-
-
-def bucket_start(at: dt.datetime, resolution: str) -> dt.datetime:
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=dt.UTC)
-    if resolution == SECOND:
-        return at.replace(microsecond=0)
-    if resolution == MINUTE:
-        return at.replace(second=0, microsecond=0)
-    if resolution == HOUR:
-        return at.replace(minute=0, second=0, microsecond=0)
-    raise ValueError(f"unknown resolution {resolution!r}")
-
-
-def counter_id(series: str, resolution: str, bucket: dt.datetime | None) -> str:
-    return f"{series}|{resolution}|{bucket.isoformat() if bucket else '-'}"
 
 
 def bucket_ids(series: str, resolution: str, since: dt.datetime,
@@ -126,11 +116,10 @@ class Delta:
         A new counter starts with a mark of 0 for every other partition, so
         that later batches can test each mark with a plain ``$lt``.
         """
-        unmarked = {f"applied.{p}": 0 for p in range(schema.PARTITIONS) if p not in marks}
         update: dict[str, Any] = {
             "$inc": dict(self.inc),
             "$set": {f"applied.{partition}": seq for partition, seq in marks.items()},
-            "$setOnInsert": {**self.identity, **unmarked},
+            "$setOnInsert": {**self.identity, **unmarked(marks)},
         }
         if self.low is not None:
             update["$min"] = {"min": self.low}

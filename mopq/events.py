@@ -38,6 +38,11 @@ _SUFFIX = {WRITTEN: "w", CLAIMED: "c", ACKED: "a", FAILED: "f", DEAD_EVENT: "d",
            RECLAIMED: "r", EXPIRED_EVENT: "x", DELETED: "rm", RETRIED: "rt"}
 
 
+def event_id(kind: str, message_id: object, token: str | None = None) -> str:
+    """The id of the event of ``kind`` of a message's transition (docs/FORMAT.md §5.2)."""
+    return f"{message_id}:{token}:{_SUFFIX[kind]}" if token else f"{message_id}:{_SUFFIX[kind]}"
+
+
 def message_event(kind: str, message: dict[str, Any], at: dt.datetime,
                   token: str | None = None, **extra: Any) -> dict[str, Any]:
     """The event of one transition of ``message`` (a message document or its key fields).
@@ -46,9 +51,8 @@ def message_event(kind: str, message: dict[str, Any], at: dt.datetime,
     unique; ``None`` for once-in-a-life transitions.
     """
     message_id = str(message["_id"])
-    event_id = f"{message_id}:{token}:{_SUFFIX[kind]}" if token else f"{message_id}:{_SUFFIX[kind]}"
     event = {
-        "id": event_id,
+        "id": event_id(kind, message_id, token),
         "kind": kind,
         "partition": partition_of(message_id),
         "at": at,
