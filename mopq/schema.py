@@ -51,6 +51,11 @@ body fields declared searchable (``mopq.search``), each with an index; and
 ``{_id: "queues", names: [...]}``: every queue the collectors have seen
 (``collectors.batch.register_queues``).
 
+``arrivals`` — on a deployment that received work from another one
+(``mopq.migration``): one document per message that arrived, ``{_id: the
+message id, source: the sending deployment's id, collection, queue, at, via}``,
+kept so that importing or moving the same message again adds nothing.
+
 ``counters``, ``receipts``, ``leases``, ``audit`` — written by the collectors
 and the dashboard; their shapes are documented where they are written
 (``collectors.counters``, ``collectors.batch``, ``collectors.leases``,
@@ -83,6 +88,7 @@ AUDIT = "audit"
 SETTINGS = "settings"
 DOORBELLS = "doorbells"
 HISTORY = "history"
+ARRIVALS = "arrivals"
 
 # Message states. ``done``, ``expired`` and ``removed`` are terminal: the
 # document stays only until its outbox is published, then it is deleted.
@@ -94,6 +100,12 @@ EXPIRED = "expired"
 REMOVED = "removed"
 CLAIMABLE_STATES = (PENDING, INFLIGHT)
 TERMINAL_STATES = (DONE, EXPIRED, REMOVED)
+# Migration (mopq.migration): a message that left for another deployment stays
+# ``moved`` on the sending side as the record of the move; its copy waits
+# ``arriving`` (invisible) on the receiving side until that record exists. No
+# claim, sweep, count or operator action selects either state.
+MOVED = "moved"
+ARRIVING = "arriving"
 
 # Event kinds in the business log.
 WRITTEN = "written"
