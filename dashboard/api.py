@@ -254,13 +254,6 @@ def workers(query: p.PagedByHundred) -> Any:
     return jsonify(_paged(worker_rows(store.database()), query.page, query.per_page))
 
 
-@endpoint(blueprint, "/api/activities", summary="Progress of every activity",
-          query=p.PagedByHundred, ok=openapi.page_of(ref("Activity")),
-          ok_description="A page of activities.")
-def activities(query: p.PagedByHundred) -> Any:
-    return jsonify(_paged(series.activities(store.database()), query.page, query.per_page))
-
-
 @endpoint(blueprint, "/api/metrics", summary="Names of the business events counted",
           query=p.PagedFully, ok=openapi.page_of(openapi.STRING),
           ok_description="A page of event names.")

@@ -37,6 +37,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config.update(config)
 
     from mopq.dashboard import (
+        activities_api,
         api,
         auth,
         grants,
@@ -54,6 +55,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(queue_api.blueprint)
+    app.register_blueprint(activities_api.blueprint)
     app.register_blueprint(vendor.blueprint)
     socketio.init_app(app, cors_allowed_origins=security.origin_check(current))
     live.register(socketio, app)

@@ -19,11 +19,12 @@ from pymongo.errors import PyMongoError
 
 from mopq import search as declared
 from mopq import validation
+from mopq.activities import instances
 from mopq.clock import utcnow
 from mopq.collectors import series
 from mopq.collectors.counters import HOUR, MINUTE, RESOLUTIONS
 from mopq.collectors.stats import worker_rows
-from mopq.dashboard import charts, formatting, queries, stats_cache, store
+from mopq.dashboard import activities_api, charts, formatting, queries, stats_cache, store
 from mopq.dashboard.auth import (
     ADMIN,
     ENABLE_ADMIN,
@@ -272,8 +273,22 @@ def workers_page() -> str:
 @blueprint.get("/activities")
 @require_read
 def activities_page() -> str:
-    return render_template("activities.html", rate_minutes=series.RATE_MINUTES,
-                           **_read(lambda db: {"activities": series.activities(db)}))
+    """Batches' progress, definitions as chains of steps, instances (``/api/activities``)."""
+    def render(db: Any) -> dict[str, Any]:
+        answer = activities_api.overview(db, per_page=200)
+        return {"activities": answer["items"], "definitions": answer["definitions"],
+                "instances": answer["instances"]}
+
+    return render_template("activities.html", rate_minutes=series.RATE_MINUTES, **_read(render))
+
+
+@blueprint.get("/activities/<name>/<path:key>")
+@require_read
+def activity_page(name: str, key: str) -> tuple[str, int]:
+    """One activity instance: where it is, each step's attempts and results, its compensation."""
+    context = _read(lambda db: {"instance": instances.find(db, name, key)})
+    status = 404 if not context["engine_error"] and context["instance"] is None else 200
+    return render_template("activity.html", name=name, key=key, **context), status
 
 
 @blueprint.get("/metrics-ui")

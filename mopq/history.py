@@ -14,7 +14,8 @@ A history document::
      attempts, created_at, claimed_at, done_at, duration, worker, result,
      acked_lease,        # the lease token the acknowledgement carried
      errors: [...],      # the failed attempts before it succeeded
-     once}               # "<queue>\\0<key>" of Queue.write_once: a repeat finds it here
+     once,               # "<queue>\\0<key>" of Queue.write_once: a repeat finds it here
+     sequence}           # an activity instance's steps and outcome (mopq.activities)
 
 Retention, enforced by the monitor under its lease in batches
 (``collectors.monitor``): finished messages are forgotten after
@@ -36,7 +37,8 @@ from mopq.bulk import duplicates_only
 MAX_RESULT_BYTES = 64 * 1024
 RETENTION_BATCH = 1_000
 KEPT = ("queue", "routing_key", "body", "priority", "activity", "dedupe_key", "attempts",
-        "created_at", "claimed_at", "done_at", "result", "acked_lease", "errors", "once")
+        "created_at", "claimed_at", "done_at", "result", "acked_lease", "errors", "once",
+        "sequence")  # an activity instance's record (mopq.activities)
 
 
 def checked_result(result: Any) -> Any:

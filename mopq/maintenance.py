@@ -9,7 +9,9 @@ compare-and-set on one message:
   so stats show them waiting rather than held (a claim would take them anyway);
 * outboxes that a crashed process left unpublished are published, and
   finished messages whose publication was cut short are deleted (a done one
-  copied into history first).
+  copied into history first);
+* activity instances a crashed process (or another client) left between two
+  moves are moved on (``mopq.activities.recovery``).
 
 :func:`reclaim_worker` returns a dead worker's messages at once, without
 waiting for their leases.
@@ -24,6 +26,7 @@ from typing import Any
 from pymongo.database import Database
 
 from mopq import history, schema
+from mopq.activities.recovery import Recovered, recover
 from mopq.clock import utcnow
 from mopq.doorbell import ringer_for
 from mopq.events import expanded, message_event
@@ -39,6 +42,7 @@ class SweepResult:
     expired: int = 0
     reclaimed: int = 0
     republished: int = 0
+    activities: Recovered | None = None
 
 
 
@@ -132,4 +136,5 @@ def sweep(db: Database, now: dt.datetime | None = None) -> SweepResult:
         expired=expire_messages(db, now),
         reclaimed=reclaim_expired_leases(db, now),
         republished=republish_outboxes(db, now),
+        activities=recover(db, now),  # what a crashed process left of an activity's move
     )

@@ -61,12 +61,14 @@ class Message:
                 "visible_at": {"$gt": utcnow()}}
 
     def _transition(self, update: dict[str, Any], what: str,
-                    events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """Apply ``update`` if the lease is still ours; ``events`` go into the outbox with it."""
+                    events: list[dict[str, Any]] | None = None,
+                    where: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Apply ``update`` if the lease is still ours (and ``where`` holds); ``events`` go
+        into the outbox with it."""
         if events:
             update.setdefault("$push", {})["outbox"] = {"$each": events}
         document = self.queue.messages.find_one_and_update(
-            self._held(), update, projection={"state": 1, "visible_at": 1},
+            {**self._held(), **(where or {})}, update, projection={"state": 1, "visible_at": 1},
             return_document=ReturnDocument.AFTER,
         )
         if document is None:
@@ -93,6 +95,10 @@ class Message:
         find it.
         """
         result = checked_result(result)
+        if "sequence" in self.document:  # an activity's step: its ack moves the instance on
+            from mopq.activities import transitions
+            transitions.acknowledge(self, result)
+            return
         now = utcnow()
         duration = (now - self.claimed_at).total_seconds()
         finished: dict[str, Any] = {"state": schema.DONE, "updated_at": now, "done_at": now,
@@ -104,6 +110,9 @@ class Message:
             "acknowledge",
             [self._event(schema.ACKED, now, duration=duration, attempts=self.attempts)],
         )
+        if "parent" in self.document:  # a fan-out child: counted into its activity
+            from mopq.activities import transitions
+            transitions.after_ack(self, result)
 
     ack = delete
 
@@ -140,6 +149,9 @@ class Message:
             update["$set"].update(state=schema.PENDING,
                                   visible_at=now + dt.timedelta(seconds=delay))
         document = self._transition(update, "fail", events)
+        if dead and ("sequence" in self.document or "parent" in self.document):
+            from mopq.activities import transitions  # compensation, or counted as dead
+            transitions.after_dead(self)
         return document["state"]
 
     def extend(self, seconds: float | None = None) -> dt.datetime:

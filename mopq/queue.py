@@ -209,7 +209,8 @@ class Queue:
 
     def write_once(self, key: str, body: Mapping[str, Any], routing_key: str | None = None,
                    expire: float | None = None, delay: float = 0, priority: int = 0,
-                   activity: str | None = None) -> tuple[Written, bool]:
+                   activity: str | None = None, *,
+                   fields: Mapping[str, Any] | None = None) -> tuple[Written, bool]:
         """Write a message at most once per ``key``; return its id and whether this call wrote it.
 
         The talk's idempotent create: repeating the call with the same key (a
@@ -217,6 +218,8 @@ class Queue:
         returns the same id, while the message is unfinished and, once it is
         done, for as long as history keeps it (``MOPQ_HISTORY_SECONDS``).
         Unlike ``dedupe_key``, which only holds while the message is unfinished.
+        ``fields`` are stored with the message besides the format's own (an
+        activity instance's ``sequence``: ``mopq.activities``).
         """
         key = validation.optional_key("key", key)
         if key is None:
@@ -228,6 +231,7 @@ class Queue:
         options = self._options(routing_key, expire, delay, priority, activity, utcnow())
         document, outbox = self._document(body, options, key, object_ids(1)[0])
         document["once"] = once
+        document.update(fields or {})
         message_id = self._insert_one(document, outbox)
         if message_id != document["_id"]:
             return Written(message_id, self), False
@@ -265,7 +269,12 @@ class Queue:
         done = self.messages.find_one({"_id": message_id, "queue": self.name,
                                        "state": schema.DONE}, {"acked_lease": 1}) or \
             history.finished(self.db, message_id)
-        return bool(done) and done.get("acked_lease") == lease_token
+        if bool(done) and done.get("acked_lease") == lease_token:
+            return True
+        # An activity's step: its acknowledgement moved the instance on (mopq.activities).
+        moved_on = {"_id": message_id, "sequence.leases": lease_token}
+        return bool(self.messages.find_one(moved_on, {"_id": 1})
+                    or self.db[schema.HISTORY].find_one(moved_on, {"_id": 1}))
 
     def _insert_one(self, document: dict[str, Any], outbox: Outbox) -> ObjectId:
         """Insert, or return the id of the unfinished message holding the same dedupe key."""

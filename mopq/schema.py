@@ -56,6 +56,12 @@ body fields declared searchable (``mopq.search``), each with an index; and
 message id, source: the sending deployment's id, collection, queue, at, via}``,
 kept so that importing or moving the same message again adds nothing.
 
+``activities`` — one document per activity definition, ``_id`` its name:
+``{_id, steps: [{name, queue, compensation, fan_out}], defined_at}``. An
+instance of an activity is a message whose ``sequence`` field says where it
+is; the message moves from step queue to step queue (``mopq.activities``
+has its shape and why a step can neither be skipped nor recorded twice).
+
 ``counters``, ``receipts``, ``leases``, ``audit`` — written by the collectors
 and the dashboard; their shapes are documented where they are written
 (``collectors.counters``, ``collectors.batch``, ``collectors.leases``,
@@ -89,6 +95,7 @@ SETTINGS = "settings"
 DOORBELLS = "doorbells"
 HISTORY = "history"
 ARRIVALS = "arrivals"
+ACTIVITIES = "activities"
 
 # Message states. ``done``, ``expired`` and ``removed`` are terminal: the
 # document stays only until its outbox is published, then it is deleted.
@@ -106,6 +113,9 @@ TERMINAL_STATES = (DONE, EXPIRED, REMOVED)
 # claim, sweep, count or operator action selects either state.
 MOVED = "moved"
 ARRIVING = "arriving"
+# Activities (mopq.activities): an instance whose step fanned out waits ``waiting``,
+# unclaimable, until its parent has counted all its children.
+WAITING = "waiting"
 
 # Event kinds in the business log.
 WRITTEN = "written"
@@ -167,6 +177,9 @@ INDEXES: tuple[CollectionIndexes, ...] = (
         # Activities page: progress of one activity.
         IndexModel([("activity", ASCENDING), ("state", ASCENDING)], name="activity",
                    sparse=True),
+        # Activities page: the instances of one activity definition, by key.
+        IndexModel([("sequence.name", ASCENDING), ("sequence.key", ASCENDING)],
+                   name="sequence", sparse=True),
     )),
     CollectionIndexes(EVENTS, (
         # Collectors read the oldest events of the partitions they hold.
@@ -178,6 +191,9 @@ INDEXES: tuple[CollectionIndexes, ...] = (
         IndexModel([("queue", ASCENDING), ("done_at", DESCENDING)], name="queue_done_at"),
         # Queue.write_once: a key written once is found here after its message finished.
         IndexModel([("once", ASCENDING)], name="once", unique=True, sparse=True),
+        # Activities page: finished instances of one activity definition, by key.
+        IndexModel([("sequence.name", ASCENDING), ("sequence.key", ASCENDING)],
+                   name="sequence", sparse=True),
     )),
     CollectionIndexes(WORKERS, (
         # Monitor: workers by last heartbeat.
