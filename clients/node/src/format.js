@@ -57,12 +57,14 @@ export const INDEXES = {
     { key: { 'outbox.id': 1 }, name: 'outbox', sparse: true },
     { key: { leased_by: 1 }, name: 'leased_by', sparse: true },
     { key: { activity: 1, state: 1 }, name: 'activity', sparse: true },
+    { key: { 'sequence.name': 1, 'sequence.key': 1 }, name: 'sequence', sparse: true },
   ],
   [EVENTS]: [{ key: { partition: 1, at: 1 }, name: 'partition_at' }],
   [HISTORY]: [
     { key: { done_at: 1 }, name: 'done_at' },
     { key: { queue: 1, done_at: -1 }, name: 'queue_done_at' },
     { key: { once: 1 }, name: 'once', unique: true, sparse: true },
+    { key: { 'sequence.name': 1, 'sequence.key': 1 }, name: 'sequence', sparse: true },
   ],
   [WORKERS]: [{ key: { heartbeat_at: 1 }, name: 'heartbeat_at' }],
 };

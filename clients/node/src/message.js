@@ -7,6 +7,7 @@
 // changes, and LeaseLost says so.
 
 import { BSON } from 'mongodb';
+import { acknowledgeStep } from './activity.js';
 import {
   DEAD, DONE, ERRORS_KEPT, INFLIGHT, InvalidInput, LOG_LINES_KEPT, LeaseLost, MAX_ERROR_CHARS,
   MAX_EVENT_ERROR_CHARS, MAX_LOG_LINE_CHARS, MAX_RESULT_BYTES, MAX_TRACEBACK_CHARS, PENDING,
@@ -57,12 +58,13 @@ export class Message {
     return messageEvent(kind, snapshot, now, this.leaseToken, extra);
   }
 
-  // Apply `update` if the lease is still ours; `events` go into the outbox in the same update.
-  async transition(update, what, events = []) {
+  // Apply `update` if the lease is still ours (and `where` holds); `events` go into the
+  // outbox in the same update.
+  async transition(update, what, events = [], where = {}) {
     if (events.length) {
       update.$push = { ...(update.$push ?? {}), outbox: { $each: events } };
     }
-    const document = await this.queue.messages.findOneAndUpdate(this.held(), update, {
+    const document = await this.queue.messages.findOneAndUpdate({ ...this.held(), ...where }, update, {
       projection: { state: 1, visible_at: 1 }, returnDocument: 'after',
     });
     if (!document) {
@@ -79,6 +81,7 @@ export class Message {
   // Acknowledge: the work is done (§4.5). `result` (JSON-like, at most 64 KiB) goes to history.
   async delete(result = this.result) {
     const kept = checkedResult(result);
+    if (this.document.sequence) return acknowledgeStep(this, kept); // an activity's step (§15.3)
     const now = new Date();
     const finished = { state: DONE, updated_at: now, done_at: now, acked_lease: this.leaseToken };
     if (kept !== null) finished.result = kept;

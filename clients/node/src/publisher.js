@@ -32,7 +32,7 @@ export const MAX_OUTBOX_AGE_MS = 10 * 60 * 1000;
 export const DROPPED_EVENT_NAME = 'mopq.events_dropped';
 const RETRY_WAIT_MAX_MS = 5000;
 const HISTORY_FIELDS = ['queue', 'routing_key', 'body', 'priority', 'activity', 'dedupe_key', 'attempts',
-  'created_at', 'claimed_at', 'done_at', 'result', 'acked_lease', 'errors', 'once'];
+  'created_at', 'claimed_at', 'done_at', 'result', 'acked_lease', 'errors', 'once', 'sequence'];
 
 // The indexes of a bulk write's operations refused as duplicates; rethrow anything else.
 export function duplicatesOnly(error) {
