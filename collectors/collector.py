@@ -18,7 +18,6 @@ import logging
 import os
 import secrets
 import socket
-import threading
 import time
 from typing import Any
 
@@ -26,6 +25,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from mopq import schema
+from mopq.background import Background, retry_delay
 from mopq.collectors import leases
 from mopq.collectors.batch import BatchResult, apply_batch
 from mopq.collectors.monitor import Monitor, Thresholds
@@ -36,8 +36,10 @@ log = logging.getLogger("mopq.collector")
 MONITOR_LEASE = "monitor"
 
 
-class Collector:
+class Collector(Background):
     """Consume events in batches of up to ``batch_size`` or every ``poll_interval`` s."""
+
+    thread_name = "mopq-collector"
 
     def __init__(self, uri: str | None = None, database: str | None = None, *,
                  db: Database | None = None, batch_size: int = 2000,
@@ -45,6 +47,7 @@ class Collector:
                  monitor: bool = True, monitor_interval: float = 2.0,
                  lease_seconds: float = leases.LEASE_SECONDS,
                  thresholds: Thresholds | None = None) -> None:
+        super().__init__()
         self.db = prepared(db) if db is not None else get_database(uri, database)
         self.batch_size = batch_size
         self.poll_interval = poll_interval
@@ -60,8 +63,6 @@ class Collector:
         self.monitor_passes = 0
         self.last_error: str | None = None
         self.holds_monitor = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"Collector({self.id!r}, partitions={sorted(self.partitions.held)})"
@@ -69,20 +70,11 @@ class Collector:
     def start(self) -> Collector:
         """Run in a daemon thread; returns self."""
         schema.ensure_indexes(self.db)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self.run, name="mopq-collector", daemon=True)
-        self._thread.start()
-        return self
+        return super().start()
 
     def stop(self, timeout: float = 0.9) -> None:
         """Ask the loop to stop and wait up to ``timeout`` s (leases lapse if it cannot)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        super().stop(timeout)
 
     def run(self) -> None:
         """The loop: rebalance leases, apply a batch, run the monitor when due."""
@@ -93,7 +85,7 @@ class Collector:
         next_monitor = 0.0
         failures = 0
         try:
-            while not self._stop.is_set():
+            while not self.stopping.is_set():
                 try:
                     now = time.monotonic()
                     if now >= next_rebalance:
@@ -109,13 +101,13 @@ class Collector:
                     if result.lost_partitions:
                         next_rebalance = 0.0
                     if result.applied + result.skipped == 0:
-                        self._stop.wait(self.poll_interval)
+                        self.stopping.wait(self.poll_interval)
                 except PyMongoError as error:
                     failures += 1
                     self.last_error = str(error)
-                    wait = min(5.0, 0.2 * 2 ** min(failures, 5))
+                    wait = retry_delay(failures)
                     log.warning("mopq collector: %s; retrying in %.1f s", error, wait)
-                    self._stop.wait(wait)
+                    self.stopping.wait(wait)
         finally:
             try:
                 self.partitions.release_all()

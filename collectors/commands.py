@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 from typing import Any
 
 from mopq.collectors import Collector
@@ -23,16 +22,9 @@ def _cmd_collect(args: argparse.Namespace) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     collector = Collector(batch_size=args.batch_size, lease_seconds=args.lease_seconds,
                           monitor=not args.no_monitor)
-    signal.signal(signal.SIGTERM, lambda *_: collector.stop(0))
     print(f"mopq collect: collector {collector.id} on database {collector.db.name}; "
           "Ctrl-C stops it", flush=True)
-    collector.start()
-    try:
-        while collector.running:
-            collector._thread.join(0.5)
-    except KeyboardInterrupt:
-        pass
-    collector.stop(5.0)
+    collector.run_in_foreground()
     return 0
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from bson import ObjectId
@@ -111,7 +112,8 @@ _error = errors.error
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _paged(items: list[Any], page: int, per_page: int) -> dict[str, Any]:
+def paged(items: list[Any], page: int, per_page: int) -> dict[str, Any]:
+    """One page of ``items`` as every list endpoint answers it."""
     start = (page - 1) * per_page
     return {"total": len(items), "page": page, "per_page": per_page,
             "items": items[start:start + per_page]}
@@ -122,19 +124,11 @@ def _who() -> dict[str, str]:
     return {"name": identity.name, "via": identity.via}
 
 
-def _audited(action: str, target: dict[str, Any], run: Any) -> Response:
+def audited(action: str, target: dict[str, Any], run: Callable[[Any], int]) -> Response:
+    """Run an admin action recorded in the audit log as the signed-in user's; answer its count."""
     db = store.database()
-    record = audit.begin(db, action, target, _who(), request.remote_addr,
-                         request.headers.get("User-Agent"))
-    try:
-        count = run(db)
-    except PyMongoError as error:
-        try:
-            audit.finish(db, record, None, error=type(error).__name__)
-        except PyMongoError:
-            pass
-        raise
-    audit.finish(db, record, count)
+    count, record = audit.recorded(db, action, target, _who(), run, request.remote_addr,
+                                   request.headers.get("User-Agent"))
     stats_cache.cache().invalidate()
     return jsonify({"count": count, "audit_id": str(record)})
 
@@ -157,7 +151,7 @@ def stats() -> Any:
 def queue_list(query: p.PagedByHundred) -> Any:
     db = store.database()
     rows = series.queues(db, stats=stats_cache.stats(db))
-    return jsonify(_paged(rows, query.page, query.per_page))
+    return jsonify(paged(rows, query.page, query.per_page))
 
 
 @endpoint(blueprint, "/api/queues/<name>", summary="One queue and its history",
@@ -251,14 +245,14 @@ def search_fields() -> Any:
           "heartbeat", query=p.PagedByHundred, ok=openapi.page_of(ref("Worker")),
           ok_description="A page of workers.")
 def workers(query: p.PagedByHundred) -> Any:
-    return jsonify(_paged(worker_rows(store.database()), query.page, query.per_page))
+    return jsonify(paged(worker_rows(store.database()), query.page, query.per_page))
 
 
 @endpoint(blueprint, "/api/metrics", summary="Names of the business events counted",
           query=p.PagedFully, ok=openapi.page_of(openapi.STRING),
           ok_description="A page of event names.")
 def metric_names(query: p.PagedFully) -> Any:
-    return jsonify(_paged(series.metric_names(store.database()), query.page, query.per_page))
+    return jsonify(paged(series.metric_names(store.database()), query.page, query.per_page))
 
 
 @endpoint(blueprint, "/api/metrics/<event_name:name>", summary="Count, sum, min and max per "
@@ -291,7 +285,7 @@ def _failed_action(action: str, body: p.ChosenIds | p.AllMatching, run: Any) -> 
         selection = admin.selection(states=(schema.DEAD,), queue=body.queue,
                                     error_contains=body.error or None)
         target = body.target()
-    return _audited(action, target, lambda db: run(db, selection))
+    return audited(action, target, lambda db: run(db, selection))
 
 
 @endpoint(blueprint, "/api/failed/retry", "POST", access=ADMIN,
@@ -318,7 +312,7 @@ def purge_queue(name: str, body: p.PurgeConfirmation) -> Any:
         # Well-formed, but not this queue's name: a conflict with the path, not bad input.
         return _error(409, f"to purge, send {{\"confirm\": \"{name}\"}}: the queue's name, "
                            "to show the purge is meant.", parameter="confirm")
-    return _audited("purge", {"queue": name}, lambda db: admin.purge(db, name))
+    return audited("purge", {"queue": name}, lambda db: admin.purge(db, name))
 
 
 # -- outside /api ---------------------------------------------------------------------------

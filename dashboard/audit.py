@@ -1,13 +1,17 @@
-"""The audit log: every admin action (retry, delete, purge), who did it and to what.
+"""The audit log: every admin action (retry, delete, purge, schedule.*), who did it and to what.
 
 ``audit`` — one document per action, written before the action runs and
 completed after it, so an action interrupted half-way still leaves a record::
 
     {_id: ObjectId, at: datetime,            # when it was asked for
-     action: "retry" | "delete" | "purge",
-     who: {name, via},                       # dashboard.auth.Identity; via token|basic
+     action: "retry" | "delete" | "purge"
+           | "schedule.define" | "schedule.pause" | "schedule.resume" | "schedule.run"
+           | "schedule.delete",
+     who: {name, via},                       # dashboard.auth.Identity; via token|basic,
+                                             # or cli (the OS user, mopq schedules)
      remote_addr, user_agent,
-     target: {queue} | {ids: [...]} | {all_matching, queue, error, state},
+     target: {queue} | {ids: [...]} | {all_matching, queue, error, state}
+           | {schedule, queue},
      status: "started" | "done" | "failed",
      count: int | None, finished_at, error}
 
@@ -17,22 +21,29 @@ document per operator action, so it stays small.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from bson import ObjectId
 from pymongo import DESCENDING
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
 from mopq import schema
 from mopq.clock import utcnow
 
+# Every action the log records (/openapi.json's AuditEntry lists these).
+ACTIONS = ("retry", "delete", "purge", "schedule.define", "schedule.pause", "schedule.resume",
+           "schedule.run", "schedule.delete")
 MAX_IDS_RECORDED = 1_000
 USER_AGENT_CHARS = 200
 
 
 def begin(db: Database, action: str, target: dict[str, Any], who: dict[str, str],
           remote_addr: str | None, user_agent: str | None) -> ObjectId:
-    """Record that ``action`` was asked for; returns the record's id for :func:`finish`."""
+    """Record that ``action`` (one of ``ACTIONS``) was asked for; returns the record's id."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown audit action {action!r}: add it to ACTIONS")
     if "ids" in target:
         target = {**target, "ids": list(target["ids"])[:MAX_IDS_RECORDED]}
     document = {"at": utcnow(), "action": action, "who": who,
@@ -50,6 +61,27 @@ def finish(db: Database, record: ObjectId, count: int | None,
     if error:
         update["error"] = error[:500]
     db[schema.AUDIT].update_one({"_id": record}, {"$set": update})
+
+
+def recorded(db: Database, action: str, target: dict[str, Any], who: dict[str, str],
+             run: Callable[[Database], int], remote_addr: str | None = None,
+             user_agent: str | None = None) -> tuple[int, ObjectId]:
+    """Run an admin action between its record's :func:`begin` and :func:`finish`.
+
+    Returns how many things it changed and the record's id. When the engine
+    fails mid-way the record says so (if it still can) and the error goes on.
+    """
+    record = begin(db, action, target, who, remote_addr, user_agent)
+    try:
+        count = run(db)
+    except PyMongoError as error:
+        try:
+            finish(db, record, None, error=type(error).__name__)
+        except PyMongoError:
+            pass
+        raise
+    finish(db, record, count)
+    return count, record
 
 
 def view(document: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The commands the dashboard adds to ``mopq``: ``serve``, ``run`` and ``demo``.
+"""The commands the dashboard adds to ``mopq``: ``serve``, ``run``, ``demo`` and ``schedules``.
 
 Registered through the ``mopq.commands`` entry point (pyproject.toml). This
 module imports nothing of Flask, so ``mopq --help`` works where only the
@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 from typing import Any
+
+from mopq.dashboard import schedule_commands
 
 INSTALL_DASHBOARD = ("the dashboard's packages are not installed: pip install 'mopq[dashboard]' "
                      "(make install does it in a clone)")
@@ -66,7 +68,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
-    """Add ``serve``, ``run`` and ``demo`` to the ``mopq`` command's subcommands."""
+    """Add ``serve``, ``run``, ``demo`` and ``schedules`` to the ``mopq`` command's subcommands."""
     run = commands.add_parser("run", help="engine (unless MOPQ_MONGODB_URI), collector, dashboard")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
@@ -92,4 +94,5 @@ def register(commands: Any) -> None:
     demo.add_argument("--no-collector", action="store_true",
                       help="do not start a collector (run `mopq collect` yourself)")
     demo.set_defaults(func=_cmd_demo)
+    schedule_commands.register(commands)
 

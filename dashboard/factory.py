@@ -44,6 +44,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         live,
         pages,
         queue_api,
+        schedules_api,
         security,
         stats_cache,
         vendor,
@@ -55,6 +56,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(queue_api.blueprint)
+    app.register_blueprint(schedules_api.blueprint)
     app.register_blueprint(activities_api.blueprint)
     app.register_blueprint(vendor.blueprint)
     socketio.init_app(app, cors_allowed_origins=security.origin_check(current))

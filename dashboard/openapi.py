@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from mopq import __version__
+from mopq.dashboard import audit
 from mopq.dashboard.endpoints import (
     ADMIN,
     CONSUME,
@@ -35,7 +36,8 @@ def ref(name: str) -> dict[str, str]:
     return {"$ref": REF + name}
 
 
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema``, or null."""
     return {"anyOf": [schema, {"type": "null"}]}
 
 
@@ -60,7 +62,7 @@ RANGE_ANSWER = {"resolution": STRING, "since": TIME, "until": TIME}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"],
-              "properties": {"error": STRING, "parameter": _nullable(STRING),
+              "properties": {"error": STRING, "parameter": nullable(STRING),
                              "detail": STRING}},
     "QueueStats": {"type": "object",
                    "required": ["pending", "inflight", "delayed", "dead", "written", "done",
@@ -83,7 +85,7 @@ SCHEMAS: dict[str, Any] = {
     "Queue": {"allOf": [ref("QueueStats"), {
         "type": "object", "required": ["name", "warnings"],
         "properties": {"name": STRING, "done_per_second": NUMBER,
-                       "drain_seconds": _nullable(NUMBER), "workers": INTEGER,
+                       "drain_seconds": nullable(NUMBER), "workers": INTEGER,
                        "failure_rate": NUMBER,
                        "warnings": {"type": "array", "items": STRING}}}]},
     "Series": {"type": "object", "required": ["t"],
@@ -97,28 +99,28 @@ SCHEMAS: dict[str, Any] = {
                          "counts": {"type": "object", "additionalProperties": {
                              "type": "array", "items": INTEGER}},
                          "duration_seconds": {"type": "object", "additionalProperties": {
-                             "type": "array", "items": _nullable(NUMBER)}}}},
+                             "type": "array", "items": nullable(NUMBER)}}}},
     "Throughput": {"type": "object", "required": ["t", "written", "acked", "failed"],
                    "properties": {"t": {"type": "array", "items": TIME},
                                   **{key: {"type": "array", "items": INTEGER}
                                      for key in ("written", "acked", "failed")}}},
     "Message": {"type": "object", "required": ["id", "queue", "state"],
                 "properties": {"id": MESSAGE_ID, "queue": STRING,
-                               "routing_key": _nullable(STRING),
+                               "routing_key": nullable(STRING),
                                "body": {"type": "object", "additionalProperties": True},
                                "priority": INTEGER, "state": STRING, "attempts": INTEGER,
                                "created_at": TIME, "updated_at": TIME,
-                               "visible_at": _nullable(TIME), "expire_at": _nullable(TIME),
-                               "last_error": _nullable(STRING),
-                               "traceback": _nullable(STRING),
+                               "visible_at": nullable(TIME), "expire_at": nullable(TIME),
+                               "last_error": nullable(STRING),
+                               "traceback": nullable(STRING),
                                "errors": {"type": "array", "items": {}},
-                               "dead_at": _nullable(TIME), "activity": _nullable(STRING),
-                               "dedupe_key": _nullable(STRING),
-                               "leased_by": _nullable(STRING), "claimed_at": _nullable(TIME),
-                               "progress": _nullable({"type": "object"}),
+                               "dead_at": nullable(TIME), "activity": nullable(STRING),
+                               "dedupe_key": nullable(STRING),
+                               "leased_by": nullable(STRING), "claimed_at": nullable(TIME),
+                               "progress": nullable({"type": "object"}),
                                "log": {"type": "array", "items": {}},
                                "done_at": TIME, "duration": NUMBER,
-                               "worker": _nullable(STRING),
+                               "worker": nullable(STRING),
                                "result": {"description": "What the handler returned (JSON)."}}},
     "SearchResult": {"type": "object", "required": ["items", "count", "truncated"],
                      "properties": {"items": {"type": "array", "items": ref("Message")},
@@ -127,19 +129,19 @@ SCHEMAS: dict[str, Any] = {
                                     "queues": {"type": "array", "items": STRING}}},
     "Worker": {"type": "object", "required": ["id", "state"],
                "properties": {"id": STRING, "state": STRING,
-                              "zombie_reason": _nullable(STRING),
+                              "zombie_reason": nullable(STRING),
                               "queues": {"type": "array", "items": STRING},
-                              "concurrency": _nullable(INTEGER),
-                              "hostname": _nullable(STRING), "pid": _nullable(INTEGER),
-                              "started_at": _nullable(TIME), "heartbeat_at": _nullable(TIME),
-                              "heartbeat_age_seconds": _nullable(NUMBER),
+                              "concurrency": nullable(INTEGER),
+                              "hostname": nullable(STRING), "pid": nullable(INTEGER),
+                              "started_at": nullable(TIME), "heartbeat_at": nullable(TIME),
+                              "heartbeat_age_seconds": nullable(NUMBER),
                               "processed": INTEGER, "failed": INTEGER,
                               "current": {"type": "array", "items": {"type": "object"}}}},
     "Activity": {"type": "object", "required": ["activity", "total", "done", "failed"],
                  "properties": {"activity": STRING, "total": INTEGER, "done": INTEGER,
                                 "failed": INTEGER, "removed": INTEGER, "left": INTEGER,
                                 "done_per_second": NUMBER,
-                                "seconds_left": _nullable(NUMBER),
+                                "seconds_left": nullable(NUMBER),
                                 "complete": {"type": "boolean"}}},
     "Metric": {"type": "object", "required": ["name", "resolution", "t", "count", "sum"],
                "properties": {**RANGE_ANSWER, "name": STRING,
@@ -148,24 +150,23 @@ SCHEMAS: dict[str, Any] = {
                               "t": {"type": "array", "items": TIME},
                               "count": {"type": "array", "items": INTEGER},
                               "sum": {"type": "array", "items": NUMBER},
-                              "min": {"type": "array", "items": _nullable(NUMBER)},
-                              "max": {"type": "array", "items": _nullable(NUMBER)},
+                              "min": {"type": "array", "items": nullable(NUMBER)},
+                              "max": {"type": "array", "items": nullable(NUMBER)},
                               "available_tags": {"type": "object", "additionalProperties": {
                                   "type": "array", "items": STRING}}}},
     "AuditEntry": {"type": "object", "required": ["id", "at", "action", "who", "target"],
                    "properties": {"id": STRING, "at": TIME,
-                                  "action": {"type": "string",
-                                             "enum": ["retry", "delete", "purge"]},
+                                  "action": {"type": "string", "enum": list(audit.ACTIONS)},
                                   "who": {"type": "object",
                                           "properties": {"name": STRING, "via": STRING}},
-                                  "remote_addr": _nullable(STRING),
-                                  "user_agent": _nullable(STRING),
+                                  "remote_addr": nullable(STRING),
+                                  "user_agent": nullable(STRING),
                                   "target": {"type": "object"},
                                   "status": {"type": "string",
                                              "enum": ["started", "done", "failed"]},
-                                  "count": _nullable(INTEGER),
-                                  "finished_at": _nullable(TIME),
-                                  "error": _nullable(STRING)}},
+                                  "count": nullable(INTEGER),
+                                  "finished_at": nullable(TIME),
+                                  "error": nullable(STRING)}},
     "Count": {"type": "object", "required": ["count"],
               "properties": {"count": {"type": "integer", "minimum": 0},
                              "audit_id": STRING}},

@@ -17,6 +17,7 @@ from typing import Any
 from flask import Blueprint, abort, redirect, render_template, request
 from pymongo.errors import PyMongoError
 
+from mopq import schedules as schedule_book
 from mopq import search as declared
 from mopq import validation
 from mopq.activities import instances
@@ -45,6 +46,7 @@ MAX_TEXT = 200
 NAV = (("pages.overview", "Overview"), ("pages.queue_list", "Queues"),
        ("pages.failed_page", "Failed"), ("pages.search_page", "Search"),
        ("pages.workers_page", "Workers"), ("pages.activities_page", "Activities"),
+       ("pages.schedules_page", "Schedules"),
        ("pages.metrics_page", "Metrics"), ("pages.audit_page", "Audit"))
 
 
@@ -302,3 +304,12 @@ def metrics_page() -> str:
 @require_read
 def audit_page() -> str:
     return render_template("audit.html", engine_error=None)
+
+
+@blueprint.get("/schedules")
+@require_read
+def schedules_page() -> str:
+    """The list comes from /api/schedules (static/schedules.js); the page holds the form."""
+    return render_template("schedules.html", engine_error=None,
+                           time_zones=sorted(schedule_book.time_zones()),
+                           catch_up_policies=schedule_book.CATCH_UP_POLICIES)

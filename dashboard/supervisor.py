@@ -2,8 +2,9 @@
 
 It starts the embedded engine (H2 storage under ``var/engine`` in the current
 folder) unless
-``MOPQ_MONGODB_URI`` is set, then a collector and the dashboard under gunicorn
-as child processes that inherit the URI. If any child dies, or on SIGINT /
+``MOPQ_MONGODB_URI`` is set, then a collector, a scheduler (``mopq schedule``,
+which fires the schedules defined on the dashboard) and the dashboard under
+gunicorn as child processes that inherit the URI. If any child dies, or on SIGINT /
 SIGTERM, every child is stopped and the engine last, gracefully, so its data
 is flushed and is there at the next run.
 """
@@ -122,6 +123,8 @@ def run(host: str = "127.0.0.1", port: int = 8000, data: str | None = None,
         if collector:
             children["the collector"] = subprocess.Popen(
                 [sys.executable, "-m", "mopq", "collect"], env=env)
+        children["the scheduler"] = subprocess.Popen(
+            [sys.executable, "-m", "mopq", "schedule"], env=env)
         children["the dashboard (gunicorn)"] = subprocess.Popen(gunicorn_command(), env=env)
         print(f"mopq: dashboard on http://{host}:{port}/ (Ctrl-C stops everything)", flush=True)
         while not stopping:

@@ -62,6 +62,10 @@ instance of an activity is a message whose ``sequence`` field says where it
 is; the message moves from step queue to step queue (``mopq.activities``
 has its shape and why a step can neither be skipped nor recorded twice).
 
+``schedules`` — one document per schedule, ``_id`` its name: a message written
+to a queue on a cron expression or an interval; its shape and how each tick
+fires once are in ``mopq.schedules``.
+
 ``counters``, ``receipts``, ``leases``, ``audit`` — written by the collectors
 and the dashboard; their shapes are documented where they are written
 (``collectors.counters``, ``collectors.batch``, ``collectors.leases``,
@@ -94,6 +98,7 @@ AUDIT = "audit"
 SETTINGS = "settings"
 DOORBELLS = "doorbells"
 HISTORY = "history"
+SCHEDULES = "schedules"
 ARRIVALS = "arrivals"
 ACTIVITIES = "activities"
 

@@ -6,10 +6,11 @@
   const REFRESH_GAP_MS = 5000;
   let lastRefresh = 0;
 
-  // target: {queue} | {ids: [...]} | {all_matching, queue, error, state}
+  // target: {queue} | {ids: [...]} | {all_matching, queue, error, state} | {schedule, queue}
   function target(entry) {
     const what = entry.target || {};
     const parts = [];
+    if (what.schedule) parts.push("schedule " + what.schedule);
     if (what.ids) parts.push(what.ids.length + " selected id(s)");
     if (what.all_matching) parts.push("all matching");
     if (what.queue) parts.push("queue " + what.queue);

@@ -3,8 +3,8 @@
 Why one helper: the page, browser and live tests all need a database where
 every page has something to show (queues, a dead message whose body and
 error are hostile HTML, a declared search field, a worker, an activity, a
-business event), written the way services write it and counted by a real
-collector.
+business event, a schedule), written the way services write it and counted
+by a real collector.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pymongo.database import Database
 
 from mopq import Envelope, Queue, Worker, emit, flush, schema
 from mopq.collectors import Collector
+from mopq.schedules import Schedule, define
 from mopq.search import declare_search_field
 from tests.helpers import wait_until
 
@@ -53,6 +54,9 @@ def drain_events(db: Database, uri: str, database: str, timeout: float = 30.0) -
 def populate(db: Database, uri: str, database: str) -> Traffic:
     """Queues with pending, delayed and dead messages, a worker, an activity, events."""
     declare_search_field("orders", "order_id", db=db)
+    # Defined only (no scheduler runs here), so it writes nothing the other pages count.
+    define(db, Schedule("hourly-digest", "reports", {"kind": "digest", "note": HOSTILE_BODY},
+                        cron="0 * * * *", timezone="Asia/Tokyo"))
     orders = Queue("orders", uri=uri, database=database)
     pending_id = orders.write({"order_id": 41, "amount": 12.5}, priority=5)
     orders.write({"order_id": 42, "amount": 1234567.0})

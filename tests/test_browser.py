@@ -29,7 +29,7 @@ READER = ("reader", "readpw")
 AUTH = {"MOPQ_ADMIN_USERS": ":".join(ADMIN), "MOPQ_BASIC_AUTH_USERS": ":".join(READER)}
 PAGES = ["/", "/queues", "/queues/orders", "/queues/orders?resolution=h", "/failed",
          "/failed?state=failing", "/search", "/search?q=order_id%3D41", "/workers",
-         "/activities", "/metrics-ui", "/audit"]
+         "/activities", "/metrics-ui", "/audit", "/schedules"]
 
 pytestmark = needs_chromium
 
@@ -210,6 +210,8 @@ def test_no_page_logs_errors_or_trips_the_csp(server, open_page, db, engine_uri,
         elif path == "/audit":
             page.wait_for_function("() => document.getElementById('audit-status')"
                                    ".textContent === ''")
+        elif path == "/schedules":
+            page.wait_for_selector('tr[data-schedule="hourly-digest"]')
         elif path.startswith("/queues/"):
             page.wait_for_selector("#history-chart .main-svg")
         elif path == "/":

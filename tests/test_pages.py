@@ -18,7 +18,7 @@ from tests.dashboard_data import HOSTILE_BODY, HOSTILE_ERROR, populate
 from tests.helpers import free_port
 
 PAGES = ["/", "/queues", "/queues/orders", "/failed", "/failed?state=failing", "/search",
-         "/workers", "/activities", "/metrics-ui", "/audit"]
+         "/workers", "/activities", "/metrics-ui", "/audit", "/schedules"]
 
 EMPTY_STATES = {
     "/": "No queues yet",
@@ -29,6 +29,7 @@ EMPTY_STATES = {
     "/activities": "No activities yet",
     "/metrics-ui": "No business events yet",
     "/audit": "No admin actions yet",
+    "/schedules": "No schedules yet",
 }
 
 
@@ -54,7 +55,7 @@ def test_every_page_shows_its_empty_state_on_an_empty_database(client):
     for path, text in EMPTY_STATES.items():
         html = page(client, path)
         assert text in html, path
-        assert "mopq demo" in html or path in ("/search", "/audit"), path
+        assert "mopq demo" in html or path in ("/search", "/audit", "/schedules"), path
     assert "No queue named orders" in page(client, "/queues/orders", status=404)
 
 

@@ -32,9 +32,10 @@ SIDEWAYS = {"width": 844, "height": 390}  # the same phone turned: wide tables s
 ADMIN = ("admin", "secret")
 PAGES = ["/", "/queues", "/queues/orders", "/queues/orders?resolution=h", "/failed",
          "/failed?state=failing", "/search", "/search?q=order_id%3D41", "/workers",
-         "/activities", "/metrics-ui", "/audit"]
+         "/activities", "/metrics-ui", "/audit", "/schedules"]
 EMPTY_PAGES = ["/", "/queues", "/queues/orders", "/failed", "/failed?state=failing", "/search",
-               "/search?q=order_id%3D41", "/workers", "/activities", "/metrics-ui", "/audit"]
+               "/search?q=order_id%3D41", "/workers", "/activities", "/metrics-ui", "/audit",
+               "/schedules"]
 WATCH_CSP = """
 window.__csp = [];
 document.addEventListener("securitypolicyviolation", function (event) {
@@ -163,8 +164,9 @@ def settle(phone: Phone, url: str, path: str, status: int = 200) -> None:
     if page.locator("main .chart").count():
         page.wait_for_function("() => [...document.querySelectorAll('main .chart')]"
                                ".every(node => node.querySelector('.main-svg'))")
-    if path == "/audit":
-        page.wait_for_function("() => !document.getElementById('audit-status')"
+    if path in ("/audit", "/schedules"):
+        status = path.strip("/") + "-status"
+        page.wait_for_function(f"() => !document.getElementById('{status}')"
                                ".textContent.startsWith('Loading')")
     if path == "/metrics-ui" and page.locator(".metric-summary").count():
         page.wait_for_function("() => [...document.querySelectorAll('.metric-summary')]"
@@ -206,7 +208,8 @@ def test_every_page_fits_a_phone_with_data(browser, phone, db, engine_uri, db_na
         for path in PAGES + [f"/search?id={traffic.dead_id}"]:
             settle(watched, url, path)
             check(watched, path)
-            if path in ("/", "/queues", "/workers", "/audit") or path.startswith("/search?"):
+            if path in ("/", "/queues", "/workers", "/audit", "/schedules") \
+                    or path.startswith("/search?"):
                 assert watched.page.locator("main tbody tr").count() > 0, path
         watched.page.set_viewport_size(SIDEWAYS)
         for path in PAGES:
@@ -239,8 +242,8 @@ def test_every_page_fits_a_phone_when_the_engine_is_unreachable(browser, phone, 
             settle(watched, url, path)
             # Pages that read nothing themselves learn it from the next push.
             watched.page.wait_for_selector("#engine-banner", state="visible", timeout=10_000)
-            if path == "/audit":  # its script asks /api/audit, which answers 503, and says so
-                assert "Cannot load" in watched.page.text_content("#audit-status")
+            if path in ("/audit", "/schedules"):  # their scripts ask the API, which answers 503
+                assert "Cannot load" in watched.page.text_content(f"#{path.strip('/')}-status")
                 watched.errors[:] = [e for e in watched.errors if "status of 503" not in e]
             check(watched, path)
 
