@@ -1,0 +1,100 @@
+"""Activity instances completed per second against the same work as 3 independent queues.
+
+Run:  .venv/bin/python bench/bench_activities.py [--instances N] [--rounds R]
+
+Starts its own embedded engine (memory storage) unless MOPQ_MONGODB_URI is
+set. Each round, in a fresh database:
+
+* sequence: N instances of a 3-step activity (no-op handlers) are started,
+  then one ``Activity.worker`` (4 threads, serving the 3 step queues) runs
+  them to the end; the rate is instances completed per second;
+* queues: the same 3 N handler calls as 3 independent queues (N messages
+  written to each, one ``Worker`` with 4 threads over the 3); the rate is
+  N / seconds, the "sequences" the same work would have been.
+
+The ratio sequence / queues is the issue's measure (goal: at least 0.7).
+Only one run's figures mean anything together: this machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mopq import Queue, Worker, flush, schema  # noqa: E402
+from mopq.activities import Activity, Step  # noqa: E402
+from mopq.connection import get_database  # noqa: E402
+from mopq.engine import engine_unless_configured  # noqa: E402
+
+QUEUES = ("bench-a", "bench-b", "bench-c")
+THREADS = 4
+
+
+def nothing(message: object) -> dict:
+    return {"ok": True}
+
+
+def _until(done: object, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the work did not finish")
+        time.sleep(0.02)
+
+
+def sequence_rate(uri: str, database: str, instances: int) -> float:
+    flow = Activity("bench", [Step(name, name, nothing) for name in QUEUES], uri=uri,
+                    database=database)
+    for n in range(instances):
+        flow.start(f"k{n}")
+    history = get_database(uri, database)[schema.HISTORY]
+    worker = flow.worker(THREADS, poll_interval=0.05)
+    started = time.monotonic()
+    worker.start()
+    _until(lambda: history.count_documents({"sequence.phase": "finished"}) >= instances)
+    elapsed = time.monotonic() - started
+    worker.stop(timeout=30)
+    return instances / elapsed
+
+
+def queues_rate(uri: str, database: str, instances: int) -> float:
+    for name in QUEUES:
+        Queue(name, uri=uri, database=database).write_many([{"n": n} for n in range(instances)])
+    history = get_database(uri, database)[schema.HISTORY]
+    worker = Worker(list(QUEUES), nothing, THREADS, uri=uri, database=database,
+                    poll_interval=0.05)
+    started = time.monotonic()
+    worker.start()
+    _until(lambda: history.count_documents({}) >= 3 * instances)
+    elapsed = time.monotonic() - started
+    worker.stop(timeout=30)
+    return instances / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with engine_unless_configured() as (uri, _):
+        ratios = []
+        for round_number in range(1, args.rounds + 1):
+            sequence = sequence_rate(uri, f"bench_{uuid.uuid4().hex[:8]}", args.instances)
+            queues = queues_rate(uri, f"bench_{uuid.uuid4().hex[:8]}", args.instances)
+            ratios.append(sequence / queues)
+            print(f"round {round_number}: {args.instances} instances of 3 steps: "
+                  f"{sequence:.1f} completed/s; as 3 queues: {queues:.1f}/s; "
+                  f"ratio {sequence / queues:.2f}x", flush=True)
+        print(f"median ratio {statistics.median(ratios):.2f}x (goal: at least 0.7x)")
+        flush(30)
+
+
+if __name__ == "__main__":
+    main()
