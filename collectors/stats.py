@@ -15,7 +15,7 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.database import Database
 
-from mopq import schema
+from mopq import control, schema
 from mopq.clock import utcnow
 from mopq.collectors import leases
 from mopq.collectors.batch import registered_queues
@@ -82,28 +82,37 @@ def queue_flows(db: Database, names: set[str]) -> dict[str, dict[str, int]]:
 
 def serving_workers(db: Database, now: dt.datetime,
                     thresholds: Thresholds | None = None) -> dict[str, int]:
-    """Per queue, how many alive workers consume it."""
+    """Per queue, how many alive workers consume it (a quiet or stopping one takes nothing)."""
     thresholds = thresholds or Thresholds.from_env()
     serving: dict[str, int] = {}
     for worker in db[schema.WORKERS].find({}, {"queues": 1, **WORKER_STATE_FIELDS}):
-        if classify(worker, now, thresholds) == ALIVE:
+        if classify(worker, now, thresholds) == ALIVE and \
+                worker.get("state") not in (schema.WORKER_QUIET, schema.WORKER_STOPPING):
             for name in worker.get("queues") or []:
                 serving[name] = serving.get(name, 0) + 1
     return serving
 
 
 def worker_rows(db: Database, now: dt.datetime | None = None) -> list[dict[str, Any]]:
-    """Every registered worker with its state, heartbeat age and current messages."""
+    """Every registered worker with its state, heartbeat age, current messages and their progress.
+
+    ``state`` is the monitor's verdict (alive, stale, ...); ``reported_state`` what the
+    worker itself last wrote (running, quiet, stopping, stopped) and ``control`` what an
+    admin asked of it (``mopq.control``).
+    """
     now = now or utcnow()
     thresholds = Thresholds.from_env()
     rows = []
-    for worker in db[schema.WORKERS].find().sort([("_id", ASCENDING)]):
+    workers = list(db[schema.WORKERS].find().sort([("_id", ASCENDING)]))
+    progress = control.holding(db, workers)
+    for worker in workers:
         current = []
         for item in worker.get("current") or []:
             since = item.get("since")
             current.append({"message_id": item.get("message_id"), "queue": item.get("queue"),
                             "since": since,
-                            "seconds": round((now - since).total_seconds(), 1) if since else None})
+                            "seconds": round((now - since).total_seconds(), 1) if since else None,
+                            "progress": progress.get(str(item.get("message_id")))})
         beat = worker.get("heartbeat_at")
         rows.append({
             "id": worker["_id"], "state": classify(worker, now, thresholds),
@@ -114,6 +123,8 @@ def worker_rows(db: Database, now: dt.datetime | None = None) -> list[dict[str, 
             "heartbeat_age_seconds": round((now - beat).total_seconds(), 1) if beat else None,
             "processed": int(worker.get("processed") or 0),
             "failed": int(worker.get("failed") or 0), "current": current,
+            "reported_state": worker.get("state"),
+            "control": worker.get(control.FIELD) if control.requested(worker) else None,
         })
     return rows
 

@@ -6,12 +6,12 @@ completed after it, so an action interrupted half-way still leaves a record::
     {_id: ObjectId, at: datetime,            # when it was asked for
      action: "retry" | "delete" | "purge"
            | "schedule.define" | "schedule.pause" | "schedule.resume" | "schedule.run"
-           | "schedule.delete",
+           | "schedule.delete" | "worker.stop" | "worker.quiet" | "worker.resume",
      who: {name, via},                       # dashboard.auth.Identity; via token|basic,
                                              # or cli (the OS user, mopq schedules)
      remote_addr, user_agent,
      target: {queue} | {ids: [...]} | {all_matching, queue, error, state}
-           | {schedule, queue},
+           | {schedule, queue} | {worker},
      status: "started" | "done" | "failed",
      count: int | None, finished_at, error}
 
@@ -29,12 +29,13 @@ from pymongo import DESCENDING
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from mopq import schema
+from mopq import control, schema
 from mopq.clock import utcnow
 
 # Every action the log records (/openapi.json's AuditEntry lists these).
 ACTIONS = ("retry", "delete", "purge", "schedule.define", "schedule.pause", "schedule.resume",
-           "schedule.run", "schedule.delete")
+           "schedule.run", "schedule.delete",
+           *(f"worker.{command}" for command in control.COMMANDS))  # dashboard.workers_api
 MAX_IDS_RECORDED = 1_000
 USER_AGENT_CHARS = 200
 

@@ -48,6 +48,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         security,
         stats_cache,
         vendor,
+        workers_api,
     )
 
     auth.init_app(app, current)
@@ -58,6 +59,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(queue_api.blueprint)
     app.register_blueprint(schedules_api.blueprint)
     app.register_blueprint(activities_api.blueprint)
+    app.register_blueprint(workers_api.blueprint)
     app.register_blueprint(vendor.blueprint)
     socketio.init_app(app, cors_allowed_origins=security.origin_check(current))
     live.register(socketio, app)

@@ -16,6 +16,13 @@ with the clock alone (oldest pending age, collector lag) are left out of the
 fingerprint: pages extrapolate them between pushes; crossing the collector
 lag warning does change it. An engine error is pushed once as
 ``{"engine_error": "..."}`` and the task keeps trying.
+
+The Workers page also *follows* ``workers`` (it sends ``follow`` with that
+topic): its clients, and only they, get a ``workers`` push of every worker's
+row (``collectors.stats.worker_rows``: state, what it holds and how far
+along, what it was asked) whenever a row changes, a new worker included.
+Rows are read only while some page of this process follows them; the
+seconds that grow with the clock alone are left out of the fingerprint.
 """
 
 from __future__ import annotations
@@ -29,13 +36,13 @@ from typing import Any
 
 import flask_socketio
 from flask import Flask, request
-from flask_socketio import ConnectionRefusedError, SocketIO
+from flask_socketio import ConnectionRefusedError, SocketIO, join_room
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from mopq.clock import utcnow
 from mopq.collectors import series
-from mopq.collectors.stats import read_stats
+from mopq.collectors.stats import read_stats, worker_rows
 from mopq.dashboard import auth, stats_cache, store
 
 log = logging.getLogger("mopq.live")
@@ -48,6 +55,10 @@ MIN_INTERVAL_SECONDS = 1.0
 MIN_SLEEP_SECONDS = 0.1
 THROUGHPUT_SECONDS = 60
 CLOCK_FIELDS = ("generated_at",)
+# The topic pages may follow (event "follow"), its room and the event its pushes come as.
+WORKERS = "workers"
+FOLLOW = "follow"
+MAX_WORKERS_PUSHED = 1_000
 
 
 def build_snapshot(db: Database, now: dt.datetime | None = None,
@@ -78,6 +89,22 @@ def fingerprint(snapshot: dict[str, Any]) -> str:
     return json.dumps(stable, sort_keys=True, default=str)
 
 
+def build_workers(db: Database, now: dt.datetime | None = None) -> dict[str, Any]:
+    """What a ``workers`` push carries: every worker's row (at most ``MAX_WORKERS_PUSHED``)."""
+    rows = worker_rows(db, now)
+    return {"workers": rows[:MAX_WORKERS_PUSHED], "total": len(rows),
+            "generated_at": (now or utcnow()).isoformat()}
+
+
+def workers_fingerprint(push: dict[str, Any]) -> str:
+    """The rows as a page shows them, without the ages the page computes from timestamps."""
+    rows = [{**{k: v for k, v in row.items() if k != "heartbeat_age_seconds"},
+             "current": [{k: v for k, v in item.items() if k != "seconds"}
+                         for item in row.get("current") or []]}
+            for row in push.get("workers") or []]
+    return json.dumps([rows, push.get("total")], sort_keys=True, default=str)
+
+
 class Pusher:
     """This process's push loop; at most one, started by the first connection."""
 
@@ -90,6 +117,9 @@ class Pusher:
         self._lock = threading.Lock()
         self._started = False
         self._clients = 0
+        self._followers: set[str] = set()   # session ids of pages following workers
+        self.latest_workers: dict[str, Any] | None = None
+        self._last_workers: str | None = None
 
     def admit(self) -> bool:
         """Count a new live page and start the loop; False (nothing counted) when full.
@@ -107,12 +137,22 @@ class Pusher:
         self.socketio.start_background_task(self._run)
         return True
 
-    def client_left(self) -> None:
+    def client_left(self, sid: str | None = None) -> None:
         with self._lock:
             self._clients = max(0, self._clients - 1)
+            self._followers.discard(sid or "")
+            if not self._followers:
+                self.latest_workers = None
+                self._last_workers = None
             if not self._clients:  # the next visitor gets a fresh push, not an old one
                 self.latest = None
                 self._last = None
+
+    def follow(self, sid: str) -> dict[str, Any] | None:
+        """Count a page following the workers; the latest workers push, for it alone."""
+        with self._lock:
+            self._followers.add(sid)
+            return self.latest_workers
 
     def _interval(self) -> float:
         configured = self.app.config.get("MOPQ_LIVE_INTERVAL", MIN_INTERVAL_SECONDS)
@@ -124,6 +164,8 @@ class Pusher:
             try:
                 if self._clients:
                     self.push_once()
+                if self._followers:
+                    self.push_workers()
             except Exception:  # the loop must outlive any one bad snapshot
                 log.exception("mopq live: building a push failed; trying again")
             spent = time.monotonic() - started
@@ -154,6 +196,27 @@ class Pusher:
         return True
 
 
+    def push_workers(self) -> bool:
+        """Push the workers' rows to the pages following them if they changed. True if pushed.
+
+        While the engine is unreachable nothing is pushed here: the stats push says so.
+        """
+        with self.app.app_context():
+            try:
+                rows = build_workers(store.database())
+            except PyMongoError:
+                return False
+            # In the JSON the API answers (datetimes as ISO-8601 UTC): what /api/workers says.
+            push = json.loads(self.app.json.dumps(rows))
+        key = workers_fingerprint(push)
+        self.latest_workers = push
+        if key == self._last_workers:
+            return False
+        self._last_workers = key
+        self.socketio.emit(WORKERS, push, namespace=NAMESPACE, to=WORKERS)
+        return True
+
+
 def register(socketio: SocketIO, app: Flask) -> None:
     pusher = Pusher(socketio, app)
     app.extensions["mopq_live"] = pusher
@@ -171,6 +234,15 @@ def register(socketio: SocketIO, app: Flask) -> None:
         if pusher.latest is not None:
             flask_socketio.emit(PUSH, pusher.latest)
 
+    @socketio.on(FOLLOW, namespace=NAMESPACE)
+    def on_follow(topic=None):
+        if topic != WORKERS:
+            return
+        join_room(WORKERS)
+        latest = pusher.follow(request.sid)
+        if latest is not None:
+            flask_socketio.emit(WORKERS, latest)
+
     @socketio.on("disconnect", namespace=NAMESPACE)
     def on_disconnect(*_args):
-        pusher.client_left()
+        pusher.client_left(request.sid)

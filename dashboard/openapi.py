@@ -136,7 +136,14 @@ SCHEMAS: dict[str, Any] = {
                               "started_at": nullable(TIME), "heartbeat_at": nullable(TIME),
                               "heartbeat_age_seconds": nullable(NUMBER),
                               "processed": INTEGER, "failed": INTEGER,
-                              "current": {"type": "array", "items": {"type": "object"}}}},
+                              "current": {"type": "array", "items": {
+                                  "type": "object", "properties": {
+                                      "message_id": STRING, "queue": STRING,
+                                      "since": nullable(TIME), "seconds": nullable(NUMBER),
+                                      "progress": nullable({"type": "object"})}}},
+                              "reported_state": nullable(STRING),
+                              "control": nullable({"type": "object", "properties": {
+                                  "command": STRING, "at": TIME, "by": {"type": "object"}}})}},
     "Activity": {"type": "object", "required": ["activity", "total", "done", "failed"],
                  "properties": {"activity": STRING, "total": INTEGER, "done": INTEGER,
                                 "failed": INTEGER, "removed": INTEGER, "left": INTEGER,

@@ -24,8 +24,7 @@ from mopq.activities import instances
 from mopq.clock import utcnow
 from mopq.collectors import series
 from mopq.collectors.counters import HOUR, MINUTE, RESOLUTIONS
-from mopq.collectors.stats import worker_rows
-from mopq.dashboard import activities_api, charts, formatting, queries, stats_cache, store
+from mopq.dashboard import activities_api, charts, formatting, live, queries, stats_cache, store
 from mopq.dashboard.auth import (
     ADMIN,
     ENABLE_ADMIN,
@@ -269,7 +268,8 @@ def search_page() -> str:
 @blueprint.get("/workers")
 @require_read
 def workers_page() -> str:
-    return render_template("workers.html", **_read(lambda db: {"workers": worker_rows(db)}))
+    """The rows a ``workers`` push carries (``dashboard.live``), which then keep them current."""
+    return render_template("workers.html", **_read(live.build_workers))
 
 
 @blueprint.get("/activities")

@@ -1,10 +1,10 @@
 """The ``mopq`` command, assembled from what each installed part registers.
 
-The library's own commands are here: ``engine``, ``worker``, ``failed`` and
-``retry``. Every function registered under the ``mopq.commands`` entry
-point adds its part's (the collectors: ``collect``, ``stats``; the
-dashboard: ``serve``, ``run``, ``demo``), so the library never imports the
-parts built on it, and a part that is not installed adds nothing.
+The library's own commands are here: ``engine``, ``worker``, ``workers``
+(``mopq.control``), ``failed`` and ``retry``. Every function registered under
+the ``mopq.commands`` entry point adds its part's (the collectors: ``collect``,
+``stats``; the dashboard: ``serve``, ``run``, ``demo``), so the library never
+imports the parts built on it, and a part that is not installed adds nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from mopq import schema
+from mopq import control, schema
 from mopq.config import ConfigError
 from mopq.engine import EngineError
 from mopq.errors import InvalidInput
@@ -224,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--all", action="store_true",
                        help="needed to retry every dead message when no id or filter is given")
     retry.set_defaults(func=_cmd_retry)
+    control.register(commands)
     add_registered_commands(commands)
     return parser
 

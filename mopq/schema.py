@@ -33,10 +33,11 @@ start, rewritten every heartbeat, "stopped" on a clean stop)::
 
     {_id, ip, port, pid, hostname, started_at, heartbeat_at,
      queues: [name, ...], routing_key, concurrency, visibility_timeout,
-     state,              # "running", "stopping", "stopped"
+     state,              # "running", "quiet", "stopping", "stopped"
      current: [{message_id, queue, since}, ...],   # being handled, as of the last beat
      processed, failed,  # acks and failed attempts by this worker
      stopped_at,
+     control: {command, at, by},  # what an admin asked of it (mopq.control)
      zombie_reason, checked_at}   # written by the monitor
 
 ``history`` — acknowledged messages, kept for a while with their result
@@ -121,6 +122,13 @@ ARRIVING = "arriving"
 # Activities (mopq.activities): an instance whose step fanned out waits ``waiting``,
 # unclaimable, until its parent has counted all its children.
 WAITING = "waiting"
+
+# A worker's own states, as its heartbeat reports them (quiet: asked to take no new
+# messages, mopq.control). The monitor's verdicts (alive, stale, ...) are other words.
+WORKER_RUNNING = "running"
+WORKER_QUIET = "quiet"
+WORKER_STOPPING = "stopping"
+WORKER_STOPPED = "stopped"
 
 # Event kinds in the business log.
 WRITTEN = "written"

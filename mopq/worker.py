@@ -23,15 +23,15 @@ Identity ``ip:port:start_time:pid``:
 
 The heartbeat document, in the ``workers`` collection (``_id`` = identity),
 is upserted when the worker starts, rewritten every ``heartbeat_interval``
-seconds by a daemon thread and at once when the worker starts stopping, and
-marked ``stopped`` on a clean stop::
+seconds by a daemon thread and at once when the worker starts stopping or
+goes quiet, and marked ``stopped`` on a clean stop::
 
     {_id: "ip:port:start_time:pid",
      ip, port, pid, hostname,
      started_at,          # datetime: when run() began
      heartbeat_at,        # datetime: the last beat
      queues: [name, ...], routing_key, concurrency, visibility_timeout,
-     state,               # "running", "stopping" or "stopped"
+     state,               # "running", "quiet", "stopping" or "stopped"
      current: [{message_id: str, queue, since: datetime}, ...],
                           # the messages being handled, as of the last beat
      processed,           # messages acknowledged by this worker
@@ -47,6 +47,12 @@ in the main thread) or ``stop()``: stop claiming, let every handler that is
 running finish and its message be acknowledged or failed, write "stopped",
 return. A second signal while stopping exits at once (``SystemExit``); the
 messages still held then come back when their lease expires.
+
+Control: each beat is one ``find_one_and_update`` that also returns the
+``control`` an admin set on the document (``mopq.control``: the dashboard,
+its API, ``mopq workers``), so a request is honoured at the next beat: stop
+is a graceful stop as above; quiet stops claiming (handlers running finish,
+beats go on, ``state`` "quiet") until resume.
 """
 
 from __future__ import annotations
@@ -62,9 +68,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import psutil
+from pymongo import ReturnDocument
 from pymongo.errors import PyMongoError
 
-from mopq import schema, validation
+from mopq import control, schema, validation
 from mopq.clock import utcnow
 from mopq.config import settings
 from mopq.connection import get_database
@@ -77,9 +84,10 @@ from mopq.queue import MAX_VISIBILITY_TIMEOUT, Backoff, Queue
 
 log = logging.getLogger("mopq.worker")
 
-RUNNING = "running"
-STOPPING = "stopping"
-STOPPED = "stopped"
+RUNNING = schema.WORKER_RUNNING
+QUIET = schema.WORKER_QUIET
+STOPPING = schema.WORKER_STOPPING
+STOPPED = schema.WORKER_STOPPED
 
 FIRST_IDLE_WAIT_SECONDS = 0.05
 FIRST_ERROR_WAIT_SECONDS = 0.5
@@ -161,6 +169,8 @@ class Worker:
         self._final_written = False
         self._ran = False
         self._stopping = threading.Event()
+        self._taking = threading.Event()  # cleared while quiet (mopq.control)
+        self._taking.set()
         self._beat_now = threading.Event()
         self._heartbeat_done = threading.Event()
         self._started = threading.Event()
@@ -193,7 +203,12 @@ class Worker:
     def state(self) -> str:
         if self._finished.is_set():
             return STOPPED
-        return STOPPING if self._stopping.is_set() else RUNNING
+        return self._live_state()
+
+    def _live_state(self) -> str:
+        if self._stopping.is_set():
+            return STOPPING
+        return RUNNING if self._taking.is_set() else QUIET
 
     def current(self) -> list[dict[str, Any]]:
         """The messages being handled now: ``{message_id, queue, since}`` each."""
@@ -213,14 +228,19 @@ class Worker:
                 "stopped_at": now if state == STOPPED else None}
 
     def _beat(self) -> None:
-        """Write the heartbeat document (upsert: a beat also registers a late start)."""
+        """Write the heartbeat document (upsert: a beat also registers a late start).
+
+        The same command reads back what an admin asked of the worker (its
+        ``control``), which is then honoured.
+        """
         with self._write_lock:
             if self._final_written:
                 return
-            state = STOPPING if self._stopping.is_set() else RUNNING
             try:
-                self.workers.update_one({"_id": self.identity},
-                                        {"$set": self._document(state, utcnow())}, upsert=True)
+                written = self.workers.find_one_and_update(
+                    {"_id": self.identity},
+                    {"$set": self._document(self._live_state(), utcnow())}, upsert=True,
+                    projection={control.FIELD: 1}, return_document=ReturnDocument.AFTER)
             except PyMongoError as error:
                 if not self._beat_failing:
                     log.warning("mopq worker %s: cannot write its heartbeat (%s); retrying "
@@ -230,6 +250,29 @@ class Worker:
         if self._beat_failing:
             log.info("mopq worker %s: heartbeat written again", self.identity)
             self._beat_failing = False
+        self._obey(written)
+
+    def _obey(self, document: dict[str, Any] | None) -> None:
+        """Do what the worker's document asks (``mopq.control``), once per change."""
+        command = control.requested(document)
+        if self._stopping.is_set():
+            return
+        asked = (document or {}).get(control.FIELD) or {}
+        who = (asked.get("by") or {}).get("name") or "someone"
+        if command == control.STOP:
+            log.info("mopq worker %s: asked by %s to stop; finishing current messages, then "
+                     "stopping", self.identity, who)
+            self._request_stop()
+        elif command == control.QUIET and self._taking.is_set():
+            log.info("mopq worker %s: asked by %s to go quiet; taking no new messages until "
+                     "resumed", self.identity, who)
+            self._taking.clear()
+            self._beat_now.set()  # report "quiet" now rather than at the next beat
+        elif command != control.QUIET and not self._taking.is_set():
+            log.info("mopq worker %s: asked by %s to resume; taking messages again",
+                     self.identity, who)
+            self._taking.set()
+            self._beat_now.set()
 
     def _write_stopped(self) -> None:
         acquired = self._write_lock.acquire(timeout=FINAL_WRITE_LOCK_SECONDS)
@@ -294,6 +337,7 @@ class Worker:
 
     def _request_stop(self) -> None:
         self._stopping.set()
+        self._taking.set()  # a quiet loop wakes, sees the stop and ends
         self._beat_now.set()
         if self.doorbell is not None:  # wake the threads waiting for a message
             self.doorbell.ring_locally(self._names)
@@ -351,6 +395,9 @@ class Worker:
         error_wait = 0.0
         rang = False
         while not self._stopping.is_set():
+            if not self._taking.is_set():  # quiet: wait for resume (or a stop)
+                self._taking.wait()
+                continue
             seen = self.doorbell.rings(self._names) if self.doorbell else 0
             try:
                 message, turn = self._claim(turn)

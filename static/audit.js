@@ -16,6 +16,7 @@
     if (what.queue) parts.push("queue " + what.queue);
     if (what.error) parts.push("error containing \u201c" + what.error + "\u201d");
     if (what.state && what.all_matching) parts.push(what.state);
+    if (what.worker) parts.push("worker " + what.worker);
     return parts.join(" · ") || "everything";
   }
 

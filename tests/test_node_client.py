@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
-from mopq import Envelope, MessageDead, Queue, Worker, flush, schema
+from mopq import Envelope, MessageDead, Queue, Worker, control, flush, schema
 from mopq.collectors.counters import TOTAL, counter_id
 from mopq.collectors.monitor import Monitor
 from mopq.collectors.series import metric
@@ -291,6 +291,39 @@ def test_a_node_worker_stops_cleanly_on_sigterm(db_name, db, node_client, reap):
     assert beat["state"] == "stopped" and beat["stopped_at"] >= beat["started_at"]
     assert db[schema.DOORBELLS].find_one({"_id": identity}) is None
     assert read_stats(db)["workers"]["stopped"] == 1
+
+
+def test_a_node_worker_honours_quiet_resume_and_stop_at_its_next_beat(db_name, db, node_client,
+                                                                     reap, tmp_path):
+    """docs/FORMAT.md §7.4: the control an admin sets (mopq.control) comes back with each beat."""
+    queue = Queue("ctl")
+    gate = tmp_path / "gate"
+    process, identity = start_node_worker(node_client, {"queues": ["ctl"], "concurrency": 1})
+    reap.append(process)
+    assert control.ask(db, identity, control.QUIET, {"name": "ops", "via": "test"})
+    wait_until(lambda: db[schema.WORKERS].find_one({"_id": identity})["state"] == "quiet",
+               timeout=10, message="the Node worker to report quiet")
+    held = queue.write({"gate": str(gate)})
+    beat = db[schema.WORKERS].find_one({"_id": identity})["heartbeat_at"]
+    for _ in range(5):  # a second of beats: it keeps beating and claims nothing
+        beat = wait_until(lambda seen=beat: (lambda t: t if t > seen else None)(
+            db[schema.WORKERS].find_one({"_id": identity})["heartbeat_at"]), timeout=5,
+            message="another beat")
+    assert queue.get(held)["state"] == schema.PENDING
+
+    assert control.ask(db, identity, control.RESUME, {"name": "ops", "via": "test"})
+    wait_until(lambda: (queue.get(held) or {}).get("leased_by") == identity, timeout=10,
+               message="the resumed Node worker to claim the message")
+    assert db[schema.WORKERS].find_one({"_id": identity})["state"] == "running"
+    assert control.ask(db, identity, control.STOP, {"name": "ops", "via": "test"})
+    wait_until(lambda: db[schema.WORKERS].find_one({"_id": identity})["state"] == "stopping",
+               timeout=10, message="the Node worker to report stopping")
+    assert process.poll() is None, "it stopped before its message was done"
+    gate.touch()
+    assert process.wait(15) == 0, process.stderr.read()
+    assert json.loads(process.stdout.read().strip().splitlines()[-1])["processed"] == 1
+    assert db[schema.HISTORY].find_one({"_id": held}) is not None
+    assert db[schema.WORKERS].find_one({"_id": identity})["state"] == "stopped"
 
 
 @pytest.mark.parametrize("rings", [True, False], ids=["rings", "polling"])

@@ -11,6 +11,10 @@
 // something; with rings (the default, unless MOPQ_RINGS=0) every loop also wakes when a
 // writer rings its doorbell (its identity's port). So an idle worker sends about one
 // claim attempt per queue and pollInterval, whatever its concurrency.
+//
+// Control (§7.4): each beat is one findOneAndUpdate that returns the `control` an admin
+// set on the worker's document; the worker honours it at once: stop is a graceful stop,
+// quiet stops claiming (beats go on, state "quiet") until resume.
 
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
@@ -21,8 +25,11 @@ import { checkedResult } from './message.js';
 import { MAX_VISIBILITY_TIMEOUT } from './queue.js';
 
 export const RUNNING = 'running';
+export const QUIET = 'quiet';
 export const STOPPING = 'stopping';
 export const STOPPED = 'stopped';
+// What an admin may ask in the worker document's control.command (§7.4).
+const COMMANDS = ['stop', 'quiet', 'resume'];
 const FIRST_ERROR_WAIT_MS = 500;
 const MAX_ERROR_WAIT_MS = 10000;
 const SIBLING_WAIT_MS = 30000;
@@ -104,6 +111,7 @@ export class Worker {
     this.current = new Map();
     this.startedAt = null;
     this.stopping = false;
+    this.quiet = false;
     this.finished = false;
     this.lookout = false;
     this.wakers = new Set();
@@ -129,23 +137,47 @@ export class Worker {
     };
   }
 
-  beat(state = this.stopping ? STOPPING : RUNNING) {
+  beat(state = this.stopping ? STOPPING : (this.quiet ? QUIET : RUNNING)) {
     if (!this.identity) return this.beating;
     // One write at a time, in order: a late "running" never overwrites "stopped".
     this.beating = this.beating.then(async () => {
       if (this.finished) return;
+      let written;
       try {
-        await this.client.db.collection(WORKERS).updateOne(
-          { _id: this.identity }, { $set: this.document(state, new Date()) }, { upsert: true });
+        written = await this.client.db.collection(WORKERS).findOneAndUpdate(
+          { _id: this.identity }, { $set: this.document(state, new Date()) },
+          { upsert: true, returnDocument: 'after', projection: { control: 1 } });
         if (state === STOPPED) this.finished = true;
         if (this.beatFailing) this.log.info?.(`mopq worker ${this.identity}: heartbeat written again`);
         this.beatFailing = false;
       } catch (error) {
         if (!this.beatFailing) this.log.warn?.(`mopq worker ${this.identity}: cannot write its heartbeat (${error.message})`);
         this.beatFailing = true;
+        return;
       }
+      this.obey(written?.control);
     });
     return this.beating;
+  }
+
+  // Do what an admin asked (control.command, §7.4), once per change.
+  obey(control) {
+    if (this.stopping || !control || typeof control !== 'object') return;
+    const command = COMMANDS.includes(control.command) ? control.command : null;
+    const who = control.by?.name ?? 'someone';
+    if (command === 'stop') {
+      this.log.info?.(`mopq worker ${this.identity}: asked by ${who} to stop; finishing current messages, then stopping`);
+      this.requestStop();
+    } else if (command === 'quiet' && !this.quiet) {
+      this.log.info?.(`mopq worker ${this.identity}: asked by ${who} to go quiet; taking no new messages until resumed`);
+      this.quiet = true;
+      this.beat(); // report "quiet" now rather than at the next beat
+    } else if (command !== 'quiet' && this.quiet) {
+      this.log.info?.(`mopq worker ${this.identity}: asked by ${who} to resume; taking messages again`);
+      this.quiet = false;
+      this.beat();
+      for (const wake of [...this.wakers]) wake();
+    }
   }
 
   // -- running ---------------------------------------------------------------------------
@@ -236,6 +268,10 @@ export class Worker {
     let errorMs = 0;
     let rang = false;
     while (!this.stopping) {
+      if (this.quiet) { // take nothing until resumed (or stopped): both wake this pause
+        await this.pause(SIBLING_WAIT_MS);
+        continue;
+      }
       const seen = this.bell.rings(this.names);
       let message;
       try {

@@ -1,6 +1,9 @@
-// A Node Worker: heartbeats, a doorbell, and a handler that acks, fails or hangs.
+// A Node Worker: heartbeats, a doorbell, and a handler that acks, fails, hangs or waits
+// for a gate (until the file body.gate names exists).
 // Prints its identity as a JSON line once started; runs until SIGTERM (or SIGKILL).
 // With countCommands, SIGUSR2 makes it print how many commands it sent since it started.
+import { existsSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker, connect } from '../src/index.js';
 import { quiet } from './common.js';
 
@@ -8,6 +11,7 @@ const args = JSON.parse(process.argv[2] ?? '{}');
 const client = await connect({ log: quiet, mongoOptions: { monitorCommands: Boolean(args.countCommands) } });
 const worker = new Worker(client, args.queues, async (message) => {
   if (message.body.hang) return new Promise(() => {}); // holds its message until killed
+  while (message.body.gate && !existsSync(message.body.gate)) await sleep(20);
   if (message.body.fail) throw new Error(`refused ${message.body.n}`);
   return { by: 'node-worker', n: message.body.n ?? null };
 }, { heartbeatInterval: args.heartbeatInterval ?? 0.2, visibilityTimeout: args.visibilityTimeout ?? 60,
