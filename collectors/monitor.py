@@ -31,7 +31,7 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo.database import Database
 
-from mopq import admin, history, maintenance, schema
+from mopq import admin, history, maintenance, policy, rate_limit, schema
 from mopq.clock import utcnow
 from mopq.collectors.batch import expire_receipts
 from mopq.collectors.settings import Retention, Thresholds
@@ -200,13 +200,33 @@ class Monitor:
         now = now or utcnow()
         removed = self.db[schema.COUNTERS].delete_many({"expires_at": {"$lte": now}}).deleted_count
         removed += expire_receipts(self.db, now)
+        removed += rate_limit.forget(self.db, now)
+        finished, dead = self._kept_by_policy()
         forgotten = history.forget_finished(
-            self.db, now - dt.timedelta(seconds=self.retention.finished))
-        dead = [d["_id"] for d in self.db[schema.MESSAGES].find(
-            {"state": schema.DEAD,
-             "dead_at": {"$lt": now - dt.timedelta(seconds=self.retention.dead)}},
-            {"_id": 1}).limit(history.RETENTION_BATCH)]
-        expired_dead = admin.remove(self.db, admin.selection(ids=dead),
-                                    reason="retention") if dead else 0
-        self._retention_behind = max(forgotten, len(dead)) >= history.RETENTION_BATCH
+            self.db, now - dt.timedelta(seconds=self.retention.finished),
+            other_than=list(finished))
+        for queue, seconds in finished.items():
+            forgotten += history.forget_finished(self.db, now - dt.timedelta(seconds=seconds),
+                                                 queue=queue)
+        old_dead: list[Any] = []
+        for queue, seconds in [(None, self.retention.dead), *dead.items()]:
+            query: dict[str, Any] = {
+                "state": schema.DEAD, "dead_at": {"$lt": now - dt.timedelta(seconds=seconds)},
+                "queue": queue if queue is not None else {"$nin": list(dead)}}
+            old_dead += [d["_id"] for d in self.db[schema.MESSAGES].find(query, {"_id": 1})
+                         .limit(history.RETENTION_BATCH)]
+        expired_dead = admin.remove(self.db, admin.selection(ids=old_dead),
+                                    reason="retention") if old_dead else 0
+        self._retention_behind = max(forgotten, len(old_dead)) >= history.RETENTION_BATCH
         return removed + forgotten + expired_dead
+
+    def _kept_by_policy(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Queues whose stored policy sets their own retention: finished, and dead."""
+        finished: dict[str, float] = {}
+        dead: dict[str, float] = {}
+        for name, record in policy.read_all(self.db).items():
+            if record.policy.get("keep_finished_seconds") is not None:
+                finished[name] = float(record.policy["keep_finished_seconds"])
+            if record.policy.get("keep_dead_seconds") is not None:
+                dead[name] = float(record.policy["keep_dead_seconds"])
+        return finished, dead

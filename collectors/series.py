@@ -16,7 +16,7 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.database import Database
 
-from mopq import schema
+from mopq import policy, schema
 from mopq.clock import utcnow
 from mopq.collectors.counters import (
     ALL_QUEUES_SERIES,
@@ -28,8 +28,7 @@ from mopq.collectors.counters import (
 )
 from mopq.collectors.stats import read_stats, serving_workers
 
-QUEUE_KINDS = (schema.WRITTEN, schema.CLAIMED, schema.ACKED, schema.FAILED, schema.DEAD_EVENT,
-               schema.EXPIRED_EVENT, schema.RECLAIMED, schema.DELETED, schema.RETRIED)
+QUEUE_KINDS = schema.MESSAGE_EVENT_KINDS
 RATE_MINUTES = 5  # rates and times to drain are taken over the last five whole minutes
 
 
@@ -90,8 +89,10 @@ def queues(db: Database, now: dt.datetime | None = None,
     now = now or utcnow()
     stats = stats or read_stats(db, now)
     serving = serving_workers(db, now)
+    records = policy.read_all(db)
     rows = []
     for name, row in stats["queues"].items():
+        paused = records[name].paused if name in records else None
         rate = _rate_per_second(db, name, now, schema.ACKED)
         backlog = row["pending"] + row["delayed"] + row["inflight"]
         warnings = []
@@ -105,6 +106,8 @@ def queues(db: Database, now: dt.datetime | None = None,
             "failure_rate": round(row["failed"] / (row["failed"] + row["done"]), 4)
             if row["failed"] + row["done"] else 0.0,
             "warnings": warnings,
+            "paused": None if paused is None else {"who": paused.who, "at": paused.at,
+                                                   "reason": paused.reason},
         })
     return rows
 
@@ -139,7 +142,8 @@ def activities(db: Database, now: dt.datetime | None = None) -> list[dict[str, A
         total = int(counts.get(schema.WRITTEN, 0))
         done = int(counts.get(schema.ACKED, 0))
         dead = int(counts.get(schema.DEAD_EVENT, 0)) - int(counts.get(schema.RETRIED, 0))
-        removed = int(counts.get(schema.DELETED, 0)) + int(counts.get(schema.EXPIRED_EVENT, 0))
+        removed = sum(int(counts.get(kind, 0))
+                      for kind in (schema.DELETED, schema.CANCELLED, schema.EXPIRED_EVENT))
         since = (now - dt.timedelta(minutes=RATE_MINUTES)).replace(second=0, microsecond=0)
         recent = sum(int((d.get("counts") or {}).get(schema.ACKED, 0)) for d in _series(
             db, f"a:{document['activity']}", MINUTE, since, now))

@@ -27,7 +27,9 @@ from mopq.connection import prepared
 FLOW_FIELDS = {schema.WRITTEN: "written", schema.ACKED: "done", schema.FAILED: "failed",
                schema.EXPIRED_EVENT: "expired", schema.DELETED: "removed",
                schema.CLAIMED: "claimed", schema.RECLAIMED: "reclaimed",
-               schema.RETRIED: "retried"}
+               schema.RETRIED: "retried", schema.CANCELLED: "cancelled"}
+# Flows counted within another as well: a cancelled message is one of the removed.
+PART_OF = {"cancelled": "removed"}
 STATE_FIELDS = ("pending", "inflight", "delayed", "dead")
 # What ``classify`` reads of a worker document.
 WORKER_STATE_FIELDS = {"state": 1, "heartbeat_at": 1, "zombie_reason": 1, "gone_reason": 1}
@@ -75,8 +77,10 @@ def queue_flows(db: Database, names: set[str]) -> dict[str, dict[str, int]]:
     for document in db[schema.COUNTERS].find({"_id": {"$in": ids}},
                                              {"queue": 1, "counts": 1}):
         counts = document.get("counts") or {}
-        flows[document["queue"]] = {field: int(counts.get(kind, 0))
-                                    for kind, field in FLOW_FIELDS.items()}
+        flow = {field: int(counts.get(kind, 0)) for kind, field in FLOW_FIELDS.items()}
+        for part, whole in PART_OF.items():
+            flow[whole] += flow[part]
+        flows[document["queue"]] = flow
     return flows
 
 

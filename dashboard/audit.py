@@ -31,11 +31,15 @@ from pymongo.errors import PyMongoError
 
 from mopq import control, schema
 from mopq.clock import utcnow
+from mopq.errors import MopqError
 
 # Every action the log records (/openapi.json's AuditEntry lists these).
 ACTIONS = ("retry", "delete", "purge", "schedule.define", "schedule.pause", "schedule.resume",
            "schedule.run", "schedule.delete",
-           *(f"worker.{command}" for command in control.COMMANDS))  # dashboard.workers_api
+           *(f"worker.{command}" for command in control.COMMANDS),  # dashboard.workers_api
+           # dashboard.queue_control
+           "queue.policy", "queue.pause", "queue.resume", "message.cancel", "message.front",
+           "message.move")
 MAX_IDS_RECORDED = 1_000
 USER_AGENT_CHARS = 200
 
@@ -75,7 +79,7 @@ def recorded(db: Database, action: str, target: dict[str, Any], who: dict[str, s
     record = begin(db, action, target, who, remote_addr, user_agent)
     try:
         count = run(db)
-    except PyMongoError as error:
+    except (PyMongoError, MopqError) as error:
         try:
             finish(db, record, None, error=type(error).__name__)
         except PyMongoError:

@@ -44,6 +44,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         live,
         pages,
         queue_api,
+        queue_control,
         schedules_api,
         security,
         stats_cache,
@@ -57,8 +58,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(queue_api.blueprint)
-    app.register_blueprint(schedules_api.blueprint)
+    app.register_blueprint(queue_control.blueprint)
     app.register_blueprint(activities_api.blueprint)
+    app.register_blueprint(schedules_api.blueprint)
     app.register_blueprint(workers_api.blueprint)
     app.register_blueprint(vendor.blueprint)
     socketio.init_app(app, cors_allowed_origins=security.origin_check(current))

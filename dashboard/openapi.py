@@ -70,7 +70,7 @@ SCHEMAS: dict[str, Any] = {
                                 "oldest_pending_age_seconds"],
                    "properties": {**{key: INTEGER for key in (
                        "pending", "inflight", "delayed", "dead", "written", "done", "failed",
-                       "expired", "removed", "claimed", "reclaimed", "retried")},
+                       "expired", "removed", "claimed", "reclaimed", "retried", "cancelled")},
                        "oldest_pending_age_seconds": NUMBER}},
     "Stats": {"type": "object", "required": ["queues", "workers", "collector", "generated_at"],
               "properties": {
@@ -87,7 +87,9 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"name": STRING, "done_per_second": NUMBER,
                        "drain_seconds": nullable(NUMBER), "workers": INTEGER,
                        "failure_rate": NUMBER,
-                       "warnings": {"type": "array", "items": STRING}}}]},
+                       "warnings": {"type": "array", "items": STRING},
+                       "paused": nullable({"type": "object", "properties": {
+                           "who": STRING, "at": TIME, "reason": nullable(STRING)}})}}]},
     "Series": {"type": "object", "required": ["t"],
                "properties": {"t": {"type": "array", "items": TIME}},
                "additionalProperties": True},

@@ -183,7 +183,7 @@ def queue_page(name: str) -> tuple[str, int]:
         now = utcnow()
         history = series.queue_history(db, name, resolution, now - HISTORY_RANGE[resolution],
                                         now)
-        return {"queue": row, "history": {
+        return {"queue": row, "recent": queries.recent_finished(db, name), "history": {
             "t": [int(t.timestamp() * 1000) for t in history["t"]],
             "counts": history["counts"], "duration_seconds": history["duration_seconds"],
             # the window the range button names, and the bucket width, for the chart's axis

@@ -24,8 +24,7 @@ from mopq.collectors.counters import (
 )
 
 RESOLUTION_WIDTH = {SECOND: 1, MINUTE: 60, HOUR: 3600}
-QUEUE_KINDS = (schema.WRITTEN, schema.CLAIMED, schema.ACKED, schema.FAILED, schema.DEAD_EVENT,
-               schema.EXPIRED_EVENT, schema.RECLAIMED, schema.DELETED, schema.RETRIED)
+QUEUE_KINDS = schema.MESSAGE_EVENT_KINDS
 SEARCH_FIELDS = "search_fields"  # the settings document (mopq.search)
 MAX_SEARCH_RESULTS = 100
 
@@ -63,11 +62,11 @@ def message_view(document: dict[str, Any]) -> dict[str, Any]:
     keep = ("queue", "routing_key", "body", "priority", "state", "attempts", "created_at",
             "updated_at", "visible_at", "expire_at", "last_error", "traceback", "errors",
             "dead_at", "activity", "dedupe_key", "leased_by", "claimed_at", "progress", "log",
-            "done_at", "duration", "worker", "result")
+            "done_at", "duration", "worker", "result", "cancelled")
     view = {"id": str(document["_id"])}
     view.update({key: document[key] for key in keep if key in document})
     if "done_at" in document and "state" not in document:  # from history
-        view["state"] = schema.DONE
+        view["state"] = "cancelled" if document.get("cancelled") else schema.DONE
     if view.get("expire_at") == schema.NEVER:
         view["expire_at"] = None
     return view

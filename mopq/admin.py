@@ -1,4 +1,4 @@
-"""Operator actions on messages: retry or remove dead ones, purge a queue.
+"""Operator actions on messages: retry or remove dead ones, purge a queue, cancel.
 
 Used by the dashboard and the ``mopq failed`` / ``mopq retry`` commands. Each
 message changes with its own compare-and-set update (on the state the
@@ -24,7 +24,7 @@ from bson.errors import InvalidId
 from pymongo import ReturnDocument
 from pymongo.database import Database
 
-from mopq import schema, validation
+from mopq import history, schema, validation
 from mopq.clock import utcnow
 from mopq.doorbell import ringer_for
 from mopq.errors import InvalidInput
@@ -146,6 +146,53 @@ def remove(db: Database, chosen: Selection, limit: int = MAX_SELECTION,
                  "$unset": {"dedupe": ""}, "$push": {"outbox": event}}, schema.REMOVED, event)
 
     return _apply(db, chosen, update_for, limit)[0]
+
+
+CANCELLABLE = (schema.PENDING, schema.INFLIGHT)
+
+
+def cancel(db: Database, message_ids: Iterable[object], reason: str, who: str,
+           queue: str | None = None) -> dict[str, list[str]]:
+    """Cancel messages: pending or delayed ones are removed, inflight ones revoked.
+
+    Each is one compare-and-set from the state it was read in to ``removed``
+    with a ``cancelled`` event (counted among the removed, and as cancelled),
+    so an inflight message's holder is refused at its next extend, progress
+    or acknowledgement: its lease no longer matches. The message is then kept
+    in history with the reason (``history.keep_cancelled``), which is how the
+    holder learns why (``MessageCancelled``). Returns the ids cancelled, and
+    those not cancelled because they were already finished, dead or unknown.
+    """
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > 200:
+        raise InvalidInput("A cancel needs a reason: a string of 1 to 200 characters, "
+                           "kept with the message and shown to its holder.")
+    ids = parse_ids(message_ids)
+    if queue is not None:
+        validation.queue_name(queue)
+    messages = db[schema.MESSAGES]
+    publisher = publisher_for(db)
+    done: list[str] = []
+    query: dict[str, Any] = {"_id": {"$in": list(ids)}, "state": {"$in": list(CANCELLABLE)}}
+    if queue is not None:
+        query["queue"] = queue
+    for candidate in messages.find(query, {"outbox": 0}):
+        now = utcnow()
+        cancelled = {"reason": reason, "who": who, "at": now, "was": candidate["state"]}
+        event = message_event(schema.CANCELLED, candidate, now, was=candidate["state"],
+                              reason=reason)
+        match = {"_id": candidate["_id"], "state": candidate["state"]}
+        if candidate["state"] == schema.INFLIGHT:
+            match["lease_token"] = candidate.get("lease_token")
+        before = messages.find_one_and_update(
+            match, {"$set": {"state": schema.REMOVED, "updated_at": now, "cancelled": cancelled},
+                    "$unset": {"dedupe": "", "lease_token": ""}, "$push": {"outbox": event}},
+            projection={"outbox": 0}, return_document=ReturnDocument.BEFORE)
+        if before is None:
+            continue  # it moved on meanwhile (acknowledged, failed, claimed again)
+        history.keep_cancelled(db, before, cancelled)
+        publisher.add_outbox(Outbox(before["_id"], schema.REMOVED, [event]))
+        done.append(str(before["_id"]))
+    return {"cancelled": done, "not_cancelled": [str(i) for i in ids if str(i) not in done]}
 
 
 def purge(db: Database, queue: str) -> int:

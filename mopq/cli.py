@@ -1,10 +1,11 @@
 """The ``mopq`` command, assembled from what each installed part registers.
 
 The library's own commands are here: ``engine``, ``worker``, ``workers``
-(``mopq.control``), ``failed`` and ``retry``. Every function registered under
-the ``mopq.commands`` entry point adds its part's (the collectors: ``collect``,
-``stats``; the dashboard: ``serve``, ``run``, ``demo``), so the library never
-imports the parts built on it, and a part that is not installed adds nothing.
+(``mopq.control``), ``queue`` (``mopq.queue_commands``), ``failed`` and
+``retry``. Every function registered under the ``mopq.commands`` entry point
+adds its part's (the collectors: ``collect``, ``stats``; the dashboard:
+``serve``, ``run``, ``demo``), so the library never imports the parts built
+on it, and a part that is not installed adds nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from mopq import control, schema
+from mopq import control, queue_commands, schema
 from mopq.config import ConfigError
 from mopq.engine import EngineError
 from mopq.errors import InvalidInput
@@ -199,11 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the function called with each message")
     worker.add_argument("--concurrency", type=int, default=1,
                         help="messages handled at once, one thread each (default 1)")
-    worker.add_argument("--visibility-timeout", type=float, default=30, metavar="SECONDS",
-                        help="lease of a claimed message (default 30)")
+    worker.add_argument("--visibility-timeout", type=float, default=None, metavar="SECONDS",
+                        help="lease of a claimed message (default: the queue's policy, 30 "
+                             "unless stored)")
     worker.add_argument("--routing-key", default=None, help="only messages with this key")
-    worker.add_argument("--max-attempts", type=int, default=5,
-                        help="failed attempts before a message is dead (default 5)")
+    worker.add_argument("--max-attempts", type=int, default=None,
+                        help="failed attempts before a message is dead, where the queue's policy "
+                             "stores none (default 5)")
     worker.add_argument("--heartbeat-interval", type=float, default=5.0, metavar="SECONDS",
                         help="seconds between heartbeats (default 5)")
     worker.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS",
@@ -225,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="needed to retry every dead message when no id or filter is given")
     retry.set_defaults(func=_cmd_retry)
     control.register(commands)
+    queue_commands.register(commands)
     add_registered_commands(commands)
     return parser
 

@@ -29,6 +29,15 @@ class LeaseLost(MopqError):
     """
 
 
+class MessageCancelled(LeaseLost):
+    """An operator cancelled the message while it was held: stop working on it.
+
+    Raised by the holder's next extend, progress, log or acknowledgement (and
+    ``Message.cancelled`` says so without raising). The message is removed and
+    counted as cancelled; nothing the holder does now changes it.
+    """
+
+
 class MessageNotFound(MopqError):
     """No message with that id is in the state the operation needs."""
 

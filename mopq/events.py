@@ -23,6 +23,7 @@ from typing import Any
 from mopq.schema import (
     ACKED,
     BUSINESS,
+    CANCELLED,
     CLAIMED,
     DEAD_EVENT,
     DELETED,
@@ -35,7 +36,7 @@ from mopq.schema import (
 )
 
 _SUFFIX = {WRITTEN: "w", CLAIMED: "c", ACKED: "a", FAILED: "f", DEAD_EVENT: "d",
-           RECLAIMED: "r", EXPIRED_EVENT: "x", DELETED: "rm", RETRIED: "rt"}
+           RECLAIMED: "r", EXPIRED_EVENT: "x", DELETED: "rm", RETRIED: "rt", CANCELLED: "cn"}
 
 
 def event_id(kind: str, message_id: object, token: str | None = None) -> str:

@@ -17,6 +17,11 @@ A history document::
      once,               # "<queue>\\0<key>" of Queue.write_once: a repeat finds it here
      sequence}           # an activity instance's steps and outcome (mopq.activities)
 
+A message an operator cancelled (``mopq.admin.cancel``) is kept the same
+way, without result, with ``cancelled: {reason, who, at, was}`` and
+``done_at`` the time of the cancel: its holder learns from it why its lease
+was refused, and ``Queue.result`` raises ``MessageCancelled``.
+
 Retention, enforced by the monitor under its lease in batches
 (``collectors.monitor``): finished messages are forgotten after
 ``MOPQ_HISTORY_SECONDS`` (one day); dead messages are removed after
@@ -78,12 +83,38 @@ def finished(db: Database, message_id: Any) -> dict[str, Any] | None:
     return db[schema.HISTORY].find_one({"_id": message_id})
 
 
-def forget_finished(db: Database, before: dt.datetime) -> int:
+def keep_cancelled(db: Database, message: dict[str, Any], cancelled: dict[str, Any]) -> None:
+    """Keep a cancelled message (as it was before the cancel) in history; a repeat is harmless."""
+    document = history_document(message)
+    document.pop("result", None)
+    document.pop("once", None)   # cancelled, the key may be written again
+    document.pop("duration", None)
+    document["done_at"] = cancelled["at"]
+    document["cancelled"] = cancelled
+    db[schema.HISTORY].update_one({"_id": document["_id"]}, {"$setOnInsert": document},
+                                  upsert=True)
+
+
+def cancellation(db: Database, message_id: Any) -> dict[str, Any] | None:
+    """``{reason, who, at, was}`` if an operator cancelled the message, else None."""
+    document = db[schema.HISTORY].find_one({"_id": message_id}, {"cancelled": 1})
+    return (document or {}).get("cancelled")
+
+
+def forget_finished(db: Database, before: dt.datetime, queue: str | None = None,
+                    other_than: list[str] | None = None) -> int:
     """Forget up to ``RETENTION_BATCH`` finished messages done before ``before``.
 
-    In batches so that a large backlog of old history never holds the engine
-    for long; the monitor calls again at its next pass.
+    Of one ``queue``, or of every queue but those ``other_than`` (queues whose
+    policy keeps them longer or shorter). In batches so that a large backlog
+    of old history never holds the engine for long; the monitor calls again
+    at its next pass.
     """
-    old = [d["_id"] for d in db[schema.HISTORY].find({"done_at": {"$lt": before}}, {"_id": 1})
+    query: dict[str, Any] = {"done_at": {"$lt": before}}
+    if queue is not None:
+        query["queue"] = queue
+    elif other_than:
+        query["queue"] = {"$nin": other_than}
+    old = [d["_id"] for d in db[schema.HISTORY].find(query, {"_id": 1})
            .limit(RETENTION_BATCH)]
     return db[schema.HISTORY].delete_many({"_id": {"$in": old}}).deleted_count if old else 0

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 from bson import ObjectId
 from pymongo import ReturnDocument
 
-from mopq import schema, validation
+from mopq import history, schema, validation
 from mopq.clock import utcnow
-from mopq.errors import InvalidInput, LeaseLost
+from mopq.errors import InvalidInput, LeaseLost, MessageCancelled
 from mopq.events import message_event
 from mopq.history import checked_result
 from mopq.publisher import Outbox
@@ -72,6 +72,12 @@ class Message:
             return_document=ReturnDocument.AFTER,
         )
         if document is None:
+            cancelled = history.cancellation(self.queue.db, self.id)
+            if cancelled is not None:
+                raise MessageCancelled(
+                    f"Cannot {what} message {self.id} of queue {self.queue.name!r}: "
+                    f"{cancelled.get('who')} cancelled it ({cancelled.get('reason')}). Stop "
+                    "working on it; nothing was changed.")
             raise LeaseLost(
                 f"Cannot {what} message {self.id} of queue {self.queue.name!r}: its lease "
                 f"(token {self.lease_token}) is no longer held. It expired and the message "
@@ -86,6 +92,15 @@ class Message:
         snapshot = {"_id": self.id, "queue": self.queue.name, "routing_key": self.routing_key,
                     "activity": self.activity}
         return message_event(kind, snapshot, now, self.lease_token, **extra)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether an operator cancelled this message (one query; for long handlers to check).
+
+        ``extend``, ``progress`` and the acknowledgement raise ``MessageCancelled``
+        then; a handler that calls none of them for a while can look here.
+        """
+        return history.cancellation(self.queue.db, self.id) is not None
 
     def delete(self, result: Any = None) -> None:
         """Acknowledge: the work is done and the message goes away (Karait's word).
@@ -145,7 +160,7 @@ class Message:
             update["$set"].update(state=schema.DEAD, dead_at=now)
             events.append(self._event(schema.DEAD_EVENT, now, error=reason[:200]))
         else:
-            delay = float(self.queue.backoff(self.attempts))
+            delay = self.queue.retry_delay(self.attempts)
             update["$set"].update(state=schema.PENDING,
                                   visible_at=now + dt.timedelta(seconds=delay))
         document = self._transition(update, "fail", events)

@@ -40,15 +40,23 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from mopq import admin, history, schema, validation
+from mopq import admin, history, rate_limit, schema, validation
 from mopq.bulk import duplicates_only
 from mopq.clock import utcnow
 from mopq.connection import get_database, prepared
 from mopq.doorbell import FALLBACK_POLL_SECONDS, doorbell_for, ringer_for
-from mopq.errors import InvalidInput, LeaseLost, MessageDead, MessageNotFound, ResultTimeout
+from mopq.errors import (
+    InvalidInput,
+    LeaseLost,
+    MessageCancelled,
+    MessageDead,
+    MessageNotFound,
+    ResultTimeout,
+)
 from mopq.events import message_event, written_entry
 from mopq.message import Message
 from mopq.object_ids import object_ids
+from mopq.policy import PolicyCache, QueueRecord, define
 from mopq.publisher import Outbox, Publisher, publisher_for
 
 CANDIDATE_TTL_SECONDS = 1.0
@@ -118,28 +126,38 @@ class _Options:
 class Queue:
     """A named queue in the ``messages`` collection.
 
-    ``max_attempts`` and ``backoff`` govern ``Message.fail()`` for messages
-    read through this object: after ``max_attempts`` failed attempts a
-    message is dead; before that it comes back after ``backoff(attempts)``
-    seconds (default about 1 s, doubling, capped at 5 minutes).
+    The queue's stored policy (``mopq.policy``: max attempts, backoff, default
+    visibility timeout, rate limit, retention) is what every consumer follows;
+    ``max_attempts`` and ``backoff`` given here apply only where the policy
+    holds no value: after ``max_attempts`` failed attempts a message is dead;
+    before that it comes back after ``backoff(attempts)`` seconds (default
+    about 1 s, doubling, capped at 5 minutes). ``policy={...}`` stores values
+    for the queue where none are stored yet (code's policy at creation).
     """
 
     def __init__(self, name: str, *, uri: str | None = None, database: str | None = None,
-                 db: Database | None = None, max_attempts: int = 5,
+                 db: Database | None = None, max_attempts: int | None = None,
                  backoff: Backoff | None = None,
                  max_body_bytes: int = schema.DEFAULT_MAX_BODY_BYTES,
-                 worker: str | None = None) -> None:
+                 worker: str | None = None, policy: Mapping[str, Any] | None = None) -> None:
         self.name = validation.queue_name(name)
-        self.max_attempts = validation.integer("max_attempts", max_attempts, 1, 1000)
+        self._code: dict[str, Any] = {}
+        if max_attempts is not None:
+            self._code["max_attempts"] = validation.integer("max_attempts", max_attempts, 1,
+                                                            1000)
         self.max_body_bytes = validation.integer("max_body_bytes", max_body_bytes, 1,
                                                  15 * 1024 * 1024)
         if backoff is not None and not callable(backoff):
             raise InvalidInput("backoff must be a function of the failed attempts that returns "
                                "seconds, e.g. mopq.exponential_backoff(first=2).")
-        self.backoff: Backoff = backoff or exponential_backoff()
+        self._backoff = backoff
         self.worker = worker
         self.db = prepared(db) if db is not None else get_database(uri, database)
         schema.ensure_indexes(self.db)
+        if policy:
+            define(self.db, self.name, policy)
+        self._policy = PolicyCache(self.db, self.name)
+        self._throttled_until = 0.0
         self._candidates: dict[str | None, collections.deque[dict[str, Any]]] = {}
         self._candidates_read_at: dict[str | None, float] = {}
         self._candidates_cost: dict[str | None, float] = {}
@@ -155,6 +173,35 @@ class Queue:
     @property
     def publisher(self) -> Publisher:
         return publisher_for(self.db)
+
+    # -- policy --------------------------------------------------------------------
+
+    @property
+    def record(self) -> QueueRecord:
+        """The stored policy and pause as this consumer sees them (at most 0.5 s old)."""
+        return self._policy.current()
+
+    @property
+    def max_attempts(self) -> int:
+        return int(self.record.value("max_attempts", self._code))
+
+    @property
+    def paused(self) -> bool:
+        return self.record.paused is not None
+
+    def retry_delay(self, failed_attempts: int) -> float:
+        """Seconds before the next attempt: the stored backoff, else this code's, else 1 s x2."""
+        record = self.record
+        stored = ("backoff_first_seconds", "backoff_factor", "backoff_cap_seconds")
+        if self._backoff is not None and not any(record.policy.get(key) is not None
+                                                 for key in stored):
+            return float(self._backoff(failed_attempts))
+        first, factor, cap = (record.value(key) for key in stored)
+        return exponential_backoff(first, factor, cap)(failed_attempts)
+
+    def throttled_for(self) -> float:
+        """Seconds until this process may try the queue's rate limit again (0: now)."""
+        return max(0.0, self._throttled_until - time.monotonic())
 
     # -- writing -----------------------------------------------------------------
 
@@ -254,6 +301,12 @@ class Queue:
         """
         document = self.messages.find_one({"_id": ObjectId(str(message_id)),
                                            "queue": self.name})
+        cancelled = history.cancellation(self.db, ObjectId(str(message_id))) \
+            if document is None or document.get("state") != schema.INFLIGHT else None
+        if cancelled is not None:
+            raise MessageCancelled(f"Message {message_id} of queue {self.name!r} was cancelled "
+                                   f"by {cancelled.get('who')} ({cancelled.get('reason')}); "
+                                   "stop working on it. Nothing was changed.")
         if document is None:
             raise MessageNotFound(f"No message {message_id} waits in queue {self.name!r}.")
         if document.get("state") != schema.INFLIGHT or \
@@ -390,13 +443,23 @@ class Queue:
                 candidates.clear()
                 candidates.extend(spread)
 
+    def _undo_next(self, routing_key: str | None, candidate: dict[str, Any]) -> None:
+        """Put back a candidate that was not tried (the rate limit said wait)."""
+        with self._lock:
+            self._candidates.setdefault(routing_key, collections.deque()).appendleft(candidate)
+
     def _forget_candidates(self, routing_key: str | None) -> None:
         with self._lock:
             self._candidates.pop(routing_key, None)
 
-    def read(self, routing_key: str | None = None, visibility_timeout: float = 30,
+    def read(self, routing_key: str | None = None, visibility_timeout: float | None = None,
              limit: int = 1, wait: float = 0) -> list[Message]:
         """Claim up to ``limit`` visible messages; each is hidden for ``visibility_timeout`` s.
+
+        ``visibility_timeout`` defaults to the queue's policy (30 s unless
+        stored). Nothing is claimed while the queue is paused, nor beyond its
+        rate limit (``mopq.rate_limit``): then the list is empty, or, with
+        ``wait``, the call waits for the resume or the next window.
 
         With ``wait`` (seconds, at most ``MAX_WAIT_SECONDS``), when nothing is
         claimable, wait for a message: return as soon as one is claimed, or an
@@ -409,6 +472,8 @@ class Queue:
         may claim it.
         """
         routing_key = validation.optional_key("routing_key", routing_key)
+        if visibility_timeout is None:
+            visibility_timeout = self.record.value("visibility_timeout")
         timeout = validation.non_negative("visibility_timeout", visibility_timeout)
         if timeout == 0 or timeout > MAX_VISIBILITY_TIMEOUT:
             raise InvalidInput(f"visibility_timeout must be more than 0 and at most "
@@ -432,10 +497,18 @@ class Queue:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
+            throttled = self.throttled_for()
+            if throttled > 0:  # rings would only wake us into the same full window
+                time.sleep(min(throttled, remaining))
+                rang = False
+                continue
             rang = bell.wait([self.name], seen, min(remaining, FALLBACK_POLL_SECONDS))
 
     def _read_now(self, routing_key: str | None, timeout: float, limit: int) -> list[Message]:
         claimed: list[Message] = []
+        record = self.record
+        if record.paused is not None or self.throttled_for() > 0:
+            return claimed
         rescanned = False
         while len(claimed) < limit:
             candidate, fresh = self._next_candidate(routing_key, limit - len(claimed))
@@ -445,12 +518,33 @@ class Queue:
                 self._forget_candidates(routing_key)
                 rescanned = True
                 continue
+            slot = self._slot(record)
+            if slot is False:
+                self._undo_next(routing_key, candidate)
+                break
             message = self._claim(candidate, timeout)
             if message is not None:
                 claimed.append(message)
-            else:
-                self._spread_candidates(routing_key)
+                continue
+            self._spread_candidates(routing_key)
+            if slot is not True:  # lost the race: the slot goes back to others
+                rate_limit.give_back(self.db, self.name, record.rate_limit(), slot)
         return claimed
+
+    def _slot(self, record: QueueRecord) -> dt.datetime | bool:
+        """A slot of the queue's rate limit for one claim: when it was taken, or False.
+
+        True when the queue has no rate limit (nothing was taken).
+        """
+        per = record.rate_limit()
+        if per is None:
+            return True
+        now = utcnow()
+        wait = rate_limit.take(self.db, self.name, per, now)
+        if wait > 0:
+            self._throttled_until = time.monotonic() + wait
+            return False
+        return now
 
     def _claim(self, candidate: dict[str, Any], timeout: float) -> Message | None:
         now = utcnow()
@@ -520,13 +614,13 @@ class Queue:
         while True:
             done = history.finished(self.db, message_id)
             if done is not None:
-                return done.get("result")
+                return self._outcome(message_id, done)
             current = self.messages.find_one({"_id": message_id, "queue": self.name},
                                              {"state": 1, "last_error": 1})
             if current is None:
                 done = history.finished(self.db, message_id)  # archived meanwhile?
                 if done is not None:
-                    return done.get("result")
+                    return self._outcome(message_id, done)
                 raise MessageNotFound(
                     f"Message {message_id} of queue {self.name!r} is neither waiting nor "
                     "finished: it expired, an operator removed it, it finished longer ago "
@@ -539,6 +633,13 @@ class Queue:
                                     f"{current['state']} after {timeout:g} s.")
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.25)
+
+    def _outcome(self, message_id: ObjectId, finished: dict[str, Any]) -> Any:
+        cancelled = finished.get("cancelled")
+        if cancelled:
+            raise MessageCancelled(f"Message {message_id} of queue {self.name!r} was cancelled "
+                                   f"by {cancelled.get('who')}: {cancelled.get('reason')}")
+        return finished.get("result")
 
     def count(self, state: str | None = None) -> int:
         """Messages of this queue in ``state`` (default: every state not yet finished)."""

@@ -52,20 +52,25 @@ body fields declared searchable (``mopq.search``), each with an index; and
 ``{_id: "queues", names: [...]}``: every queue the collectors have seen
 (``collectors.batch.register_queues``).
 
+``schedules`` — one document per schedule, ``_id`` its name: a message written
+to a queue on a cron expression or an interval; its shape and how each tick
+fires once are in ``mopq.schedules``.
+
 ``arrivals`` — on a deployment that received work from another one
 (``mopq.migration``): one document per message that arrived, ``{_id: the
 message id, source: the sending deployment's id, collection, queue, at, via}``,
 kept so that importing or moving the same message again adds nothing.
+
+``queues`` — one document per queue that has a stored policy or is paused,
+``_id`` its name (``mopq.policy`` has the shape); ``rate_windows`` — claim
+slots of rate-limited queues, one document per queue and window
+(``mopq.rate_limit``).
 
 ``activities`` — one document per activity definition, ``_id`` its name:
 ``{_id, steps: [{name, queue, compensation, fan_out}], defined_at}``. An
 instance of an activity is a message whose ``sequence`` field says where it
 is; the message moves from step queue to step queue (``mopq.activities``
 has its shape and why a step can neither be skipped nor recorded twice).
-
-``schedules`` — one document per schedule, ``_id`` its name: a message written
-to a queue on a cron expression or an interval; its shape and how each tick
-fires once are in ``mopq.schedules``.
 
 ``counters``, ``receipts``, ``leases``, ``audit`` — written by the collectors
 and the dashboard; their shapes are documented where they are written
@@ -99,9 +104,11 @@ AUDIT = "audit"
 SETTINGS = "settings"
 DOORBELLS = "doorbells"
 HISTORY = "history"
-SCHEDULES = "schedules"
 ARRIVALS = "arrivals"
+SCHEDULES = "schedules"
 ACTIVITIES = "activities"
+QUEUES = "queues"
+RATE_WINDOWS = "rate_windows"
 
 # Message states. ``done``, ``expired`` and ``removed`` are terminal: the
 # document stays only until its outbox is published, then it is deleted.
@@ -140,9 +147,12 @@ DEAD_EVENT = "dead"
 EXPIRED_EVENT = "expired"
 RECLAIMED = "reclaimed"
 DELETED = "deleted"
+# An operator cancelled a pending, delayed or inflight message: it is removed (and
+# counted among the removed) with its reason; an inflight one's holder is refused.
+CANCELLED = "cancelled"
 BUSINESS = "business"
 MESSAGE_EVENT_KINDS = (WRITTEN, CLAIMED, ACKED, FAILED, RETRIED, DEAD_EVENT,
-                       EXPIRED_EVENT, RECLAIMED, DELETED)
+                       EXPIRED_EVENT, RECLAIMED, DELETED, CANCELLED)
 
 # ``expire_at`` of a message that never expires. A date rather than null so
 # that a claim's filter needs no ``$or`` (with one, the embedded engine scans
@@ -207,6 +217,11 @@ INDEXES: tuple[CollectionIndexes, ...] = (
         # Activities page: finished instances of one activity definition, by key.
         IndexModel([("sequence.name", ASCENDING), ("sequence.key", ASCENDING)],
                    name="sequence", sparse=True),
+    )),
+    CollectionIndexes(RATE_WINDOWS, (
+        # A queue's page: waits for its rate limit lately; the monitor: old windows.
+        IndexModel([("queue", ASCENDING), ("starts_at", ASCENDING)], name="queue_starts_at"),
+        IndexModel([("starts_at", ASCENDING)], name="starts_at"),
     )),
     CollectionIndexes(WORKERS, (
         # Monitor: workers by last heartbeat.

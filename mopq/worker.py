@@ -123,8 +123,8 @@ class Worker:
 
     def __init__(self, queues: str | Iterable[str], handler: Handler, concurrency: int = 1, *,
                  uri: str | None = None, database: str | None = None,
-                 visibility_timeout: float = 30, heartbeat_interval: float = 5.0,
-                 routing_key: str | None = None, max_attempts: int = 5,
+                 visibility_timeout: float | None = None, heartbeat_interval: float = 5.0,
+                 routing_key: str | None = None, max_attempts: int | None = None,
                  backoff: Backoff | None = None, poll_interval: float = 1.0,
                  port: int | None = None) -> None:
         names = [queues] if isinstance(queues, str) else list(queues)
@@ -135,8 +135,9 @@ class Worker:
             raise InvalidInput(f"handler must be a function taking a Message, got {handler!r}.")
         self.handler = handler
         self.concurrency = validation.integer("concurrency", concurrency, 1, 1000)
-        self.visibility_timeout = _positive_seconds("visibility_timeout", visibility_timeout,
-                                                    MAX_VISIBILITY_TIMEOUT)
+        # None: each queue's policy (mopq.policy), 30 s unless stored.
+        self.visibility_timeout = None if visibility_timeout is None else _positive_seconds(
+            "visibility_timeout", visibility_timeout, MAX_VISIBILITY_TIMEOUT)
         self.heartbeat_interval = _positive_seconds("heartbeat_interval", heartbeat_interval)
         self.poll_interval = _positive_seconds("poll_interval", poll_interval)
         self.routing_key = validation.optional_key("routing_key", routing_key)
@@ -421,6 +422,10 @@ class Worker:
                 if self.doorbell is not None and self.concurrency > 1:
                     self.doorbell.ring_locally(self._names)  # more may wait: wake a sibling
                 self._handle(index, message)
+                continue
+            throttled = [queue.throttled_for() for queue in self.queues]
+            if all(throttled):  # every queue's rate limit says wait: until a window opens
+                self._stopping.wait(min(throttled))
                 continue
             if self.doorbell is None:
                 idle_wait = min(self.poll_interval, max(FIRST_IDLE_WAIT_SECONDS, idle_wait * 2))
