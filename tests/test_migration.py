@@ -36,8 +36,10 @@ from mopq.collectors.stats import read_stats
 from mopq.engine import Engine
 from mopq.errors import LeaseLost
 from mopq.maintenance import republish_outboxes
+from mopq.migration.deployments import Sides
 from mopq.migration.move import Move
 from mopq.migration.receiver import Receiver
+from mopq.migration.work import MESSAGES
 from tests.helpers import conserved, drain_log, free_port, wait_until
 
 FLOWS = ("written", "done", "failed", "expired", "removed", "claimed", "retried")
@@ -702,3 +704,21 @@ def test_a_move_is_counted_in_the_bucket_of_its_time(sides):
     total = target.db[schema.COUNTERS].find_one({"_id": "q:q|total|-"})["counts"]
     assert total["written"] == 4 and total.get("deleted", 0) == 0
     assert moved_at > utcnow() - dt.timedelta(minutes=5)
+
+
+def test_a_message_read_in_a_finished_state_is_never_moved(sides):
+    """The embedded engine was seen returning, under concurrent acks, a document the query's
+    state no longer matched: the commit's guard takes the state as read, so a done message
+    would have been moved (and run twice). Such a document is skipped."""
+    source, target = sides
+    queue = Queue("q", db=source.db)
+    queue.write_many([{"n": n} for n in range(3)])
+    message = queue.read(limit=1)[0]
+    read_before_the_ack = source.db[schema.MESSAGES].find_one({"_id": message.id})
+    message.delete()
+    as_returned = {**read_before_the_ack, "state": "done"}   # what the engine handed back
+    move = Move(Sides.open(source.db, target.db, None, create=True))
+    assert move._move_batch(MESSAGES, [as_returned]) == []
+    assert target.messages() == [] and sum(move.report.moved.values()) == 0
+    flush(10)
+    assert source.db[schema.HISTORY].find_one({"_id": message.id}) is not None

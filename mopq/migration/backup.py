@@ -87,6 +87,8 @@ def export(db: Database, out: TextIO, queues: Iterable[str] | None = None) -> Ex
     for work in WORK:
         for doc in db[work.collection].find(work.selection(chosen),
                                             {"outbox": 0}).sort("_id", 1):
+            if not work.unfinished(doc):
+                continue
             write({"collection": work.collection, "document": doc})
             result.documents[work.collection] += 1
             label = str(doc.get("state"))

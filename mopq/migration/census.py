@@ -52,6 +52,8 @@ def census(source: Database, target: Database, queues: Iterable[str] | None = No
     for work in WORK:
         for doc in sides.source[work.collection].find(work.selection(sides.queues),
                                                       PLAN_FIELDS):
+            if not work.unfinished(doc):
+                continue
             plan = work.plan(doc, now, force, "dry-run")
             queue = doc.get(work.queue_field)
             if plan.copy is None:

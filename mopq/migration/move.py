@@ -150,6 +150,8 @@ class Move:
     def _plans(self, work: Work, docs: list[dict[str, Any]], now: dt.datetime) -> list[Item]:
         items = []
         for doc in docs:
+            if not work.unfinished(doc):
+                continue  # finished since it was selected: nothing to move
             token = secrets.token_hex(8)
             plan = work.plan(doc, now, self.force, token)
             if plan.copy is None:

@@ -201,6 +201,16 @@ class Work:
         """The query of its unfinished documents (of these queues only, when given)."""
         return {"state": {"$in": list(self.states)}, **self.of_queues(queues)}
 
+    def unfinished(self, doc: dict[str, Any]) -> bool:
+        """Whether ``doc`` as read is unfinished work, checked again on what was returned.
+
+        The embedded engine was seen returning, under concurrent updates, a
+        document that no longer matched the query's state (a message
+        acknowledged meanwhile): such a document is skipped, never planned,
+        since the commit's guard takes its state as read.
+        """
+        return doc.get("state") in self.states
+
     def moved_to(self, target_id: str | None, queues: tuple[str, ...] | None) -> dict[str, Any]:
         """The query of its documents this source moved to ``target_id``: the record of a move."""
         return {"state": schema.MOVED, "moved_to": target_id, **self.of_queues(queues)}
