@@ -145,14 +145,24 @@ def worker_states(db: Database, now: dt.datetime,
 def collector_state(db: Database, now: dt.datetime) -> dict[str, Any]:
     oldest = next(iter(db[schema.EVENTS].find({}, {"at": 1}).sort([("at", 1)]).limit(1)), None)
     lag = max(0.0, (now - oldest["at"]).total_seconds()) if oldest else 0.0
-    total = db[schema.COUNTERS].find_one({"_id": counter_id(EVENTS_APPLIED_SERIES, TOTAL, None)})
     return {
         "lag_seconds": round(lag, 3),
         "lag_warning_seconds": LAG_WARNING_SECONDS,
-        "events_total": int((total or {}).get("count", 0)),
+        "events_total": applied_marker(db),
         "events_waiting": db[schema.EVENTS].count_documents({}),
         "collectors_alive": len(leases.live_collectors(db)),
     }
+
+
+def applied_marker(db: Database) -> int:
+    """Events the collectors applied, all time: one read by ``_id``.
+
+    It moves whenever a count could have changed (every transition has its
+    event), so a reader may keep its last ``read_stats`` while it stays put.
+    """
+    total = db[schema.COUNTERS].find_one({"_id": counter_id(EVENTS_APPLIED_SERIES, TOTAL, None)},
+                                         {"count": 1})
+    return int((total or {}).get("count", 0))
 
 
 def read_stats(db: Database, now: dt.datetime | None = None) -> dict[str, Any]:

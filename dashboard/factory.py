@@ -28,7 +28,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.update(
         MOPQ_MONGODB_URI=library.mongodb_uri,
         MOPQ_DATABASE=library.database,
-        MOPQ_LIVE_INTERVAL=1.0,
         MOPQ_STATS_MAX_AGE=current.stats_max_age_seconds,
         MOPQ_LIVE_MAX_CLIENTS=current.live_max_clients,
         MAX_CONTENT_LENGTH=1024 * 1024,

@@ -3,11 +3,16 @@
 Why this shape: pages must update without polling, yet a push is only worth
 sending when something a page shows has changed. So each gunicorn process
 runs one background task (started lazily, on its first connection) that
-builds a snapshot from MongoDB every ``MOPQ_LIVE_INTERVAL`` seconds (never
-more often than once a second) and pushes it only when its fingerprint
-differs from the last one pushed. Processes share nothing: each reads
-MongoDB itself, so workers and hosts can be added, as long as clients use the
-websocket transport (a connection then stays on one process).
+looks every ``MOPQ_LIVE_INTERVAL`` seconds (0.1, never less) and pushes a
+snapshot only when its fingerprint differs from the last one pushed. The
+snapshot is built anew only when the stats cache has a new answer (which it
+has only when the collectors counted something, ``dashboard.stats_cache``)
+or once ``REBUILD_SECONDS`` has passed, so a finished task reaches open
+pages about a tenth of a second after it is counted, while the engine's
+work stays one stats read per change per process, whatever the pages.
+Processes share nothing: each reads MongoDB itself, so workers and hosts
+can be added, as long as clients use the websocket transport (a connection
+then stays on one process).
 
 The snapshot is the ``/api/stats`` document plus ``throughput``: the seconds
 of the last minute in which something was written, acknowledged or failed
@@ -51,8 +56,11 @@ NAMESPACE = "/live"
 # The Socket.IO event name pages listen to. ("push", not "emit", in this module's words:
 # emit() is mopq's business event.)
 PUSH = "stats"
-MIN_INTERVAL_SECONDS = 1.0
-MIN_SLEEP_SECONDS = 0.1
+MIN_INTERVAL_SECONDS = 0.1
+MIN_SLEEP_SECONDS = 0.05
+# The snapshot (and the workers' rows) are rebuilt at least this often anyway: the
+# throughput seconds and the workers' heartbeats move with the clock.
+REBUILD_SECONDS = 1.0
 THROUGHPUT_SECONDS = 60
 CLOCK_FIELDS = ("generated_at",)
 # The topic pages may follow (event "follow"), its room and the event its pushes come as.
@@ -120,6 +128,9 @@ class Pusher:
         self._followers: set[str] = set()   # session ids of pages following workers
         self.latest_workers: dict[str, Any] | None = None
         self._last_workers: str | None = None
+        self._stats_seen: dict[str, Any] | None = None  # the stats the last snapshot used
+        self._built_at = 0.0
+        self._workers_at = 0.0
 
     def admit(self) -> bool:
         """Count a new live page and start the loop; False (nothing counted) when full.
@@ -164,18 +175,25 @@ class Pusher:
             try:
                 if self._clients:
                     self.push_once()
-                if self._followers:
+                if self._followers and started - self._workers_at >= REBUILD_SECONDS:
+                    self._workers_at = started
                     self.push_workers()
             except Exception:  # the loop must outlive any one bad snapshot
                 log.exception("mopq live: building a push failed; trying again")
             spent = time.monotonic() - started
             self.socketio.sleep(max(MIN_SLEEP_SECONDS, self._interval() - spent))
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any] | None:
+        """A new snapshot, or None when nothing could have changed since the last one."""
         with self.app.app_context():
             try:
                 db = store.database()
-                stats = stats_cache.cache().refresh(db)
+                stats = stats_cache.cache().get(db)
+                now = time.monotonic()
+                if stats is self._stats_seen and now - self._built_at < REBUILD_SECONDS \
+                        and self.latest is not None:
+                    return None
+                self._stats_seen, self._built_at = stats, now
                 return build_snapshot(db, stats=stats)
             except PyMongoError as error:
                 reason = " ".join(str(error).split())[:300]
@@ -184,6 +202,8 @@ class Pusher:
     def push_once(self) -> bool:
         """Build a snapshot; push it if it differs from the last push. True if pushed."""
         snapshot = self.snapshot()
+        if snapshot is None:
+            return False
         key = fingerprint(snapshot)
         if "engine_error" in snapshot:
             key = "engine_error"  # once per outage, whatever the reason's wording

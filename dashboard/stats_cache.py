@@ -11,6 +11,13 @@ While one caller reads anew, the others keep getting the previous answer
 (stale-while-revalidate) instead of all queueing behind that read once a
 second, up to ``STALE_LIMIT_SECONDS`` past its age; only with no answer, or
 one older than that (the engine too slow or down), do they wait for the read.
+
+Why a finished task still shows within a tenth of a second: an answer older
+than ``CHECK_SECONDS`` (50 ms) is kept only while the collectors' applied-events
+total (``applied_marker``, one read by ``_id``) has not moved; when it moves,
+the next caller reads anew. So the full read runs at most twenty times a second
+per process while counts change, and once per max age while they do not,
+however many pages or callers there are.
 An admin action in this process drops the cached answer so its effect shows
 at once; other processes see it within the interval.
 """
@@ -24,29 +31,51 @@ from typing import Any
 
 from flask import Flask, current_app
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
-from mopq.collectors.stats import read_stats
+from mopq.collectors.stats import applied_marker, read_stats
 
 Reader = Callable[[Database], dict[str, Any]]
+Marker = Callable[[Database], int]
 STALE_LIMIT_SECONDS = 5.0
+CHECK_SECONDS = 0.05
 
 
 class StatsCache:
     """A single-flight, time-bounded cache of one ``read_stats`` document."""
 
-    def __init__(self, max_age_seconds: float, reader: Reader = read_stats) -> None:
+    def __init__(self, max_age_seconds: float, reader: Reader = read_stats,
+                 marker: Marker | None = applied_marker) -> None:
         self.max_age_seconds = max_age_seconds
         self.reads = 0
         self._reader = reader
+        self._marker = marker
+        self._marked: int | None = None
+        self._checked_at = 0.0
         self._lock = threading.Lock()
         self._value: dict[str, Any] | None = None
         self._read_at = 0.0
         self._encoded: tuple[dict[str, Any], bytes] | None = None
 
     def _fresh(self) -> dict[str, Any] | None:
-        if self._value is not None and time.monotonic() - self._read_at < self.max_age_seconds:
+        """The answer another thread read a moment ago, if any."""
+        age = time.monotonic() - self._read_at
+        if self._value is not None and age < min(CHECK_SECONDS, self.max_age_seconds):
             return self._value
         return None
+
+    def _unchanged(self, db: Database) -> bool:
+        """Whether nothing was counted since the last read (looked at once per CHECK_SECONDS)."""
+        if self._marker is None:
+            return True
+        now = time.monotonic()
+        if now - self._checked_at < CHECK_SECONDS:
+            return True
+        self._checked_at = now
+        try:
+            return self._marker(db) == self._marked
+        except PyMongoError:
+            return True  # the full read, when its age is up, will say what is wrong
 
     def get(self, db: Database) -> dict[str, Any]:
         """The cached document if young enough, else a new read.
@@ -57,7 +86,7 @@ class StatsCache:
         value, read_at = self._value, self._read_at
         if value is not None:
             age = time.monotonic() - read_at
-            if age < self.max_age_seconds:
+            if age < self.max_age_seconds and (age < CHECK_SECONDS or self._unchanged(db)):
                 return value
             if age < self.max_age_seconds + STALE_LIMIT_SECONDS:
                 if not self._lock.acquire(blocking=False):
@@ -93,6 +122,9 @@ class StatsCache:
             self._encoded = None
 
     def _read(self, db: Database) -> dict[str, Any]:
+        if self._marker is not None:  # first: a count applied during the read moves it again
+            self._marked = self._marker(db)
+            self._checked_at = time.monotonic()
         value = self._reader(db)
         self.reads += 1
         self._value, self._read_at = value, time.monotonic()

@@ -54,6 +54,9 @@ TARGETS_MAX_AGE_SECONDS = 1.0
 # was forged), the next ring is answered no sooner than this: a flood of rings costs
 # at most one claim attempt per gap, and no ring is ever dropped.
 EMPTY_RING_GAP_SECONDS = 0.01
+# Not a queue (queue names cannot hold '$'): a ring of it says the business log has new
+# events. Publishers ring it after each batch; collectors wait on it between batches.
+LOG = "$log"
 
 
 class Doorbell:

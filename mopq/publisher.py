@@ -36,6 +36,7 @@ from pymongo.errors import BulkWriteError, InvalidOperation, OperationFailure, P
 from mopq import history, schema
 from mopq.bulk import duplicates_only
 from mopq.clock import utcnow
+from mopq.doorbell import LOG, ringer_for
 from mopq.events import as_document, business_event, expanded
 
 log = logging.getLogger("mopq.publisher")
@@ -315,6 +316,7 @@ class Publisher:
                 outboxes = []
                 insert_events(self.db, [as_document(event) for event in business])
                 business = []
+                ringer_for(self.db).ring(LOG)  # waiting collectors apply them at once
                 self._report_drops()
                 self.last_error = None
                 wait = 0.1

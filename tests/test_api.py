@@ -626,6 +626,26 @@ def test_stats_are_read_once_per_interval_however_many_readers_ask(engine_uri, d
                       == pending + 1, timeout=5)
 
 
+def test_a_count_applied_shows_in_stats_at_once_even_with_a_long_max_age(engine_uri, db_name,
+                                                                         data, drain):
+    """Issue 16: seeing is fast. The cache keeps an answer only while nothing was counted."""
+    app = create_app({"MOPQ_MONGODB_URI": engine_uri, "MOPQ_DATABASE": db_name, "TESTING": True,
+                      "MOPQ_STATS_MAX_AGE": 60.0})
+    client = app.test_client()
+    done = _get(client, "/api/stats")["queues"]["orders"]["done"]
+    for message in Queue("orders").read(limit=1):
+        message.delete()
+    drain()
+    counted = time.monotonic()
+    wait_until(lambda: _get(client, "/api/stats")["queues"]["orders"]["done"] == done + 1,
+               timeout=5, interval=0.01, message="the acknowledgement in /api/stats")
+    assert time.monotonic() - counted < 1.0
+    reads = app.extensions["mopq_stats"].reads
+    for _ in range(20):  # nothing counted since: no new full read, however often asked
+        _get(client, "/api/stats")
+    assert app.extensions["mopq_stats"].reads == reads
+
+
 def test_readers_keep_the_previous_stats_while_one_reads_anew(db, data):
     """Once a second one read is slow; the other readers must not all queue behind it."""
     gate = threading.Event()
