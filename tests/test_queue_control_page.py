@@ -76,12 +76,26 @@ def test_an_admin_pauses_edits_the_policy_browses_and_cancels_from_the_page(
     page.wait_for_function("() => document.querySelectorAll('#browse-table tbody tr')"
                            ".length === 2")
 
+    last = page.locator("#browse-table tbody tr", has=page.locator(f'a[href="#{ids[2]}"]'))
+    last.locator("button", has_text="To front").click()
+    page.wait_for_function(f"() => document.getElementById('action-status').textContent"
+                           f" === '{ids[2]} is next.'")
+    front = db[schema.MESSAGES].find_one({"_id": ids[2]})
+    assert front["priority"] > db[schema.MESSAGES].find_one({"_id": ids[0]})["priority"]
+    page.fill("#move-target", "orders-later")
+    first = page.locator("#browse-table tbody tr", has=page.locator(f'a[href="#{ids[0]}"]'))
+    first.locator("button", has_text="Move").click()
+    wait_until(lambda: db[schema.MESSAGES].find_one({"_id": ids[0]})["queue"] == "orders-later",
+               message="the message moved to orders-later")
+    page.wait_for_function("() => document.querySelectorAll('#browse-table tbody tr a')"
+                           ".length === 1")
+
     page.click('button[data-action="resume"]')
     page.wait_for_selector("#paused-badge[hidden]", state="attached")
     assert policy.read(db, "orders").paused is None
     actions = [entry["action"] for entry in db[schema.AUDIT].find({}, {"action": 1})]
     assert sorted(actions) == sorted(["queue.pause", "queue.policy", "message.cancel",
-                                      "queue.resume"])
+                                      "message.front", "message.move", "queue.resume"])
     assert watched.errors == [] and watched.dialogs == []
 
 
