@@ -45,6 +45,8 @@ best of one side and the best of the other may come from different
 conditions, and a pairing does not mix them. Only ratios from one
 run on one engine mean anything; absolute figures depend on the machine.
 ``--quick`` uses smaller sizes (and 30,000 as the top backlog), one round each.
+``--parts 4`` (a comma-separated list, e.g. ``--parts 1,4``) runs only those parts,
+after the same warm-up.
 """
 
 from __future__ import annotations
@@ -286,7 +288,11 @@ def ratio(a: float, b: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, about 2 minutes")
-    size = QUICK if parser.parse_args().quick else FULL
+    parser.add_argument("--parts", default="1,2,3,4",
+                        help="comma-separated parts to run (default: all four)")
+    args = parser.parse_args()
+    size = QUICK if args.quick else FULL
+    parts = {int(part) for part in args.parts.split(",") if part.strip()}
     with engine_unless_configured() as (uri, embedded), \
             MongoClient(uri, tz_aware=True) as client:
         bench = Bench(client)
@@ -294,66 +300,84 @@ def main() -> None:
         print(f"engine: {'embedded mongo-java-server (memory), ' if embedded else ''}{uri}")
         print(f"cpus: {os.cpu_count()}, load average at start: "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        print(f"sizes: {size}")
+        print(f"sizes: {size}, parts: {','.join(map(str, sorted(parts)))}")
         print("warming up ...", flush=True)
         bench.write(size["write"]), bench.write(size["write"])  # the engine's JIT warms up
         bench.cycle(300), bench.kombu(uri, 300), bench.backlog(1_000, 100)
 
         rounds = size["rounds"]
-        print(f"\n1. write {size['write']:,} messages ({rounds} rounds)", flush=True)
-        write_rounds = [bench.write(size["write"]) for _ in range(rounds)]
-        w = best(write_rounds)
-        print(f"   document size: mopq {w['written_size']} B as written (its outbox holds "
-              f"the 'written' event), {w['mopq_size']} B once published; "
-              f"hand-written queue {w['raw_size']} B")
-        print(f"   {'':48}{'best msg/s':>11}{'vs raw':>9}")
-        print(f"   {'raw insert_many of the same documents':48}{w['raw']:>11,.0f}")
-        print(f"   {'mopq write_many (the call)':48}{w['call']:>11,.0f}"
-              f"{ratio(w['call'], w['raw']):>9}")
-        print(f"   {'mopq write_many + flush (events published)':48}{w['flushed']:>11,.0f}"
-              f"{ratio(w['flushed'], w['raw']):>9}")
-        print(f"   {'raw insert_many, hand-written queue documents':48}{w['plain']:>11,.0f}"
-              f"   (mopq's call {ratio(w['call'], w['plain'])} of it: no outbox, no index, "
-              "no checks)")
-        report_goal(write_rounds, "call", "raw", 0.7, "write_many call / raw insert_many")
-
-        print(f"\n2. claim+ack {size['cycle']:,} messages ({rounds} rounds)", flush=True)
-        cycle_rounds = [bench.cycle(size["cycle"]) for _ in range(rounds)]
-        c = best(cycle_rounds)
-        print(f"   {'':44}{'best msg/s':>11}{'vs raw':>9}")
-        print(f"   {'raw find_one_and_update + delete_one':44}{c['raw']:>11,.0f}")
-        print(f"   {'mopq read(limit=1) + delete':44}{c['loop']:>11,.0f}"
-              f"{ratio(c['loop'], c['raw']):>9}")
-        print(f"   {'mopq loop + final flush':44}{c['flushed']:>11,.0f}"
-              f"{ratio(c['flushed'], c['raw']):>9}")
-        report_goal(cycle_rounds, "loop", "raw", 0.5, "claim+ack loop / raw loop")
-
-        few = size["long_rounds"]
-        print(f"\n3. kombu MongoDB transport vs mopq, {size['kombu']:,} messages "
-              f"(best of {few} rounds)", flush=True)
-        k = best([bench.kombu(uri, size["kombu"]) for _ in range(few)])
-        print(f"   {'':30}{'kombu':>9}{'mopq':>9}{'mopq/kombu':>12}")
-        for label, kk, mk in (("put / write (one call each)", "k_put", "m_write"),
-                              ("get+ack / read+delete", "k_get", "m_claim"),
-                              ("whole run (msg/s)", "k_total", "m_total")):
-            print(f"   {label:30}{k[kk]:>9,.0f}{k[mk]:>9,.0f}{ratio(k[mk], k[kk]):>12}")
-        print(f"   (mopq's whole run includes {k['m_flush']:.2f} s of final flush)")
-
-        print(f"\n4. claim+ack rate against the backlog ({size['claims']} claims per level, "
-              f"best of {few} rounds; a candidate read per {MIN_CANDIDATES} claims or 1 s)",
-              flush=True)
-        print(f"   {'waiting':>9}{'mopq/s':>9}{'vs 1st':>8}{'raw/s':>9}{'vs 1st':>8}"
-              f"{'mopq/raw':>10}{'cand. read':>12}{'fill (s)':>10}")
-        first = None
-        for level in size["backlogs"]:
-            b = best([bench.backlog(level, size["claims"]) for _ in range(few)])
-            first = first or b
-            print(f"   {level:>9,}{b['mopq']:>9,.0f}{ratio(b['mopq'], first['mopq']):>8}"
-                  f"{b['raw']:>9,.0f}{ratio(b['raw'], first['raw']):>8}"
-                  f"{ratio(b['mopq'], b['raw']):>10}{b['candidates_ms']:>9,.0f} ms"
-                  f"{b['fill']:>10,.1f}", flush=True)
+        if 1 in parts:
+            part_write(bench, size, rounds)
+        if 2 in parts:
+            part_cycle(bench, size, rounds)
+        if 3 in parts:
+            part_kombu(bench, uri, size)
+        if 4 in parts:
+            part_backlog(bench, size)
         print(f"\ntotal time {clock() - began:,.0f} s, load average at the end: "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def part_write(bench: Bench, size: dict, rounds: int) -> None:
+    print(f"\n1. write {size['write']:,} messages ({rounds} rounds)", flush=True)
+    write_rounds = [bench.write(size["write"]) for _ in range(rounds)]
+    w = best(write_rounds)
+    print(f"   document size: mopq {w['written_size']} B as written (its outbox holds "
+          f"the 'written' event), {w['mopq_size']} B once published; "
+          f"hand-written queue {w['raw_size']} B")
+    print(f"   {'':48}{'best msg/s':>11}{'vs raw':>9}")
+    print(f"   {'raw insert_many of the same documents':48}{w['raw']:>11,.0f}")
+    print(f"   {'mopq write_many (the call)':48}{w['call']:>11,.0f}"
+          f"{ratio(w['call'], w['raw']):>9}")
+    print(f"   {'mopq write_many + flush (events published)':48}{w['flushed']:>11,.0f}"
+          f"{ratio(w['flushed'], w['raw']):>9}")
+    print(f"   {'raw insert_many, hand-written queue documents':48}{w['plain']:>11,.0f}"
+          f"   (mopq's call {ratio(w['call'], w['plain'])} of it: no outbox, no index, "
+          "no checks)")
+    report_goal(write_rounds, "call", "raw", 0.7, "write_many call / raw insert_many")
+
+
+def part_cycle(bench: Bench, size: dict, rounds: int) -> None:
+    print(f"\n2. claim+ack {size['cycle']:,} messages ({rounds} rounds)", flush=True)
+    cycle_rounds = [bench.cycle(size["cycle"]) for _ in range(rounds)]
+    c = best(cycle_rounds)
+    print(f"   {'':44}{'best msg/s':>11}{'vs raw':>9}")
+    print(f"   {'raw find_one_and_update + delete_one':44}{c['raw']:>11,.0f}")
+    print(f"   {'mopq read(limit=1) + delete':44}{c['loop']:>11,.0f}"
+          f"{ratio(c['loop'], c['raw']):>9}")
+    print(f"   {'mopq loop + final flush':44}{c['flushed']:>11,.0f}"
+          f"{ratio(c['flushed'], c['raw']):>9}")
+    report_goal(cycle_rounds, "loop", "raw", 0.5, "claim+ack loop / raw loop")
+
+
+def part_kombu(bench: Bench, uri: str, size: dict) -> None:
+    few = size["long_rounds"]
+    print(f"\n3. kombu MongoDB transport vs mopq, {size['kombu']:,} messages "
+          f"(best of {few} rounds)", flush=True)
+    k = best([bench.kombu(uri, size["kombu"]) for _ in range(few)])
+    print(f"   {'':30}{'kombu':>9}{'mopq':>9}{'mopq/kombu':>12}")
+    for label, kk, mk in (("put / write (one call each)", "k_put", "m_write"),
+                          ("get+ack / read+delete", "k_get", "m_claim"),
+                          ("whole run (msg/s)", "k_total", "m_total")):
+        print(f"   {label:30}{k[kk]:>9,.0f}{k[mk]:>9,.0f}{ratio(k[mk], k[kk]):>12}")
+    print(f"   (mopq's whole run includes {k['m_flush']:.2f} s of final flush)")
+
+
+def part_backlog(bench: Bench, size: dict) -> None:
+    few = size["long_rounds"]
+    print(f"\n4. claim+ack rate against the backlog ({size['claims']} claims per level, "
+          f"best of {few} rounds; a candidate read per {MIN_CANDIDATES} claims or 1 s)",
+          flush=True)
+    print(f"   {'waiting':>9}{'mopq/s':>9}{'vs 1st':>8}{'raw/s':>9}{'vs 1st':>8}"
+          f"{'mopq/raw':>10}{'cand. read':>12}{'fill (s)':>10}")
+    first = None
+    for level in size["backlogs"]:
+        b = best([bench.backlog(level, size["claims"]) for _ in range(few)])
+        first = first or b
+        print(f"   {level:>9,}{b['mopq']:>9,.0f}{ratio(b['mopq'], first['mopq']):>8}"
+              f"{b['raw']:>9,.0f}{ratio(b['raw'], first['raw']):>8}"
+              f"{ratio(b['mopq'], b['raw']):>10}{b['candidates_ms']:>9,.0f} ms"
+              f"{b['fill']:>10,.1f}", flush=True)
 
 
 if __name__ == "__main__":

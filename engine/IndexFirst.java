@@ -15,11 +15,14 @@ import de.bwaldvogel.mongo.bson.Document;
 import org.h2.mvstore.MVMap;
 import org.h2.mvstore.MVStore;
 
-import java.util.function.Function;
+import java.util.List;
+import java.util.function.BiFunction;
+import java.util.function.Supplier;
 
 /**
  * Backends whose collections answer a filter from a unique index whenever the
- * filter pins every key of that index, not only when it holds nothing else.
+ * filter pins every key of that index, not only when it holds nothing else,
+ * and a sorted query from an ordered non-unique index (OrderedIndex.java).
  *
  * mongo-java-server uses an index only for a filter whose keys are exactly the
  * index's keys, so {@code {_id: x, state: "inflight"}} (a compare-and-set, a
@@ -28,33 +31,54 @@ import java.util.function.Function;
  * then tests the remaining conditions; this does the same. It is safe because
  * the documents matching the whole filter are a subset of those the index
  * returns for its own keys, and the base class still tests every returned
- * document against the whole filter. Nothing else about the engine changes.
+ * document against the whole filter.
+ *
+ * The same backends keep their non-unique indexes in order, so that a sorted
+ * query such as mopq's claim read is answered by walking one instead of scanning
+ * and sorting the collection. Nothing else about the engine changes.
  */
 final class IndexFirst {
 
     private IndexFirst() {
     }
 
-    /** The documents at the positions of the first unique index the filter pins, or null. */
-    static <P> QueryResult query(MongoCollection<P> collection, Document filter,
-                                 Function<Iterable<P>, QueryResult> matchAt) {
-        if (filter.size() < 2) {
-            return null;
-        }
-        for (Index<P> index : collection.getIndexes()) {
-            Document pinned = new Document();
-            for (IndexKey key : index.getKeys()) {
-                if (!filter.containsKey(key.getKey())) {
-                    pinned = null;
-                    break;
+    /**
+     * A collection's query: from a unique index the filter pins, else from an ordered
+     * index that gives the sort's order, else the engine's own way ({@code scan}: an
+     * index whose keys are exactly the filter's, or a scan and a sort).
+     * {@code matchAt} tests the documents at some positions against the whole filter
+     * and applies the sort it is given (null: already in order), skip, limit and projection.
+     */
+    static <P> QueryResult query(MongoCollection<P> collection, Document filter, Document orderBy,
+                                 BiFunction<Iterable<P>, Document, QueryResult> matchAt,
+                                 Supplier<OrderedIndex.Source<P>> source, Supplier<QueryResult> scan) {
+        List<Index<P>> indexes = collection.getIndexes();
+        if (filter.size() >= 2) {
+            for (Index<P> index : indexes) {
+                Document pinned = new Document();
+                for (IndexKey key : index.getKeys()) {
+                    if (!filter.containsKey(key.getKey())) {
+                        pinned = null;
+                        break;
+                    }
+                    pinned.put(key.getKey(), filter.get(key.getKey()));
                 }
-                pinned.put(key.getKey(), filter.get(key.getKey()));
-            }
-            if (pinned != null && pinned.size() < filter.size() && index.canHandle(pinned)) {
-                return matchAt.apply(index.getPositions(pinned));
+                if (pinned != null && pinned.size() < filter.size() && index.canHandle(pinned)) {
+                    return matchAt.apply(index.getPositions(pinned), orderBy);
+                }
             }
         }
-        return null;
+        if (orderBy != null && !orderBy.isEmpty() && indexes.stream().noneMatch(index -> index.canHandle(filter))) {
+            // The walk happens under the collection's lock, which every write of it takes.
+            synchronized (collection) {
+                Iterable<P> sorted = OrderedIndex.answer(indexes, filter, orderBy, source);
+                if (sorted != null) {
+                    // Already in the sort's order: no sort, so the walk stops at the limit.
+                    return matchAt.apply(sorted, null);
+                }
+            }
+        }
+        return scan.get();
     }
 
     /** Memory storage (tests, {@code mopq engine} without --data). */
@@ -63,15 +87,24 @@ final class IndexFirst {
         public MemoryDatabase openOrCreateDatabase(String databaseName) {
             return new MemoryDatabase(databaseName, getCursorRegistry()) {
                 @Override
+                protected Index<Integer> openOrCreateSecondaryIndex(String collectionName, String indexName,
+                                                                    List<IndexKey> keys, boolean sparse) {
+                    return OrderedIndex.create(indexName, keys, sparse);
+                }
+
+                @Override
                 protected MemoryCollection openOrCreateCollection(String collectionName, CollectionOptions options) {
                     return new MemoryCollection(this, collectionName, options, cursorRegistry) {
                         @Override
                         protected QueryResult queryDocuments(Document query, Document orderBy, int skip, int limit,
                                                              int batchSize, Document fields) {
-                            QueryResult indexed = IndexFirst.query(this, query, positions ->
-                                    matchDocuments(query, positions, orderBy, skip, limit, batchSize, fields));
-                            return indexed != null ? indexed
-                                    : super.queryDocuments(query, orderBy, skip, limit, batchSize, fields);
+                            return IndexFirst.query(this, query, orderBy, (positions, sort) ->
+                                    matchDocuments(query, positions, sort, skip, limit, batchSize, fields),
+                                    // Storage order of the memory backend: list slots, ascending.
+                                    () -> new OrderedIndex.Source<>(getIdField(), Integer::compare,
+                                            visit -> OrderedIndex.everySlot(this::getDocument, visit),
+                                            this::getDocument, this::count),
+                                    () -> super.queryDocuments(query, orderBy, skip, limit, batchSize, fields));
                         }
                     };
                 }
@@ -95,6 +128,12 @@ final class IndexFirst {
             CursorRegistry cursors = getCursorRegistry();
             return new H2Database(databaseName, store, cursors) {
                 @Override
+                protected Index<Object> openOrCreateSecondaryIndex(String collectionName, String indexName,
+                                                                   List<IndexKey> keys, boolean sparse) {
+                    return OrderedIndex.create(indexName, keys, sparse);
+                }
+
+                @Override
                 protected MongoCollection<Object> openOrCreateCollection(String collectionName,
                                                                          CollectionOptions options) {
                     String namespace = getFullCollectionNamespace(collectionName);
@@ -104,10 +143,14 @@ final class IndexFirst {
                         @Override
                         protected QueryResult queryDocuments(Document query, Document orderBy, int skip, int limit,
                                                              int batchSize, Document fields) {
-                            QueryResult indexed = IndexFirst.query(this, query, positions ->
-                                    matchDocuments(query, positions, orderBy, skip, limit, batchSize, fields));
-                            return indexed != null ? indexed
-                                    : super.queryDocuments(query, orderBy, skip, limit, batchSize, fields);
+                            return IndexFirst.query(this, query, orderBy, (positions, sort) ->
+                                    matchDocuments(query, positions, sort, skip, limit, batchSize, fields),
+                                    // Storage order of the H2 backend: its data map's key order (the _id).
+                                    () -> new OrderedIndex.Source<>(getIdField(), data.getKeyType()::compare,
+                                            visit -> streamAllDocumentsWithPosition().forEach(stored ->
+                                                    visit.accept(stored.getDocument(), stored.getPosition())),
+                                            this::getDocument, this::count),
+                                    () -> super.queryDocuments(query, orderBy, skip, limit, batchSize, fields));
                         }
                     };
                 }

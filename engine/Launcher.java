@@ -20,6 +20,9 @@ import java.util.concurrent.CountDownLatch;
  * unless the environment sets MOPQ_ENGINE_ACK_BEFORE_COMMIT=1: then writes are
  * answered at once and reach the file with the next background commit, as
  * before issue 10 (bench/engine_commit.py measures both; not for real use).
+ * MOPQ_ENGINE_PLAIN_INDEXES=1 keeps the engine's own empty non-unique indexes, so
+ * sorted queries scan as in mongo-java-server alone (OrderedIndex.java; for tests
+ * that compare the two).
  * With --watch-stdin the engine stops when its standard input closes, so a
  * parent that dies (even by SIGKILL) never leaves a JVM behind.
  */
@@ -119,6 +122,7 @@ public final class Launcher {
                 + (data != null ? "H2 storage in " + new File(data).getAbsolutePath()
                         + (ackBeforeCommit ? " (" + ACK_BEFORE_COMMIT + "=1: acknowledged writes can be lost)" : "")
                         : "memory storage")
+                + (OrderedIndex.ENABLED ? "" : " (" + OrderedIndex.PLAIN + "=1: non-unique indexes are not kept)")
                 + "; stop with Ctrl-C");
         System.out.flush();
 

@@ -6,8 +6,9 @@ When ``MOPQ_MONGODB_URI`` is set none of this runs: that server is used.
 
 The jars are fetched by Maven at the version pinned in ``engine/pom.xml`` and,
 with the compiled launcher, cached under ``~/.cache/mopq`` (``MOPQ_CACHE_DIR``)
-keyed by a hash of the pom and the launcher source, so a fresh clone reuses
-them and a change to either refetches.
+keyed by a hash of the pom and every ``engine/*.java``, so a fresh clone reuses
+them and a change to any of them (an edit, a file added or removed) fetches and
+compiles again into a folder of its own: stale classes are never run.
 
 Contract of :class:`Engine`: ``start()`` returns once the server answers
 ``ping``; ``stop()`` ends the JVM (gracefully first, so H2 data is flushed);
@@ -124,10 +125,12 @@ class Engine:
     """One embedded engine process, owned by this Python process."""
 
     def __init__(self, port: int = 0, data: str | os.PathLike | None = None,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", env: dict[str, str] | None = None) -> None:
         self.port = port
         self.data = data
         self.host = host
+        # Added to this process's environment for the JVM only (e.g. MOPQ_ENGINE_PLAIN_INDEXES).
+        self.env = env
         self.uri: str | None = None
         self._process: subprocess.Popen[str] | None = None
 
@@ -136,7 +139,7 @@ class Engine:
         command = java_command(self.port, self.data, self.host, watch_stdin=True)
         self._process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            start_new_session=True,
+            start_new_session=True, env={**os.environ, **self.env} if self.env else None,
         )
         atexit.register(self.stop)
         first_line = _read_line_with_timeout(self._process, timeout)
