@@ -4,14 +4,9 @@
   "use strict";
   const m = window.mopq;
   if (!m) return;
-  const status = document.getElementById("action-status");
   const bulk = document.getElementById("bulk");
 
-  function say(ok, text) {
-    if (!status) return;
-    status.className = "status-line " + (ok ? "ok" : "error");
-    status.textContent = text;
-  }
+  const say = m.say;
 
   function changedCount(data) {
     if (!data) return 0;

@@ -142,6 +142,14 @@
     return { ok: response.ok, status: response.status, data: data };
   }
 
+  // The result of an action, in the page's status line (#action-status), ok or refused.
+  function say(ok, text) {
+    const status = document.getElementById("action-status");
+    if (!status) return;
+    status.className = "status-line " + (ok ? "ok" : "error");
+    status.textContent = text;
+  }
+
   // The page's confirm dialog (never window.confirm). With `typed`, the user
   // must type that text (a queue name) before Confirm is enabled.
   function confirmAction(title, text, typed) {
@@ -256,6 +264,6 @@
     socket: socket, onStats: onStats, api: api, el: el, number: number, percent: percent,
     seconds: seconds, ago: ago, absolute: absolute, timeElement: timeElement,
     refreshTimes: refreshTimes, readJSON: readJSON, confirmAction: confirmAction,
-    setStat: setStat, labelCells: labelCells, fitTables: fitTables,
+    setStat: setStat, labelCells: labelCells, fitTables: fitTables, say: say,
   };
 })();

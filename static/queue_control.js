@@ -11,13 +11,8 @@
   const name = policyPanel.dataset.queue;
   const isAdmin = policyPanel.dataset.admin === "yes";
   const base = "/api/queues/" + encodeURIComponent(name);
-  const status = document.getElementById("action-status");
 
-  function say(ok, text) {
-    if (!status) return;
-    status.className = "status-line " + (ok ? "ok" : "error");
-    status.textContent = text;
-  }
+  const say = m.say;
 
   function refused(answer) {
     return (answer.data && answer.data.error) || "HTTP " + answer.status;

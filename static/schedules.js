@@ -7,16 +7,12 @@
   const REFRESH_GAP_MS = 5000;
   const panel = document.getElementById("schedules-panel");
   const form = document.getElementById("define-form");
-  const status = document.getElementById("action-status");
   const mayAct = panel.dataset.admin === "yes";
   const whyNot = panel.dataset.whyNot || "";
   let lastRefresh = 0;
   let shown = {};
 
-  function say(ok, text) {
-    status.className = "status-line " + (ok ? "ok" : "error");
-    status.textContent = text;
-  }
+  const say = m.say;
 
   function refused(answer) {
     return (answer.data && answer.data.error) || "HTTP " + answer.status;

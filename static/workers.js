@@ -9,7 +9,6 @@
   const panel = document.getElementById("workers-panel");
   if (!m || !panel) return;
   const rows = document.getElementById("worker-rows");
-  const status = document.getElementById("action-status");
   const reason = panel.dataset.adminReason || "";
   const CONFIRM = {
     stop: ["Stop this worker?", "It takes no new messages, finishes the ones it holds, then exits. " +
@@ -17,10 +16,7 @@
   };
   const DONE = { stop: "asked to stop", quiet: "asked to go quiet", resume: "asked to resume" };
 
-  function say(ok, text) {
-    status.className = "status-line " + (ok ? "ok" : "error");
-    status.textContent = text;
-  }
+  const say = m.say;
 
   function badge(state) { return m.el("span", { className: "badge state-" + state }, state); }
 

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
-
 from mopq import Queue, policy, schema
+from tests import test_browser as desktop
 from tests.browsers import Watched, needs_chromium
 from tests.helpers import wait_until
-from tests.live_server import live_dashboard
 
-ADMIN = ("admin", "secret")
-READER = ("reader", "readpw")
-AUTH = {"MOPQ_ADMIN_USERS": ":".join(ADMIN), "MOPQ_BASIC_AUTH_USERS": ":".join(READER)}
+# The desktop browser tests' own: a live gunicorn with an admin and a reader, a window.
+ADMIN, READER = desktop.ADMIN, desktop.READER
+server, open_page = desktop.server, desktop.open_page   # fixtures
 
 pytestmark = needs_chromium
-
-
-@pytest.fixture
-def server(engine_uri, db_name, tmp_path: Path, collector) -> Iterator[str]:
-    with live_dashboard(engine_uri, db_name, tmp_path, **AUTH) as url:
-        yield url
-
-
-@pytest.fixture
-def open_page(page_opener) -> Callable[..., Watched]:
-    return lambda credentials: page_opener(credentials, viewport={"width": 1280, "height": 900})
 
 
 def _visit(watched: Watched, url: str) -> None:
