@@ -177,9 +177,13 @@ def queue_page(name: str) -> tuple[str, int]:
     if resolution not in HISTORY_RANGE:
         resolution = MINUTE
 
+    def find(db: Any, stats: dict[str, Any]) -> dict[str, Any] | None:
+        return next((q for q in series.queues(db, stats=stats) if q["name"] == name), None)
+
     def render(db: Any) -> dict[str, Any]:
-        row = next((q for q in series.queues(db, stats=stats_cache.stats(db))
-                    if q["name"] == name), None)
+        # A queue written a moment ago may be newer than the cached stats: before a
+        # 404, read them anew (only then, so a page of a known queue costs no read).
+        row = find(db, stats_cache.stats(db)) or find(db, stats_cache.cache().refresh(db))
         now = utcnow()
         history = series.queue_history(db, name, resolution, now - HISTORY_RANGE[resolution],
                                         now)

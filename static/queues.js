@@ -24,12 +24,21 @@
   }
 
   // Queues list: one row per queue, rebuilt from /api/queues rows.
+  // As templates/queues.html draws it: who paused the queue, and when.
+  function pausedBadge(paused) {
+    if (!paused) return null;
+    return m.el("span", { className: "badge paused", title: "paused by " + paused.who + " at " +
+      m.absolute(new Date(paused.at)) + (paused.reason ? ": " + paused.reason : "") },
+    "paused by " + paused.who + ", " + m.ago(new Date(paused.at)));
+  }
+
   function buildRow(row) {
     const deadCell = row.dead
       ? m.el("a", { href: "/failed?queue=" + encodeURIComponent(row.name) }, m.number(row.dead))
       : "0";
     return m.el("tr", { dataset: { queue: row.name } },
-      m.el("td", { className: "lead" }, m.el("a", { href: queueUrl(row.name) }, row.name)),
+      m.el("td", { className: "lead" }, m.el("a", { href: queueUrl(row.name) }, row.name),
+        pausedBadge(row.paused)),
       ...["pending", "inflight", "delayed", "done", "failed"].map(function (field) {
         return m.el("td", { className: "num", dataset: { field: field } }, cellText(field, row));
       }),
