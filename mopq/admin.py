@@ -103,7 +103,8 @@ def _apply(db: Database, chosen: Selection, update_for: Any,
             now = utcnow()
             update, state, event = update_for(candidate, now)
             document = messages.find_one_and_update(
-                {"_id": candidate["_id"], "state": candidate["state"]}, update,
+                {"_id": candidate["_id"], "queue": candidate["queue"],
+                 "state": candidate["state"]}, update,
                 projection={"state": 1}, return_document=ReturnDocument.AFTER)
             if document is not None and document["state"] == state:
                 publisher.add_outbox(Outbox(document["_id"], state, [event]))
@@ -180,7 +181,8 @@ def cancel(db: Database, message_ids: Iterable[object], reason: str, who: str,
         cancelled = {"reason": reason, "who": who, "at": now, "was": candidate["state"]}
         event = message_event(schema.CANCELLED, candidate, now, was=candidate["state"],
                               reason=reason)
-        match = {"_id": candidate["_id"], "state": candidate["state"]}
+        match = {"_id": candidate["_id"], "queue": candidate["queue"],
+                 "state": candidate["state"]}
         if candidate["state"] == schema.INFLIGHT:
             match["lease_token"] = candidate.get("lease_token")
         before = messages.find_one_and_update(

@@ -55,7 +55,8 @@ def expire_messages(db: Database, now: dt.datetime | None = None) -> int:
                                    _EVENT_FIELDS).limit(SWEEP_BATCH):
         event = message_event(schema.EXPIRED_EVENT, candidate, now)
         document = messages.find_one_and_update(
-            {"_id": candidate["_id"], "state": schema.PENDING, "expire_at": {"$lte": now}},
+            {"_id": candidate["_id"], "queue": candidate["queue"], "state": schema.PENDING,
+             "expire_at": {"$lte": now}},
             {"$set": {"state": schema.EXPIRED, "updated_at": now}, "$unset": {"dedupe": ""},
              "$push": {"outbox": event}},
             projection={"_id": 1},

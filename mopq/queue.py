@@ -553,8 +553,8 @@ class Queue:
             self._expire(candidate, now)
             return None
         token = new_token()
-        query: dict[str, Any] = {"_id": candidate["_id"], "state": candidate["state"],
-                                 "visible_at": {"$lte": now}}
+        query: dict[str, Any] = {"_id": candidate["_id"], "queue": self.name,
+                                 "state": candidate["state"], "visible_at": {"$lte": now}}
         if candidate["state"] == schema.INFLIGHT:
             query["lease_token"] = candidate.get("lease_token")
         else:
@@ -582,7 +582,8 @@ class Queue:
         """Drop a pending message past its expiry (CAS on state); True if this call did."""
         event = message_event(schema.EXPIRED_EVENT, candidate, now)
         document = self.messages.find_one_and_update(
-            {"_id": candidate["_id"], "state": schema.PENDING, "expire_at": {"$lte": now}},
+            {"_id": candidate["_id"], "queue": self.name, "state": schema.PENDING,
+             "expire_at": {"$lte": now}},
             {"$set": {"state": schema.EXPIRED, "updated_at": now},
              "$unset": {"dedupe": ""}, "$push": {"outbox": event}},
             projection={"state": 1},

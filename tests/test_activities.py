@@ -88,6 +88,25 @@ def test_a_late_acknowledgement_of_a_redelivered_step_changes_nothing(db):
     assert steps[1]["result"] == {"charged": 10} and steps[1]["attempts"] == 2
 
 
+def test_a_candidate_read_in_one_step_is_not_claimed_once_it_moved_to_the_next(db):
+    flow = order()
+    first_instance, _ = flow.start("k1", {"n": 1})
+    moved_instance, _ = flow.start("k2", {"n": 2})
+    reserve = Queue("stock-reserve")
+    (held,) = reserve.read(visibility_timeout=30)  # reads both as candidates, claims k1
+    assert held.id == first_instance
+    other = claim("stock-reserve")
+    assert other.id == moved_instance
+    other.delete({"reserved": 2})  # k2 is now pending in payment-charge, same _id
+    assert reserve.read(visibility_timeout=30) == [], \
+        "a stale candidate must not claim the instance in another step's queue"
+    charge = claim("payment-charge")
+    assert charge.id == moved_instance and charge.attempts == 1
+    assert flow.instance("k2")["steps"][0]["result"] == {"reserved": 2}
+    counts = counted(db)
+    assert counts["stock-reserve"]["claimed"] == 2 and counts["payment-charge"]["claimed"] == 1
+
+
 def test_the_same_key_starts_one_instance_even_after_it_finished(db):
     flow = order()
     first, created = flow.start("same", {"n": 2})

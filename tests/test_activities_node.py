@@ -50,3 +50,13 @@ def test_a_node_worker_serves_a_step_and_a_compensation(db_name, db, node_client
     assert queues[STEP]["done"] == 2 and queues[f"{STEP}.compensate"]["done"] == 1
     for name in (*ORDER_QUEUES, f"{STEP}.compensate", "stock-reserve.compensate"):
         assert conserved(queues[name]), (name, queues[name])
+
+
+def test_node_does_not_claim_a_candidate_that_moved_to_the_next_step(db, node_client):  # noqa: F811
+    flow = order()
+    instance, _ = flow.start("moves", {"n": 1})
+    answer = run_node(node_client, "stale_candidate.js", {"queue": "stock-reserve"})
+    assert answer["candidate"] == answer["held"] == str(instance)
+    assert answer["claimedStale"] is False
+    charge = Queue(STEP).read(visibility_timeout=30)
+    assert [m.id for m in charge] == [instance] and charge[0].attempts == 1

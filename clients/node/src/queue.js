@@ -208,7 +208,7 @@ export class Queue {
       return null;
     }
     const token = newToken();
-    const filter = { _id: candidate._id, state: candidate.state, visible_at: { $lte: now } };
+    const filter = { _id: candidate._id, queue: this.name, state: candidate.state, visible_at: { $lte: now } };
     const events = [];
     if (candidate.state === INFLIGHT) {
       filter.lease_token = candidate.lease_token ?? null;
@@ -233,7 +233,7 @@ export class Queue {
   async expire(candidate, now) {
     const event = messageEvent('expired', candidate, now);
     const document = await this.messages.findOneAndUpdate(
-      { _id: candidate._id, state: PENDING, expire_at: { $lte: now } },
+      { _id: candidate._id, queue: this.name, state: PENDING, expire_at: { $lte: now } },
       { $set: { state: EXPIRED, updated_at: now }, $unset: { dedupe: '' }, $push: { outbox: event } },
       { projection: { state: 1 }, returnDocument: 'after' },
     );
