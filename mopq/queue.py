@@ -522,7 +522,8 @@ class Queue:
             if slot is False:
                 self._undo_next(routing_key, candidate)
                 break
-            message = self._claim(candidate, timeout)
+            message = self._claim(candidate, timeout,
+                                  slot if isinstance(slot, dt.datetime) else None)
             if message is not None:
                 claimed.append(message)
                 continue
@@ -546,8 +547,11 @@ class Queue:
             return False
         return now
 
-    def _claim(self, candidate: dict[str, Any], timeout: float) -> Message | None:
-        now = utcnow()
+    def _claim(self, candidate: dict[str, Any], timeout: float,
+               slot_taken_at: dt.datetime | None = None) -> Message | None:
+        """Claim ``candidate`` as read, or None if it changed; ``claimed_at`` is the time
+        its rate-limit slot was taken, if any, so it falls in that slot's window."""
+        now = slot_taken_at or utcnow()
         expire_at = candidate.get("expire_at") or schema.NEVER
         if expire_at <= now and candidate["state"] == schema.PENDING:
             self._expire(candidate, now)

@@ -164,7 +164,7 @@ def test_the_rate_limit_holds_across_threads_of_many_queue_objects(db):
         while time.monotonic() < stop:
             for message in queue.read(wait=0.2):
                 with lock:
-                    claimed.append(time.time())
+                    claimed.append(message.claimed_at.timestamp())
                 message.delete()
 
     threads = [threading.Thread(target=consume) for _ in range(4)]
