@@ -29,6 +29,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from mopq import Queue, emit, flush, migration, schema
+from mopq.activities import Activity, Step
 from mopq.cli import main
 from mopq.clock import utcnow
 from mopq.collectors import Collector
@@ -722,3 +723,65 @@ def test_a_message_read_in_a_finished_state_is_never_moved(sides):
     assert target.messages() == [] and sum(move.report.moved.values()) == 0
     flush(10)
     assert source.db[schema.HISTORY].find_one({"_id": message.id}) is not None
+
+
+def _lines(db: Database) -> Activity:
+    """split (into its input's lines) -> pack each line (fan-out) -> total."""
+    return Activity("lines", [
+        Step("split", "line-split", lambda m: m.body["input"]["lines"]),
+        Step("pack", "line-pack", lambda m: {"packed": m.body["item"]}, fan_out=True),
+        Step("total", "line-total", lambda m: m.body["previous"]),
+    ], db=db)
+
+
+def test_a_fan_out_parent_waiting_for_its_children_moves_with_them_and_ends_on_the_target(
+        sides, capsys):
+    source, target = sides
+    flow = _lines(source.db)
+    parent, _ = flow.start("f1", {"lines": ["a", "b", "c", "d"]})
+    Queue("line-split", db=source.db).read()[0].delete(["a", "b", "c", "d"])
+    pack = Queue("line-pack", db=source.db)
+    first = pack.read(limit=1)[0]
+    first.delete({"packed": first.body["item"]})                # counted on the source
+    held = pack.read(limit=1, visibility_timeout=600)[0]         # a source consumer holds it
+    assert source.db[schema.MESSAGES].find_one({"_id": parent})["state"] == schema.WAITING
+    source.drain()
+    arguments = ["migrate", "--from", source.uri, "--to", target.uri]
+
+    assert main([*arguments, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would move: 3 document(s)" in out
+    assert "line-pack: pending 2, waiting (fan-out) 1" in out
+    assert "line-pack: inflight, held 1" in out
+
+    assert main(arguments) == 0
+    capsys.readouterr()
+    moved = target.db[schema.MESSAGES].find_one({"_id": parent})
+    assert moved["state"] == schema.WAITING and moved["queue"] == "line-pack"
+    assert moved["sequence"]["children"]["counted"] == [first.id]
+    # Acknowledged on the source after its parent left: counted nowhere there; its
+    # history follows with the next run and it is counted into the parent on the target.
+    held.delete({"packed": held.body["item"]})
+    assert main(arguments) == 0
+    assert "1 fan-out child(ren) that finished apart from their parent" in \
+        capsys.readouterr().out
+    children = target.db[schema.MESSAGES].find_one({"_id": parent})["sequence"]["children"]
+    assert children["counted"] == [first.id, held.id] and children["finished"] == 2
+    assert main(arguments) == 0 and "fan-out child" not in capsys.readouterr().out
+
+    # The target serves the rest; the parent moves on once all are done, each counted once.
+    for message in Queue("line-pack", db=target.db).read(limit=5):
+        message.delete({"packed": message.body["item"]})
+    total = Queue("line-total", db=target.db).read()[0]
+    assert total.body["previous"] == {"results": [{"packed": item} for item in "abcd"],
+                                      "dead": []}
+    total.delete(total.body["previous"])
+    assert Activity("lines", flow.steps, db=target.db, define=False).instance("f1")[
+        "status"] == "completed"
+    assert source.db[schema.MESSAGES].find_one({"_id": parent})["state"] == schema.MOVED
+    _identical(source, target)
+    target.drain()
+    for queue in ("line-split", "line-pack", "line-total"):
+        assert conserved(target.stats(queue)), queue
+    assert conserved(source.stats("line-split")) and conserved(source.stats("line-pack"))
+    assert target.stats("line-pack")["done"] == 4

@@ -21,6 +21,7 @@ from pymongo.errors import PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from mopq import schema
+from mopq.activities.recovery import SPAWN_GRACE_SECONDS
 from mopq.config import settings
 from mopq.connection import get_client, resolve_uri
 from mopq.errors import InvalidInput
@@ -29,7 +30,7 @@ from mopq.migration.census import Census, census
 from mopq.migration.deployments import Sides
 from mopq.migration.move import BATCH_SIZE, Move, Report
 from mopq.migration.verify import Verification, verify
-from mopq.migration.work import queue_names
+from mopq.migration.work import HELD, queue_names
 
 MAX_LISTED = 12          # kinds of uncounted events named in a report
 MAX_DIFFERENCES = 200    # differences printed by --verify
@@ -113,10 +114,16 @@ def _moves_lines(verb: str, moves: Counter[tuple[str, str]], held: Counter[tuple
     """What moved (or would), per queue and state; what did not, and what may run twice."""
     total = sum(moves.values())
     lines = [f"{verb}: {total} document(s)" + (":" if total else ""), *_rows(moves)]
-    if held:
-        lines += [f"not moved: {sum(held.values())} inflight message(s) whose lease is still "
+    leases = Counter({key: count for key, count in held.items() if key[1] == HELD})
+    spawning = Counter({key: count for key, count in held.items() if key[1] != HELD})
+    if leases:
+        lines += [f"not moved: {sum(leases.values())} inflight message(s) whose lease is still "
                   "held; run again once their leases have run out, or add --force:",
-                  *_rows(held)]
+                  *_rows(leases)]
+    if spawning:
+        lines += [f"not moved: {sum(spawning.values())} activity instance(s) whose fan-out "
+                  f"children are still being written; run again in {SPAWN_GRACE_SECONDS:g} s "
+                  "(a spawner dead that long is replaced by the move):", *_rows(spawning)]
     if forced:
         holders = ", ".join(f"{count} by {holder}" for holder, count in forced.items())
         listed = ", ".join(str(i) for i in forced_ids[:MAX_IDS])
@@ -162,6 +169,9 @@ def _print_report(report: Report, queues: tuple[str, ...] | None) -> None:
         print(f"still on the source: {len(report.left)} message(s) changed while being moved "
               "(claimed, acknowledged, retried); run again to move what is left of them")
     print(f"history: {report.history} finished message(s) copied")
+    if report.children_counted:
+        print(f"activities: {report.children_counted} fan-out child(ren) that finished apart "
+              "from their parent counted into it on the target")
     print(f"counters: {report.carried.counters} counter document(s) carried, "
           f"{report.carried.unchanged} already up to date{_queues_note(queues)}")
     if report.unpublished:

@@ -48,6 +48,8 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from mopq import schema, validation
+from mopq.activities import fanout
+from mopq.activities.recovery import SPAWN_GRACE_SECONDS
 from mopq.clock import utcnow
 from mopq.events import expanded
 from mopq.maintenance import OUTBOX_GRACE_SECONDS
@@ -62,7 +64,15 @@ from mopq.migration.receiver import (
     Receiver,
     staged_by,
 )
-from mopq.migration.work import FINISHED, WORK, Plan, Work, finished_selection, queue_names
+from mopq.migration.work import (
+    FINISHED,
+    MESSAGES,
+    WORK,
+    Plan,
+    Work,
+    finished_selection,
+    queue_names,
+)
 from mopq.publisher import Outbox
 
 BATCH_SIZE = 500
@@ -88,6 +98,7 @@ class Report:
     forced_ids: list[Any] = field(default_factory=list)   # moved from under their holders
     reconciled: int = 0
     history: int = 0
+    children_counted: int = 0             # finished children counted into arrived parents
     carried: Carried = field(default_factory=Carried)
     not_carried: Counter[str] = field(default_factory=Counter)
     unpublished: int = 0                  # commit events left to the next run or the sweep
@@ -109,10 +120,12 @@ class Move:
         """Finish what an earlier run left, move every unfinished document, then the rest."""
         self.reconcile()
         self._publish_leftovers()
+        self._spawn_orphans()
         for work in WORK:
             self._pass(work)
         self.report.unique_dropped = list(self.receiver.unique_dropped)
         self.report.history = self._copy_finished()
+        self.report.children_counted = self._count_children()
         as_of = to_ms(utcnow())
         documents = carried_counters(self.source, self.sides.target_id, self.sides.queues,
                                      as_of)
@@ -120,6 +133,20 @@ class Move:
         self.report.not_carried = not_carried(self.source, self.sides.target_id,
                                               self.sides.queues)
         return self.report
+
+    def _spawn_orphans(self) -> None:
+        """Write the children of fan-out parents whose spawner died, as the source's sweep would.
+
+        In a disaster the source's sweep may be gone; a parent held back for
+        want of its children would then never move. Written here on the
+        source (where its spawner would have written them, colliding on their
+        ids with any it did), they move with it in this pass.
+        """
+        late = utcnow() - dt.timedelta(seconds=SPAWN_GRACE_SECONDS)
+        query = {"state": schema.WAITING, "sequence.children.spawned": False,
+                 "sequence.children.since": {"$lte": late}, **MESSAGES.of_queues(self.sides.queues)}
+        for parent in self.source[MESSAGES.collection].find(query, {"_id": 1}):
+            fanout.spawn(self.source, parent["_id"])
 
     # the pass
 
@@ -326,6 +353,24 @@ class Move:
                 drop.append((doc["_id"], version))
         self.receiver.unstage(work, drop)
         return self.receiver.arrive(work, arrive)
+
+    def _count_children(self) -> int:
+        """Count into the target's waiting parents the children that finished before they arrived.
+
+        A child acknowledged on the source after its parent left, or on the
+        target before its parent arrived, found no waiting parent to count
+        into; its history is on the target now. This is the target's sweep's
+        count (the same compare-and-set, so each child counts once), done now
+        so that a parent whose children are all done moves on at once.
+        """
+        counted = 0
+        query = {"state": schema.WAITING, **MESSAGES.of_queues(self.sides.queues)}
+        for parent in self.target[MESSAGES.collection].find(
+                query, {"sequence.at": 1, "sequence.children": 1}):
+            for child, dead in fanout.finished_children(self.target, parent):
+                counted += int(fanout.child_finished(self.target, child,
+                                                     result=child.get("result"), dead=dead))
+        return counted
 
     def _copy_finished(self) -> int:
         copied = 0

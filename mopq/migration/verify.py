@@ -38,6 +38,16 @@ from mopq.migration.work import WORK, Work, queue_names
 # What a move never changes in a message; verification compares these.
 UNCHANGED = ("routing_key", "body", "priority", "created_at", "expire_at", "activity",
              "dedupe_key", "once")
+# An activity instance moves on from step to step on the target (its queue, body and
+# expiry change with each step): what no step changes is compared.
+INSTANCE_UNCHANGED = ("priority", "created_at", "activity", "once", "sequence.name",
+                      "sequence.key")
+
+
+def _field(doc: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        doc = doc.get(part) if isinstance(doc, dict) else None  # type: ignore[assignment]
+    return doc
 
 
 @dataclass
@@ -78,7 +88,7 @@ def verify(source: Database, target: Database,
 def _compare_work(sides: Sides, work: Work, result: Verification) -> None:
     qf = work.queue_field
     name = work.collection
-    compared = {qf: 1, **dict.fromkeys(UNCHANGED, 1)}
+    compared = {qf: 1, **dict.fromkeys(UNCHANGED, 1), **dict.fromkeys(INSTANCE_UNCHANGED, 1)}
     moved = {d["_id"]: d for d in sides.source[name].find(
         work.moved_to(sides.target_id, sides.queues), compared)}
     arrived_query: dict[str, Any] = {"source": sides.source_id, "collection": name}
@@ -123,11 +133,12 @@ def _compare_work(sides: Sides, work: Work, result: Verification) -> None:
         if state == schema.PENDING and doc.get("visible_at") and doc["visible_at"] > now:
             state = "delayed"
         result.on_target[(queue, state)] += 1
-        for field_name in (qf, *UNCHANGED):
-            if source.get(field_name) != doc.get(field_name):
+        fields = INSTANCE_UNCHANGED if "sequence" in source else (qf, *UNCHANGED)
+        for field_name in fields:
+            if _field(source, field_name) != _field(doc, field_name):
                 result.differences.append(
-                    f"{name} {item_id} ({queue}): {field_name} differs "
-                    f"(source {source.get(field_name)!r}, target {doc.get(field_name)!r})")
+                    f"{name} {item_id} ({queue}): {field_name} differs (source "
+                    f"{_field(source, field_name)!r}, target {_field(doc, field_name)!r})")
 
 
 def _compare_counters(sides: Sides, result: Verification) -> None:

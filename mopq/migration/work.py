@@ -28,6 +28,7 @@ from bson import ObjectId
 from pymongo.database import Database
 
 from mopq import schema, validation
+from mopq.activities.recovery import SPAWN_GRACE_SECONDS
 from mopq.errors import InvalidInput
 from mopq.events import message_event
 from mopq.publisher import Outbox, publish_outboxes
@@ -40,6 +41,8 @@ DELAYED = "delayed"
 LEASE_EXPIRED = "inflight, lease expired"
 HELD = "inflight, held"
 FORCED = "inflight, held (--force)"
+WAITING = "waiting (fan-out)"
+SPAWNING = "waiting, children not written yet"
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ def message_plan(doc: dict[str, Any], now: dt.datetime, force: bool, token: str)
     guard: dict[str, Any] = {"state": state, "updated_at": version}
     copy = dict(doc)
     copy["outbox"] = []
+    if state == schema.WAITING:
+        return _waiting_plan(doc, copy, guard, now)
     label = DELAYED if state == schema.PENDING and doc["visible_at"] > now else str(state)
     events = []
     was = state
@@ -106,6 +111,33 @@ def message_plan(doc: dict[str, Any], now: dt.datetime, force: bool, token: str)
         label = FORCED if forced else LEASE_EXPIRED
     events.append(message_event(schema.DELETED, doc, now, token, was=was, reason=MIGRATED))
     return Plan(copy, guard, events, version, label, forced=forced)
+
+
+def _waiting_plan(doc: dict[str, Any], copy: dict[str, Any], guard: dict[str, Any],
+                  now: dt.datetime) -> Plan:
+    """How an activity instance waiting for its fan-out children moves: as it is, no events.
+
+    Entering a fan-out step writes no event in its queue (its children are
+    the step's messages), so its move counts nothing either. The guard also
+    names the children counted so far: a count that lands in the same
+    millisecond as the read still fails the commit. Its children move as the
+    messages they are; one that finishes on either side is counted into the
+    parent where the parent is (by the acker, or by the sweep reading
+    history, which the move copies): ``counted`` lists the ids counted, so
+    each child counts once. A parent whose children are not all written yet
+    is held while its spawner may still be writing them (a child written on
+    the source after its parent left would wait there); the move writes those
+    of a spawner dead for longer (:meth:`Move.run`), as the sweep would.
+    """
+    children = (doc.get("sequence") or {}).get("children") or {}
+    version = doc.get("updated_at")
+    if children.get("spawned") is False:
+        since = children.get("since")
+        return Plan(None, {}, [], version, SPAWNING,
+                    skip=f"its children are being written (since {since}); run again in "
+                         f"{SPAWN_GRACE_SECONDS:g} s")
+    guard["sequence.children.finished"] = children.get("finished")
+    return Plan(copy, guard, [], version, WAITING)
 
 
 def plain_plan(doc: dict[str, Any], now: dt.datetime, force: bool, token: str) -> Plan:
@@ -137,7 +169,8 @@ def _identity_problem(doc: dict[str, Any], what: str) -> str | None:
     return None
 
 
-MESSAGE_STATES = (schema.PENDING, schema.INFLIGHT, schema.DEAD)
+# Unfinished message states; ``waiting``: an activity instance whose fan-out children run.
+MESSAGE_STATES = (schema.PENDING, schema.INFLIGHT, schema.DEAD, schema.WAITING)
 
 
 def check_message(doc: dict[str, Any]) -> str | None:
