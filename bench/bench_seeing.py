@@ -1,0 +1,308 @@
+"""Seeing is fast (issue 16, item 2): done -> visible in /api/stats and on open pages at 100/s.
+
+Run:  .venv/bin/python bench/bench_seeing.py [--quick] [--pages 1,50] [--rate 100]
+
+Everything runs as ``make run`` runs it, on 127.0.0.1: the embedded engine with
+H2 storage in a temporary folder (unless MOPQ_MONGODB_URI is set), ``mopq
+collect`` and ``mopq serve`` (gunicorn, its defaults) with their defaults, and
+one ``mopq worker`` whose handler (``bench/seeing_handler.py``) records the
+end of each task. For each number of open pages (``--pages``, default 1 and
+50) the script opens that many Socket.IO clients on ``/live`` (websocket, as
+the pages' own script connects), then a producer process writes at a steady
+``--rate`` tasks a second (default 100) for 10 s (4 s with --quick), while this
+script reads ``/api/stats`` in a loop (the next request 5 ms after the
+previous answer). The latency of the k-th task to finish is:
+
+* **/api/stats**: the first answer whose ``queues.seen.done`` reached k, minus
+  the end of that task's handler;
+* **pushed**: for every open page, the first ``stats`` push whose done count
+  reached k, minus the same end (all pages' latencies together).
+
+Goals: p50 under 100 ms and p99 under 300 ms for both.
+
+The engine's load from the monitor: every command the collector and the
+dashboard's processes send to the engine is counted (a pymongo command
+listener, installed through ``bench/counting/sitecustomize.py`` in those
+processes only) and shown per second of the phase, next to the number of
+pages, with the ratio to the first row. The goal is that it does not grow with
+the pages: one stats read per change per process, whatever the pages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(ROOT))
+
+from mopq.config import settings  # noqa: E402
+from mopq.engine import Engine  # noqa: E402
+
+QUEUE = "seen"
+POLL_SECONDS = 0.005
+GOAL_P50, GOAL_P99 = 0.100, 0.300
+PRODUCER = """
+import sys, time
+from mopq import Queue, flush
+rate, count = float(sys.argv[1]), int(sys.argv[2])
+queue = Queue(sys.argv[3])
+started = time.monotonic()
+for n in range(count):
+    time.sleep(max(0.0, started + n / rate - time.monotonic()))
+    queue.write({"n": n})
+flush(30)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+class Processes:
+    """The processes this run started; each in its own group, all stopped at the end."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str],
+              cwd: Path = ROOT) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        self.started.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for process in self.started:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+class Page:
+    """One open page: a Socket.IO client on /live noting (time, done) of each push."""
+
+    def __init__(self) -> None:
+        import socketio
+
+        self.sio = socketio.Client(reconnection=False, request_timeout=5,
+                                   websocket_extra_options={"skip_utf8_validation": True})
+        self.pushes: list[tuple[float, int]] = []
+        self.sio.on("stats", self._on_stats, namespace="/live")
+
+    def _on_stats(self, snapshot: dict[str, Any]) -> None:
+        done = (snapshot.get("queues") or {}).get(QUEUE, {}).get("done", 0)
+        self.pushes.append((time.time(), int(done)))
+
+    def open(self, url: str) -> None:
+        self.sio.connect(url, namespaces=["/live"], transports=["websocket"], wait_timeout=10)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.sio.disconnect()
+
+
+def commands_sent(folder: Path) -> int:
+    """Every command the counted processes sent so far (each writes its own file)."""
+    total = 0
+    for path in folder.glob("*.count"):
+        with contextlib.suppress(ValueError, OSError):
+            total += int(path.read_text() or 0)
+    return total
+
+
+def latencies(ends: list[float], samples: list[tuple[float, int]], base: int) -> list[float]:
+    """For the k-th end, the first sample whose count reached k, minus that end."""
+    found, cursor = [], 0
+    ordered = sorted(samples)
+    for k, end in enumerate(sorted(ends), start=1):
+        while cursor < len(ordered) and ordered[cursor][1] - base < k:
+            cursor += 1
+        if cursor == len(ordered):
+            break
+        found.append(ordered[cursor][0] - end)
+    return found
+
+
+def wait_until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def phase(url: str, env: dict[str, str], processes: Processes, ends_file: Path,
+          counts: Path, pages: int, rate: float, seconds: float) -> dict[str, Any]:
+    """One row: ``pages`` open pages while ``rate`` tasks a second run for ``seconds``."""
+    count = int(rate * seconds)
+    stats_url = url + "/api/stats"
+
+    def done_now() -> int:
+        return int(get_json(stats_url)["queues"].get(QUEUE, {}).get("done", 0))
+
+    base = done_now()
+    opened = [Page() for _ in range(pages)]
+    for page in opened:
+        page.open(url)
+    ends_before = len(ends_file.read_text().split()) if ends_file.exists() else 0
+    time.sleep(1.0)  # let the pages' first pushes arrive before counting the engine's load
+    commands_before, started = commands_sent(counts), time.monotonic()
+    producer = processes.start(f"producer-{pages}", [sys.executable, "-c", PRODUCER, str(rate),
+                                                      str(count), QUEUE], env)
+    samples: list[tuple[float, int]] = []
+    deadline = time.monotonic() + seconds + 60
+    while time.monotonic() < deadline:
+        samples.append((time.time(), done_now()))
+        if samples[-1][1] - base >= count:
+            break
+        time.sleep(POLL_SECONDS)
+    elapsed = time.monotonic() - started
+    commands = commands_sent(counts) - commands_before
+    producer.wait(60)
+    wait_until(lambda: all(p.pushes and p.pushes[-1][1] - base >= count for p in opened), 30,
+               "every page to be pushed the last count")
+    for page in opened:
+        page.close()
+    ends = [float(v) for v in ends_file.read_text().split()[ends_before:]]
+    if len(ends) != count:
+        raise RuntimeError(f"{len(ends)} handler ends recorded, {count} expected")
+    seen = latencies(ends, samples, base)
+    pushed = [value for page in opened for value in latencies(ends, page.pushes, base)]
+    return {"pages": pages, "tasks": count, "stats": seen, "pushed": pushed,
+            "answers": len(samples), "pushes": sum(len(p.pushes) for p in opened) / pages,
+            "commands_per_second": commands / elapsed}
+
+
+@contextlib.contextmanager
+def monitor(uri: str, database: str, tmp: Path,
+            processes: Processes) -> Iterator[tuple[str, dict[str, str], Path, Path]]:
+    """A collector, a dashboard and a worker for ``database``, as users run them."""
+    counts = tmp / "counts"
+    counts.mkdir()
+    ends_file = tmp / "ends.txt"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("MOPQ_")}
+    env = dict(base_env, MOPQ_MONGODB_URI=uri, MOPQ_DATABASE=database)
+    counted = dict(env, PYTHONPATH=os.pathsep.join([str(BENCH / "counting"), str(ROOT)]),
+                   MOPQ_BENCH_COUNTS=str(counts))
+    processes.start("collector", [sys.executable, "-m", "mopq", "collect"], counted)
+    port = free_port()
+    processes.start("dashboard", [sys.executable, "-m", "mopq", "serve", "--port", str(port)],
+                    counted)
+    processes.start("worker", [sys.executable, "-m", "mopq", "worker", "--queue", QUEUE,
+                               "--handler", "seeing_handler:handle"],
+                    dict(env, MOPQ_SEEING_ENDS=str(ends_file)), cwd=BENCH)
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        with contextlib.suppress(OSError, ValueError):
+            return bool(get_json(url + "/api/stats"))
+        return False
+
+    wait_until(answers, 60, "the dashboard to answer")
+    yield url, env, ends_file, counts
+
+
+def row(result: dict[str, Any], first: dict[str, Any]) -> str:
+    stats, pushed = result["stats"], result["pushed"]
+    load = result["commands_per_second"]
+    return (f"| {result['pages']} | {percentile(stats, 0.5) * 1000:.0f} / "
+            f"{percentile(stats, 0.99) * 1000:.0f} ms | {percentile(pushed, 0.5) * 1000:.0f} / "
+            f"{percentile(pushed, 0.99) * 1000:.0f} ms | {load:,.1f}/s "
+            f"({load / first['commands_per_second']:.2f}×) |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--pages", default="1,50")
+    parser.add_argument("--rate", type=float, default=100.0)
+    args = parser.parse_args()
+    seconds = 4.0 if args.quick else 10.0
+    page_counts = [int(p) for p in args.pages.split(",")]
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="mopq-seeing-") as folder:
+        tmp = Path(folder)
+        processes = Processes(tmp)
+        engine = None
+        try:
+            uri = settings().mongodb_uri
+            if not uri:
+                (tmp / "engine").mkdir()
+                engine = Engine(data=tmp / "engine")
+                uri = engine.start()
+            database = f"bench_seeing_{os.getpid()}"
+            results = []
+            with monitor(uri, database, tmp, processes) as (url, env, ends_file, counts):
+                for pages in page_counts:
+                    result = phase(url, env, processes, ends_file, counts, pages, args.rate,
+                                   seconds)
+                    results.append(result)
+                    print(f"{pages} page(s): /api/stats p50 "
+                          f"{percentile(result['stats'], 0.5) * 1000:.0f} ms, p99 "
+                          f"{percentile(result['stats'], 0.99) * 1000:.0f} ms; pushed p50 "
+                          f"{percentile(result['pushed'], 0.5) * 1000:.0f} ms, p99 "
+                          f"{percentile(result['pushed'], 0.99) * 1000:.0f} ms; "
+                          f"{result['tasks']} tasks, {result['answers']} answers read, "
+                          f"{result['pushes']:.0f} pushes a page; monitor's engine commands "
+                          f"{result['commands_per_second']:,.1f}/s", flush=True)
+        finally:
+            processes.stop_all()
+            if engine is not None:
+                engine.stop()
+    print()
+    print(f"{args.rate:.0f} tasks/s for {seconds:.0f} s per row; latencies p50 / p99 "
+          f"(goal {GOAL_P50 * 1000:.0f} / {GOAL_P99 * 1000:.0f} ms)")
+    print("| open pages | done → visible in /api/stats | done → pushed to every page | "
+          "engine commands from collector + dashboard |")
+    print("|---|---|---|---|")
+    for result in results:
+        print(row(result, results[0]))
+    every = [v for r in results for v in r["stats"]], [v for r in results for v in r["pushed"]]
+    for label, values in zip(("/api/stats", "pushed"), every, strict=True):
+        met = percentile(values, 0.5) < GOAL_P50 and percentile(values, 0.99) < GOAL_P99
+        print(f"{label}: {'met' if met else 'NOT met'} (median of all rows "
+              f"{statistics.median(values) * 1000:.0f} ms)")
+    print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench-seeing"
+    main()
