@@ -28,7 +28,7 @@ from bson import json_util
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from mopq import Queue, emit, flush, migration, schema
+from mopq import Queue, emit, flush, migration, policy, schema
 from mopq.activities import Activity, Step
 from mopq.cli import main
 from mopq.clock import utcnow
@@ -785,3 +785,130 @@ def test_a_fan_out_parent_waiting_for_its_children_moves_with_them_and_ends_on_t
         assert conserved(target.stats(queue)), queue
     assert conserved(source.stats("line-split")) and conserved(source.stats("line-pack"))
     assert target.stats("line-pack")["done"] == 4
+
+
+def test_definitions_and_policies_follow_and_the_targets_own_stronger_setting_is_kept(
+        sides, capsys):
+    source, target = sides
+    _lines(source.db)                                             # an activity definition
+    policy.define(source.db, "line-pack", {"max_attempts": 7, "rate_limit_max": 10,
+                                           "rate_limit_per_seconds": 1.0})      # code's
+    policy.change(source.db, "line-split", {"visibility_timeout": 90.0}, who="ops")  # admin's
+    policy.pause(source.db, "line-split", who="ops", reason="incident")
+    policy.define(target.db, "line-split", {"visibility_timeout": 10.0})   # outranked: code's
+    policy.change(target.db, "line-pack", {"max_attempts": 2}, who="new-ops")  # kept: admin's
+    Queue("line-split", db=source.db).write({"n": 1})
+    arguments = ["migrate", "--from", source.uri, "--to", target.uri]
+
+    assert main([*arguments, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "definitions and policies to carry: 4:\n  line-pack: rate limit\n" \
+           "  line-split: paused, visibility_timeout\n  lines: definition\n" in out, out
+    assert "kept as the target has them" in out
+    assert "  line-pack: max_attempts (the target's own is an admin's)" in out
+    assert target.db[schema.ACTIVITIES].count_documents({}) == 0
+    assert not policy.read(target.db, "line-split").paused
+
+    assert main(arguments) == 0
+    assert "definitions and policies carried: 4:" in capsys.readouterr().out
+    split, pack = policy.read(target.db, "line-split"), policy.read(target.db, "line-pack")
+    assert split.paused and split.paused.who == "ops" and split.paused.reason == "incident"
+    assert split.value("visibility_timeout") == 90.0 and split.source("visibility_timeout")[
+        "who"] == "ops"
+    assert pack.value("max_attempts") == 2 and pack.rate_limit() == (10, 1.0)
+    assert target.db[schema.ACTIVITIES].find_one({"_id": "lines"})["steps"] == \
+        source.db[schema.ACTIVITIES].find_one({"_id": "lines"})["steps"]
+    # The moved message waits paused on the target, as it did on the source.
+    assert target.db[schema.MESSAGES].count_documents({"queue": "line-split"}) == 1
+    assert Queue("line-split", db=target.db).read() == []
+
+    source.drain()
+    assert main(arguments) == 0
+    out = capsys.readouterr().out
+    assert "definitions and policies carried: 0\n" in out
+    assert "definitions and policies the same on the target already: 4" in out
+    assert main([*arguments, "--verify"]) == 0
+    assert "identical:" in capsys.readouterr().out
+
+    # Resumed on the target by its admin: a later run does not pause it again.
+    assert policy.resume(target.db, "line-split")
+    assert main(arguments) == 0
+    assert "line-split: paused (carried before, resumed on the target since)" in \
+        capsys.readouterr().out
+    assert not policy.read(target.db, "line-split").paused
+    assert [m.body for m in Queue("line-split", db=target.db).read()] == [{"n": 1}]
+
+
+def test_export_and_import_carry_waiting_instances_definitions_and_policies_once(
+        sides, tmp_path, capsys):
+    source, target = sides
+    flow = _lines(source.db)
+    parent, _ = flow.start("f1", {"lines": ["a", "b"]})
+    Queue("line-split", db=source.db).read()[0].delete(["a", "b"])
+    policy.pause(source.db, "line-pack", who="ops")
+    source.drain()
+    backup = tmp_path / "backup.jsonl"
+    assert main(["export", "--from", source.uri, "--output", str(backup)]) == 0
+    out = capsys.readouterr().out
+    assert "activities 1, queues 1, messages 3" in out
+    assert "line-pack: pending 2, waiting 1" in out
+
+    for attempt in range(2):
+        assert main(["import", "--input", str(backup), "--to", target.uri]) == 0
+        out = capsys.readouterr().out
+        if attempt == 0:
+            assert "added messages pending 2, messages waiting 1" in out
+            assert "definitions and policies carried: 2:" in out
+        else:
+            assert "added nothing" in out and "already there 3" in out
+            assert "definitions and policies carried: 0" in out
+            assert "the same on the target already: 2" in out
+    assert target.db[schema.MESSAGES].find_one({"_id": parent})["state"] == schema.WAITING
+    assert policy.read(target.db, "line-pack").paused
+    assert target.db[schema.ACTIVITIES].count_documents({}) == 1
+    policy.resume(target.db, "line-pack")
+    for message in Queue("line-pack", db=target.db).read(limit=5):
+        message.delete({"packed": message.body["item"]})
+    total = Queue("line-total", db=target.db).read()[0]
+    assert total.body["previous"]["results"] == [{"packed": "a"}, {"packed": "b"}]
+
+
+def test_a_round_trip_counts_nothing_twice(sides):
+    """A -> B -> A: A ends with the totals B showed before the move back (its own before the
+    first move, plus what B did); B keeps its own, the moves back counted as removed."""
+    a, b = sides
+    queue = Queue("trip", db=a.db)
+    queue.write_many([{"n": n} for n in range(10)])
+    for message in queue.read(limit=3):
+        message.delete()
+    a.drain()
+    before = a.stats("trip")
+    assert (before["written"], before["done"], before["pending"]) == (10, 3, 7)
+
+    def move(source: Side, target: Side) -> None:
+        migration.migrate(source.db, target.db)
+        source.drain()                   # the moves' own events, then carried
+        migration.migrate(source.db, target.db)
+        target.drain()
+        assert migration.verify(source.db, target.db).identical
+
+    move(a, b)
+    assert _flows(b.stats("trip")) == _flows(before) and b.stats("trip")["pending"] == 7
+    for message in Queue("trip", db=b.db).read(limit=2):          # B works on some
+        message.delete()
+    b.drain()
+    on_b = b.stats("trip")
+    move(b, a)
+    back = a.stats("trip")
+    assert _flows(back) == _flows(on_b), (back, on_b)
+    assert (back["written"], back["done"], back["removed"], back["pending"]) == (10, 5, 0, 5)
+    assert conserved(back)
+    everything = a.db[schema.COUNTERS].find_one({"_id": "q:*|total|-"})["counts"]
+    assert everything["written"] == 10 and everything.get("deleted", 0) == 0
+    after_b = b.stats("trip")
+    assert (after_b["written"], after_b["done"], after_b["removed"]) == (10, 5, 5)
+    assert conserved(after_b) and after_b["pending"] == 0
+
+    migration.migrate(b.db, a.db)         # carried again: nothing changes
+    a.drain()
+    assert _flows(a.stats("trip")) == _flows(back)

@@ -4,8 +4,9 @@ An export is JSON Lines in canonical Extended JSON (``bson.json_util``:
 dates, ObjectIds, int/long/double round-trip exactly): a header line
 ``{"mopq": "export", "version": 1, "format": <storage format>, "source":
 <deployment id>, "database", "at", "queues"}``, one line per document
-``{"collection": ..., "document": ...}`` (unfinished work without its outbox,
-then history, then counters with the values to carry) and an end line
+``{"collection": ..., "document": ...}`` (activity definitions and queue
+policies, then unfinished work without its outbox, then history, then
+counters with the values to carry) and an end line
 ``{"mopq": "end", "documents": {<collection>: <count>}, "not_carried": {...}}``.
 
 Import checks each line completely before writing anything of it, writes in
@@ -16,7 +17,9 @@ record / arrive steps of a move (:mod:`.receiver`; the arrival record is the
 commit), so importing a file twice, or after the target processed what it
 imported, adds nothing. Counters are carried (:mod:`.counters`) with the
 header's ``at`` as their snapshot time: the same file twice adds nothing and
-a newer export of the same source adds only the difference. A message
+a newer export of the same source adds only the difference. Definitions and
+policies are settled as a move settles them (:mod:`.declared`): the same file
+twice changes nothing. A message
 inflight at export time is imported as pending: its holder worked against
 the exported deployment, so it may run twice.
 """
@@ -38,7 +41,23 @@ from mopq import schema, validation
 from mopq.clock import utcnow
 from mopq.connection import prepared
 from mopq.counter_documents import EXTREMES, RESOLUTIONS, TOTAL, VALUE_GROUPS
-from mopq.migration.counters import Carried, carried_counters, carry, counter_values, not_carried
+from mopq.migration.counters import (
+    CARRIED,
+    MOVES,
+    Carried,
+    carried_counters,
+    carry,
+    counter_values,
+    less_received,
+    not_carried,
+)
+from mopq.migration.declared import (
+    Declared,
+    check_definition,
+    check_queue,
+    settle,
+    source_declared,
+)
 from mopq.migration.deployments import deployment_id, insert_new, stored_format, to_ms
 from mopq.migration.move import BATCH_SIZE
 from mopq.migration.receiver import PRESENT, RETRY, STAGED, Receiver
@@ -46,6 +65,8 @@ from mopq.migration.work import FINISHED, WORK, Work, finished_selection, queue_
 
 EXPORT_VERSION = 1
 HEADER, END = "export", "end"      # the "mopq" field of the first and the last line
+# Settings carried by the rules of mopq.migration.declared, and how an imported one is checked.
+DECLARED = {schema.ACTIVITIES: check_definition, schema.QUEUES: check_queue}
 EJSON = JSONOptions(json_mode=JSONMode.CANONICAL, tz_aware=True, tzinfo=dt.UTC)
 
 
@@ -84,6 +105,11 @@ def export(db: Database, out: TextIO, queues: Iterable[str] | None = None) -> Ex
     write({"mopq": HEADER, "version": EXPORT_VERSION, "format": schema.FORMAT_VERSION,
            "source": result.source_id, "database": db.name, "at": at,
            "queues": list(chosen) if chosen else None})
+    definitions, policies = source_declared(db, chosen)
+    for name, documents in ((schema.ACTIVITIES, definitions), (schema.QUEUES, policies)):
+        for doc in documents:
+            write({"collection": name, "document": doc})
+            result.documents[name] += 1
     for work in WORK:
         for doc in db[work.collection].find(work.selection(chosen),
                                             {"outbox": 0}).sort("_id", 1):
@@ -121,6 +147,7 @@ class Imported:
     unique_dropped: list[Any] = field(default_factory=list)
     carried: Carried = field(default_factory=Carried)
     not_carried: dict[str, int] = field(default_factory=dict)   # what the export left out
+    declared: Declared = field(default_factory=Declared)        # definitions and policies
     ended: bool = False
 
 
@@ -150,6 +177,15 @@ def check_counter(doc: dict[str, Any]) -> str | None:
         if not isinstance(value, int | float) or isinstance(value, bool) or \
                 not math.isfinite(value):
             return f"{path} must be a finite number"
+    carried = doc.get(CARRIED)
+    if carried is not None and not (isinstance(carried, dict) and all(
+            isinstance(record, dict) and all(
+                isinstance(record.get(part) or {}, dict) and all(
+                    isinstance(value, int | float) and not isinstance(value, bool)
+                    and math.isfinite(value) for value in (record.get(part) or {}).values())
+                for part in ("values", MOVES))
+            for record in carried.values())):
+        return f"{CARRIED} must map deployment ids to {{values, {MOVES}}} of finite numbers"
     for name in EXTREMES:
         if doc.get(name) is not None and (not isinstance(doc[name], int | float)
                                           or isinstance(doc[name], bool)):
@@ -174,6 +210,7 @@ class Importer:
         self.receiver: Receiver | None = None
         self.waiting: dict[str, list[dict[str, Any]]] = {}     # checked, not yet written
         self.counts: Counter[str] = Counter()
+        self.own_id: str | None = None
 
     def run(self, lines: Iterable[str]) -> Imported:
         """Import ``lines``; raise :class:`Refused` at the first bad one (or a missing end)."""
@@ -216,10 +253,12 @@ class Importer:
             problem = work.check(document)
         elif collection in FINISHED:
             problem = FINISHED[collection](document)
+        elif collection in DECLARED:
+            problem = DECLARED[collection](document)
         elif collection == schema.COUNTERS:
             problem = check_counter(document)
         else:
-            known = [w.collection for w in WORK] + list(FINISHED) + [schema.COUNTERS]
+            known = [*DECLARED, *(w.collection for w in WORK), *FINISHED, schema.COUNTERS]
             raise ValueError(f"collection {collection!r} is not one an export holds "
                              f"({', '.join(known)})")
         if problem:
@@ -244,7 +283,8 @@ class Importer:
         if not isinstance(value.get("at"), dt.datetime):
             raise ValueError("the header's 'at' must be a date")
         schema.ensure_indexes(self.db)
-        if value["source"] == deployment_id(self.db):
+        self.own_id = deployment_id(self.db)
+        if value["source"] == self.own_id:
             raise ValueError(f"this export was taken from this very deployment "
                              f"({value['source']}); imported here, every message finished "
                              "since the export would run again and its counters would count "
@@ -271,6 +311,9 @@ class Importer:
         waiting, self.waiting = self.waiting, {}
         if not waiting or self.receiver is None:
             return
+        if any(name in waiting for name in DECLARED):
+            self.result.declared.add(settle(self.db, waiting.pop(schema.ACTIVITIES, []),
+                                            waiting.pop(schema.QUEUES, [])))
         for collection, documents in waiting.items():
             work = work_for(collection)
             if work is not None:
@@ -280,7 +323,10 @@ class Importer:
                 self.result.added[(collection, "finished")] += added
                 self.result.already[collection] += len(documents) - added
             else:
-                assert self.result.at is not None
+                assert self.result.at is not None and self.own_id is not None
+                for doc in documents:   # what this deployment gave the exported one
+                    less_received(doc, self.own_id)
+                    doc.pop(CARRIED, None)
                 self.result.carried.add(carry(self.db, self.result.source_id, self.result.at,
                                               documents))
         self.result.unique_dropped = list(self.receiver.unique_dropped)

@@ -17,6 +17,7 @@ from pymongo.database import Database
 
 from mopq.clock import utcnow
 from mopq.migration.counters import carried_counters, not_carried
+from mopq.migration.declared import Declared, settle, source_declared
 from mopq.migration.deployments import Sides
 from mopq.migration.move import UNREGISTERED
 from mopq.migration.receiver import staged_by
@@ -41,6 +42,7 @@ class Census:
     history: int = 0                 # finished documents to copy
     counters: int = 0                # counter documents to carry
     not_carried: Counter[str] = field(default_factory=Counter)
+    declared: Declared = field(default_factory=Declared)   # definitions and policies
 
 
 def census(source: Database, target: Database, queues: Iterable[str] | None = None,
@@ -70,6 +72,8 @@ def census(source: Database, target: Database, queues: Iterable[str] | None = No
         if sides.source_id:
             result.staged_on_target += sides.target[work.collection].count_documents(
                 staged_by(sides.source_id))
+    result.declared = settle(sides.target, *source_declared(sides.source, sides.queues),
+                             write=False)
     query = finished_selection(sides.queues)
     result.history = sum(sides.source[name].count_documents(query) for name in FINISHED)
     result.counters = len(carried_counters(sides.source, sides.target_id, sides.queues, now))

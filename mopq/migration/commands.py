@@ -27,6 +27,7 @@ from mopq.connection import get_client, resolve_uri
 from mopq.errors import InvalidInput
 from mopq.migration.backup import Imported, Refused, export, import_lines
 from mopq.migration.census import Census, census
+from mopq.migration.declared import Declared
 from mopq.migration.deployments import Sides
 from mopq.migration.move import BATCH_SIZE, Move, Report
 from mopq.migration.verify import Verification, verify
@@ -136,6 +137,27 @@ def _moves_lines(verb: str, moves: Counter[tuple[str, str]], held: Counter[tuple
     return lines
 
 
+def _names(counts: Mapping[tuple[str, str], int]) -> list[str]:
+    by_name: dict[str, list[str]] = {}
+    for name, what in sorted(counts):
+        by_name.setdefault(name, []).append(what)
+    return [f"  {name}: {', '.join(whats)}" for name, whats in by_name.items()]
+
+
+def _declared_lines(verb: str, declared: Declared) -> list[str]:
+    """Activity definitions and queue policies: carried (or would be), the same, kept."""
+    lines = [f"definitions and policies {verb}: {sum(declared.carried.values())}"
+             + (":" if declared.carried else ""), *_names(declared.carried)]
+    if declared.same:
+        lines.append(f"definitions and policies the same on the target already: "
+                     f"{sum(declared.same.values())}")
+    if declared.kept:
+        lines += [f"kept as the target has them (its own setting wins: an admin's over code's, "
+                  f"else the later one): {sum(declared.kept.values())}:",
+                  *_names(declared.kept)]
+    return lines
+
+
 def _print_census(found: Census, queues: tuple[str, ...] | None) -> None:
     _say(_moves_lines("would move", found.moves, found.held, found.forced, found.forced_ids))
     if found.earlier:
@@ -143,6 +165,7 @@ def _print_census(found: Census, queues: tuple[str, ...] | None) -> None:
     if found.staged_on_target:
         print(f"staged on the target by a run that stopped: {found.staged_on_target} "
               "(the next run finishes them)")
+    _say(_declared_lines("to carry", found.declared))
     print(f"history: {found.history} finished message(s) to copy (for Queue.result and "
           "write_once)")
     print(f"counters: {found.counters} counter document(s) to carry{_queues_note(queues)}")
@@ -168,6 +191,7 @@ def _print_report(report: Report, queues: tuple[str, ...] | None) -> None:
     if report.left:
         print(f"still on the source: {len(report.left)} message(s) changed while being moved "
               "(claimed, acknowledged, retried); run again to move what is left of them")
+    _say(_declared_lines("carried", report.declared))
     print(f"history: {report.history} finished message(s) copied")
     if report.children_counted:
         print(f"activities: {report.children_counted} fan-out child(ren) that finished apart "
@@ -190,6 +214,7 @@ def _print_verification(result: Verification) -> None:
     if result.still_on_source:
         _say(["still unfinished on the source (the next run moves them):",
               *_rows(result.still_on_source)])
+    _say(_declared_lines("still to carry", result.declared))
     print(f"counters: {result.counters_same} carried as the source has them, "
           f"{result.counters_differ} not")
     _say(_not_carried_lines(result.not_carried, "source", "run migrate again"))
@@ -280,6 +305,7 @@ def _print_imported(db: Database, result: Imported) -> None:
           f"{result.at.isoformat() if result.at else '?'}): added {listed or 'nothing'}; "
           f"already there {sum(result.already.values())}; counters: "
           f"{result.carried.counters} carried, {result.carried.unchanged} already up to date")
+    _say(_declared_lines("carried", result.declared))
     if result.was_inflight:
         print(f"{result.was_inflight} message(s) were inflight when exported: imported as "
               "pending. Their holders worked against the exported deployment, so a message "

@@ -56,7 +56,10 @@ from mopq.migration.deployments import chunks, to_ms
 from mopq.migration.work import MESSAGES
 
 CARRIED = "carried"
-NOT_IDENTITY = {"_id", MARKS, CARRIED, *VALUE_GROUPS, *VALUE_FIELDS, *EXTREMES}
+# In a document to carry: what its sums were lessened by for the moves to the target, by
+# field path (kept in the target's carried record: a carry back cancels those moves).
+MOVES = "moves"
+NOT_IDENTITY = {"_id", MARKS, CARRIED, MOVES, *VALUE_GROUPS, *VALUE_FIELDS, *EXTREMES}
 CARRY_ROUNDS = 10      # a counter whose carried record changed under us is read again
 
 
@@ -131,32 +134,78 @@ def _counted_moves(db: Database, target_id: str | None,
     return minus
 
 
+def _set_value(doc: dict[str, Any], path: str, value: float) -> None:
+    group, _, key = path.partition(".")
+    if key:
+        doc.setdefault(group, {})[key] = value
+    else:
+        doc[group] = value
+
+
+def received_back(record: Mapping[str, Any] | None) -> dict[str, float]:
+    """What a carried record says its sender holds of the receiver's own counting, by path.
+
+    ``record`` is ``carried.<receiver>`` on the sender's counter: the values
+    the receiver gave it, and the receiver's moves to it (subtracted from
+    those values, yet still in the receiver's own counters).
+    """
+    record = record or {}
+    back: Counter[str] = Counter()
+    for part in ("values", MOVES):
+        for key, value in (record.get(part) or {}).items():
+            back[_decode(key)] += value
+    return dict(back)
+
+
+def less_received(doc: dict[str, Any], target_id: str) -> None:
+    """Take out of ``doc``'s sums what ``target_id`` gave it (its ``carried.<target_id>``).
+
+    Those sums came from the target's own counters, which still hold them:
+    carried back, they would count twice (a round trip A -> B -> A). The
+    moves the target made to this side are taken out too: this side counts
+    what became of those messages, so the target's ``deleted`` of them goes.
+    """
+    back = received_back((doc.get(CARRIED) or {}).get(target_id))
+    values = counter_values(doc)
+    for path, value in back.items():
+        _set_value(doc, path, values.get(path, 0) - value)
+
+
 def carried_counters(db: Database, target_id: str | None, queues: tuple[str, ...] | None,
                      now: dt.datetime) -> list[dict[str, Any]]:
     """The source's counters as they are to be carried: its sums less its moves to the target.
 
-    Each document keeps its identity fields and sums; the source collectors'
-    marks and what the source itself was carried stay behind. Buckets past
-    their retention are left out. ``target_id`` None (an export) subtracts
-    nothing.
+    Each document keeps its identity fields and sums, and under ``moves``
+    what its sums were lessened by for the moves to the target. What the
+    target itself gave the source (its ``carried.<target>`` record) is taken
+    out (:func:`less_received`), so a round trip counts nothing twice. The
+    source collectors' marks stay behind. Buckets past their retention are
+    left out. ``target_id`` None (an export) subtracts nothing and keeps each
+    counter's ``carried`` records: the importing side takes out its own.
     """
     documents = []
-    for doc in db[schema.COUNTERS].find(_counter_query(queues), {MARKS: 0, CARRIED: 0}):
+    for doc in db[schema.COUNTERS].find(_counter_query(queues), {MARKS: 0}):
         expires = doc.get("expires_at")
         if expires is None or expires > now:
             documents.append(doc)
     minus = _counted_moves(db, target_id, queues)
-    if minus:
-        for doc in documents:
-            for group in VALUE_GROUPS:
-                for key in list(doc.get(group) or {}):
-                    taken = minus.get((doc["_id"], f"{group}.{key}"))
-                    if taken:
-                        doc[group][key] = max(0, doc[group][key] - taken)
-            for name in VALUE_FIELDS:
-                taken = minus.get((doc["_id"], name))
-                if taken and name in doc:
-                    doc[name] = max(0, doc[name] - taken)
+    for doc in documents:
+        moves: dict[str, float] = {}
+        for group in VALUE_GROUPS:
+            for key in list(doc.get(group) or {}):
+                taken = minus.get((doc["_id"], f"{group}.{key}"))
+                if taken:
+                    moves[f"{group}.{key}"] = min(taken, doc[group][key])
+                    doc[group][key] = max(0, doc[group][key] - taken)
+        for name in VALUE_FIELDS:
+            taken = minus.get((doc["_id"], name))
+            if taken and name in doc:
+                moves[name] = min(taken, doc[name])
+                doc[name] = max(0, doc[name] - taken)
+        if target_id is not None:
+            less_received(doc, target_id)
+            doc.pop(CARRIED, None)
+            doc[MOVES] = moves
     return documents
 
 
@@ -183,8 +232,11 @@ def _carry_update(doc: Mapping[str, Any], source_id: str, as_of: dt.datetime,
     new = counter_values(doc)
     old = {_decode(key): value for key, value in ((prior or {}).get("values") or {}).items()}
     inc = {path: new.get(path, 0) - old.get(path, 0) for path in set(new) | set(old)}
-    update: dict[str, Any] = {"$set": {f"{CARRIED}.{source_id}": {
-        "as_of": as_of, "values": {_encode(path): value for path, value in new.items()}}}}
+    record: dict[str, Any] = {"as_of": as_of,
+                              "values": {_encode(path): value for path, value in new.items()}}
+    if doc.get(MOVES):
+        record[MOVES] = {_encode(path): value for path, value in doc[MOVES].items()}
+    update: dict[str, Any] = {"$set": {f"{CARRIED}.{source_id}": record}}
     inc = {path: change for path, change in inc.items() if change}
     if inc:
         update["$inc"] = inc

@@ -54,6 +54,7 @@ from mopq.clock import utcnow
 from mopq.events import expanded
 from mopq.maintenance import OUTBOX_GRACE_SECONDS
 from mopq.migration.counters import Carried, carried_counters, carry, not_carried
+from mopq.migration.declared import Declared, settle, source_declared
 from mopq.migration.deployments import CHUNK, Sides, chunks, insert_new, to_ms
 from mopq.migration.receiver import (
     ARRIVE_AS,
@@ -99,6 +100,7 @@ class Report:
     reconciled: int = 0
     history: int = 0
     children_counted: int = 0             # finished children counted into arrived parents
+    declared: Declared = field(default_factory=Declared)   # definitions and policies
     carried: Carried = field(default_factory=Carried)
     not_carried: Counter[str] = field(default_factory=Counter)
     unpublished: int = 0                  # commit events left to the next run or the sweep
@@ -120,6 +122,9 @@ class Move:
         """Finish what an earlier run left, move every unfinished document, then the rest."""
         self.reconcile()
         self._publish_leftovers()
+        # Before any message arrives: a paused queue's messages arrive paused.
+        self.report.declared = settle(self.target,
+                                      *source_declared(self.source, self.sides.queues))
         self._spawn_orphans()
         for work in WORK:
             self._pass(work)

@@ -10,6 +10,8 @@ What must hold once a move has run to the end:
   routing key, body, priority, creation and expiry times, activity, keys);
   one no longer there finished on the target (found in its history, or
   forgotten after its retention);
+* every activity definition and queue policy of the source is on the target,
+  or the target keeps its own by the rules of :mod:`.declared` (listed);
 * every counter the source has is carried to the target with the sums it
   has now (less its moves to the target, :mod:`.counters`), and no event of
   the source waits to be counted (the target's totals would lack it).
@@ -31,6 +33,7 @@ from mopq import schema
 from mopq.clock import utcnow
 from mopq.counter_documents import TOTAL
 from mopq.migration.counters import carried_counters, counter_values, given_values, not_carried
+from mopq.migration.declared import Declared, settle, source_declared
 from mopq.migration.deployments import Sides, chunks, to_ms
 from mopq.migration.receiver import staged_by
 from mopq.migration.work import WORK, Work, queue_names
@@ -63,6 +66,7 @@ class Verification:
     counters_same: int = 0
     counters_differ: int = 0
     not_carried: Counter[str] = field(default_factory=Counter)
+    declared: Declared = field(default_factory=Declared)   # as a carry would judge them now
     differences: list[str] = field(default_factory=list)
 
     @property
@@ -81,6 +85,11 @@ def verify(source: Database, target: Database,
         return result
     for work in WORK:
         _compare_work(sides, work, result)
+    result.declared = settle(sides.target, *source_declared(sides.source, sides.queues),
+                             write=False)
+    for (name, what), _ in sorted(result.declared.carried.items()):
+        result.differences.append(f"{what} of {name}: the source's is not on the target "
+                                  "(run migrate again)")
     _compare_counters(sides, result)
     return result
 
