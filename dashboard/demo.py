@@ -9,6 +9,11 @@ against ``MOPQ_MONGODB_URI`` (the database the dashboard reads), it runs
 * one worker per queue (``mopq.Worker``): order handlers fail at random and
   are retried with a short backoff, report handlers are slow and call
   ``message.progress()``;
+* an activity sequence, ``fulfilment`` (reserve stock -> pack each line, a
+  fan-out step -> charge -> ship), started every few seconds with its own
+  worker: one order in four has its card declined at the charge step, which
+  goes dead and runs the compensations (unpack, release stock) in reverse,
+  so the Activities page shows instances running, completed and compensated;
 * business events (``order.paid`` with a value and a region tag, ``signup``);
 * a collector (unless ``--no-collector``), so the counters and charts move.
 
@@ -32,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mopq import Envelope, Message, Queue, Worker, emit, exponential_backoff, flush
+from mopq.activities import Activity, Step
 from mopq.clock import utcnow
 from mopq.connection import get_database, resolve_uri
 from mopq.search import declare_search_field
@@ -42,6 +48,10 @@ ACTIVITY_SIZE = 500
 MAX_ATTEMPTS = 3
 FIRST_ORDER_ID = 1000  # the order the Search hint names
 REPORT_EVERY_SECONDS = 10.0
+ACTIVITY = "fulfilment"
+DECLINED_EVERY = 4      # every fourth fulfilment's card is declined: it is compensated
+# Seconds between two fulfilments at the default rate of 20 messages/s (faster when higher).
+FULFILMENT_EVERY_SECONDS = 3.0
 
 
 def free_ports(count: int) -> list[int]:
@@ -78,6 +88,7 @@ class Tally:
     handled: int = 0
     raised: int = 0
     events: int = 0
+    fulfilments: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, **counts: int) -> None:
@@ -88,7 +99,8 @@ class Tally:
     def line(self) -> str:
         with self.lock:
             return (f"{self.written:,} written, {self.handled:,} handled, "
-                    f"{self.raised:,} handler errors, {self.events:,} business events")
+                    f"{self.raised:,} handler errors, {self.events:,} business events, "
+                    f"{self.fulfilments:,} fulfilments started")
 
 
 class Demo:
@@ -110,6 +122,15 @@ class Demo:
         self.workers: list[Worker] = []
         self.collector = None
         self._order_ids = itertools.count(FIRST_ORDER_ID)
+        self._fulfilments = itertools.count(1)
+        self.fulfilment = Activity(ACTIVITY, [
+            Step("reserve", "stock-reserve", self.counted(self.reserve),
+                 compensate=self.counted(self.release)),
+            Step("pack", "packing", self.counted(self.pack), fan_out=True,
+                 compensate=self.counted(self.unpack)),
+            Step("charge", "payment-charge", self.counted(self.charge)),
+            Step("ship", "shipping", self.counted(self.ship)),
+        ], uri=self.uri, database=self.database, define=False)
 
     def queue(self, name: str) -> Queue:
         return Queue(name, uri=self.uri, database=self.database, max_attempts=MAX_ATTEMPTS,
@@ -147,14 +168,60 @@ class Demo:
         if message.activity and self.random.random() < 0.01:
             raise RuntimeError(f"row {message.body.get('row')} has a malformed date")
 
-    def counted(self, handler: Callable[[Message], None]) -> Callable[[Message], None]:
-        def run(message: Message) -> None:
+    # The fulfilment activity's steps: each returns what the next one reads.
+
+    def reserve(self, message: Message) -> list[dict[str, object]]:
+        time.sleep(self.random.uniform(0.02, 0.1))
+        return message.body["input"]["lines"]
+
+    def pack(self, message: Message) -> dict[str, object]:
+        time.sleep(self.random.uniform(0.05, 0.3))
+        return {"sku": message.body["item"]["sku"], "box": self.random.randint(1, 40)}
+
+    def charge(self, message: Message) -> dict[str, object]:
+        given = message.body["input"]
+        if given.get("declined"):
+            raise PaymentDeclined(f"{given['order']}: card declined")
+        time.sleep(self.random.uniform(0.05, 0.2))
+        return {"charged": given["amount"]}
+
+    def ship(self, message: Message) -> dict[str, object]:
+        time.sleep(self.random.uniform(0.05, 0.2))
+        return {"tracking": f"TRK{self.random.randint(100_000, 999_999)}",
+                "charged": message.body["previous"]["charged"]}
+
+    def release(self, message: Message) -> None:
+        time.sleep(0.02)
+
+    def unpack(self, message: Message) -> None:
+        time.sleep(0.02)
+
+    def start_fulfilment(self) -> None:
+        n = next(self._fulfilments)
+        lines = [{"sku": f"SKU-{self.random.randint(100, 999)}", "quantity":
+                  self.random.randint(1, 3)} for _ in range(self.random.randint(1, 4))]
+        self.fulfilment.start(f"order-{n}", {
+            "order": f"order-{n}", "lines": lines,
+            "amount": round(self.random.uniform(5, 400), 2),
+            "declined": n % DECLINED_EVERY == 0})
+        self.tally.add(fulfilments=1)
+
+    def fulfil(self) -> None:
+        """Start a fulfilment now and then, the more often the higher the rate."""
+        pause = FULFILMENT_EVERY_SECONDS * 20.0 / self.rate
+        while not self.stopping.is_set():
+            self.start_fulfilment()
+            self.stopping.wait(pause)
+
+    def counted(self, handler: Callable[[Message], object]) -> Callable[[Message], object]:
+        def run(message: Message) -> object:
             try:
-                handler(message)
+                result = handler(message)
             except Exception:
                 self.tally.add(raised=1)
                 raise
             self.tally.add(handled=1)
+            return result
         return run
 
     def event(self, name: str, value: float, tags: dict[str, str]) -> None:
@@ -243,11 +310,22 @@ class Demo:
             worker.start()
             self.workers.append(worker)
             self.say(f"mopq demo: worker {worker.identity} on {name} ({concurrency} threads)")
+        self.fulfilment.define()
+        steps = self.fulfilment.worker(2, max_attempts=MAX_ATTEMPTS,
+                                       backoff=exponential_backoff(first=0.5, cap=4.0),
+                                       heartbeat_interval=2.0, poll_interval=0.5,
+                                       port=free_ports(1)[0])
+        steps.start()
+        self.workers.append(steps)
+        self.say(f"mopq demo: worker {steps.identity} on the {ACTIVITY} activity's steps "
+                 "(reserve -> pack each line -> charge -> ship; one card in "
+                 f"{DECLINED_EVERY} declined, then compensated)")
         activity = self.write_activity()
         self.say(f"mopq demo: activity {activity!r}: {ACTIVITY_SIZE} messages to reports")
-        producer = threading.Thread(target=self.produce, name="mopq-demo-producer", daemon=True)
-        producer.start()
-        self.threads.append(producer)
+        for target, name in ((self.produce, "producer"), (self.fulfil, "fulfilments")):
+            thread = threading.Thread(target=target, name=f"mopq-demo-{name}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
         self.say(f"mopq demo: producing about {self.rate:g} messages/s to "
                  f"{', '.join(QUEUES)}; some fail, some are slow, a few end dead")
 

@@ -4,7 +4,8 @@ The demo prints a Search hint ("try order_id=1000 on the Search page"); typed
 into the Search page of a live dashboard in Chromium it must find that order,
 also once the order is finished and kept only in history. And a demo must
 start whatever else runs on the machine: its workers took fixed port
-numbers, so a second demo failed with "address already in use".
+numbers, so a second demo failed with "address already in use". Its
+activity sequence must make the Activities page show something live.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import re
 from pathlib import Path
 
 from mopq import schema
-from mopq.dashboard.demo import Demo
+from mopq.activities import instances
+from mopq.dashboard.demo import ACTIVITY, Demo
 from tests.browsers import needs_chromium
 from tests.helpers import wait_until
 from tests.live_server import live_dashboard
@@ -67,8 +69,37 @@ def test_two_demos_run_side_by_side(engine_uri, db_name):
         for demo in demos:
             demo.start()
         identities = [worker.identity for demo in demos for worker in demo.workers]
-        assert len(identities) == 6 and len(set(identities)) == 6, identities
+        assert len(identities) == 8 and len(set(identities)) == 8, identities
     finally:
         for demo in demos:
             demo.stop()
             demo.db.client.drop_database(demo.database)
+
+
+def test_the_demo_runs_an_activity_that_completes_and_one_that_is_compensated(engine_uri,
+                                                                            db_name):
+    """What the Activities page reads: the definition's chain, and instances that end both ways."""
+    demo = Demo(engine_uri, f"{db_name}_fulfil", rate=40, seed=3, say=lambda line: None)
+    demo.start()
+    try:
+        def ended() -> dict[str, int]:
+            return instances.counts(demo.db).get(ACTIVITY, {})
+
+        wait_until(lambda: ended().get("completed", 0) >= 1 and
+                   ended().get("compensated", 0) >= 1, timeout=90,
+                   message=f"a fulfilment completed and one compensated ({ended()})")
+        steps = demo.db[schema.ACTIVITIES].find_one({"_id": ACTIVITY})["steps"]
+        assert [(step["name"], step["fan_out"]) for step in steps] == [
+            ("reserve", False), ("pack", True), ("charge", False), ("ship", False)]
+        listed = {row["status"]: row for row in instances.listing(demo.db, ACTIVITY)}
+        completed = demo.fulfilment.instance(listed["completed"]["key"])
+        packed = completed["steps"][1]["children"]
+        assert packed["total"] >= 1 and packed["finished"] == packed["total"]
+        assert completed["result"]["tracking"].startswith("TRK")
+        undone = demo.fulfilment.instance(listed["compensated"]["key"])
+        assert undone["failed_step"] == "charge"
+        assert [step["compensation"]["status"] for step in undone["steps"][:2]] == \
+            ["done", "done"]
+    finally:
+        demo.stop()
+        demo.db.client.drop_database(demo.database)
