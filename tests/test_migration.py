@@ -756,12 +756,18 @@ def test_a_fan_out_parent_waiting_for_its_children_moves_with_them_and_ends_on_t
 
     assert main(arguments) == 0
     capsys.readouterr()
+    main([*arguments, "--verify"])
+    out = capsys.readouterr().out
+    assert "on the target now:\n  line-pack: pending 2, waiting 1\n" in out, out
+    assert "still unfinished on the source (the next run moves them):\n" \
+           "  line-pack: inflight 1\n" in out, out
     moved = target.db[schema.MESSAGES].find_one({"_id": parent})
     assert moved["state"] == schema.WAITING and moved["queue"] == "line-pack"
     assert moved["sequence"]["children"]["counted"] == [first.id]
     # Acknowledged on the source after its parent left: counted nowhere there; its
     # history follows with the next run and it is counted into the parent on the target.
     held.delete({"packed": held.body["item"]})
+    flush(10)                                    # published, so archived into history
     assert main(arguments) == 0
     assert "1 fan-out child(ren) that finished apart from their parent" in \
         capsys.readouterr().out

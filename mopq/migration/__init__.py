@@ -1,12 +1,14 @@
 """Disaster migration, export and import: unfinished work moves between deployments.
 
 ``mopq migrate --from URI --to URI`` moves every unfinished message (pending,
-delayed, inflight whose lease ran out, dead) from a *source* deployment to a
-*target*, keeping its id; ``--dry-run`` counts what would move, ``--verify``
-compares both sides. ``mopq export`` / ``mopq import`` do the same through a
-JSON Lines file. Counters follow. Killed at any moment (SIGKILL included)
-and run again, a migration or an import neither loses nor duplicates a
-message. The parts, each with the why of its contract:
+delayed, inflight whose lease ran out, dead, and activity instances waiting
+for their fan-out children) from a *source* deployment to a *target*, keeping
+its id, with the activity definitions and queue policies it runs under;
+``--dry-run`` counts what would move, ``--verify`` compares both sides.
+``mopq export`` / ``mopq import`` do the same through a JSON Lines file.
+Counters follow. Killed at any moment (SIGKILL included) and run again, a
+migration or an import neither loses nor duplicates a message. The parts,
+each with the why of its contract:
 
 * :mod:`.work` — what moves: each collection of unfinished work (:data:`WORK`)
   and how one document of it moves (its *plan*: the copy, the guard of the
@@ -15,7 +17,9 @@ message. The parts, each with the why of its contract:
 * :mod:`.receiver` — the target's side: stage an invisible copy, record the
   arrival, make it visible.
 * :mod:`.move` — the move itself and why a killed one is finished by a rerun.
-* :mod:`.counters` — how counters follow, exactly once, and what is not carried.
+* :mod:`.declared` — activity definitions and queue policies, and whose wins.
+* :mod:`.counters` — how counters follow, exactly once (a round trip too), and
+  what is not carried.
 * :mod:`.census` — the dry run. :mod:`.verify` — both sides compared.
 * :mod:`.backup` — export and import. :mod:`.commands` — the commands.
 

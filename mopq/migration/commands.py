@@ -369,7 +369,10 @@ def register(commands: Any) -> None:
     migrate_ = commands.add_parser(
         "migrate", help="move unfinished work to another deployment (ids kept; rerun safely)",
         description="Move every unfinished message (pending, delayed, dead, inflight whose "
-                    "lease ran out) from one deployment to another, keeping ids. Killed at any "
+                    "lease ran out, activity instances waiting for their children) from one "
+                    "deployment to another, keeping ids, after the activity definitions and "
+                    "queue policies (the target's own stronger setting is kept and listed). "
+                    "Killed at any "
                     "moment and run again, it neither loses nor duplicates a message; run it "
                     "again to catch what producers wrote to the source meanwhile.")
     _deployment(migrate_, "from", "source", "the deployment to move from", required=True)

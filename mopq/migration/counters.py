@@ -13,7 +13,14 @@ The source's ``deleted`` events of messages moved to *this* target are
 subtracted first (per counter: the bucket of each move's time, its queue,
 ``q:*``, its activity, ``c:events``): those messages arrive unfinished and
 the target counts them as waiting. So the target then shows the source's
-totals as they were before the move.
+totals as they were before the move. The ``carried`` record also keeps those
+subtracted moves (``moves``); a carry the other way (B back to A) takes out
+of B's sums what A gave B, values and moves (:func:`less_received`): A's own
+counting is still in A's counters, and B counts what became of the messages
+A moved there. So a round trip counts nothing twice. Known limit: a move
+back replaces the source's ``moved`` record of each returning message, so a
+third hop of the same messages (A to B again) subtracts too few moves and
+B's ``deleted`` counts up to the first move's messages too many.
 
 What is not carried, and why (the command prints it):
 
