@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import traceback as traceback_module
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 
 from mopq import history, schema, validation
 from mopq.clock import utcnow
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 MAX_ERROR_CHARS = 2_000
 MAX_TRACEBACK_CHARS = 20_000
 MAX_LOG_LINE_CHARS = 2_000
+# The reclaim reason of a message its holder gives back unstarted (release_all).
+RELEASED = "released"
 
 
 class Message:
@@ -72,21 +75,25 @@ class Message:
             return_document=ReturnDocument.AFTER,
         )
         if document is None:
-            cancelled = history.cancellation(self.queue.db, self.id)
-            if cancelled is not None:
-                raise MessageCancelled(
-                    f"Cannot {what} message {self.id} of queue {self.queue.name!r}: "
-                    f"{cancelled.get('who')} cancelled it ({cancelled.get('reason')}). Stop "
-                    "working on it; nothing was changed.")
-            raise LeaseLost(
-                f"Cannot {what} message {self.id} of queue {self.queue.name!r}: its lease "
-                f"(token {self.lease_token}) is no longer held. It expired and the message "
-                "was re-delivered, or it was already acknowledged, failed or removed. "
-                "Nothing was changed. Extend the lease (Message.extend / progress) for long work."
-            )
+            raise self._refusal(what)
         if events:
             self.queue.publisher.add_outbox(Outbox(self.id, document["state"], events))
         return document
+
+    def _refusal(self, what: str) -> LeaseLost | MessageCancelled:
+        """Why a holder action matched nothing: an operator's cancel, else a lost lease."""
+        cancelled = history.cancellation(self.queue.db, self.id)
+        if cancelled is not None:
+            return MessageCancelled(
+                f"Cannot {what} message {self.id} of queue {self.queue.name!r}: "
+                f"{cancelled.get('who')} cancelled it ({cancelled.get('reason')}). Stop "
+                "working on it; nothing was changed.")
+        return LeaseLost(
+            f"Cannot {what} message {self.id} of queue {self.queue.name!r}: its lease "
+            f"(token {self.lease_token}) is no longer held. It expired and the message "
+            "was re-delivered, or it was already acknowledged, failed or removed. "
+            "Nothing was changed. Extend the lease (Message.extend / progress) for long work."
+        )
 
     def _event(self, kind: str, now: dt.datetime, **extra: Any) -> dict[str, Any]:
         snapshot = {"_id": self.id, "queue": self.queue.name, "routing_key": self.routing_key,
@@ -114,20 +121,28 @@ class Message:
             from mopq.activities import transitions
             transitions.acknowledge(self, result)
             return
-        now = utcnow()
+        update, events = self._ack(result, utcnow())
+        self._transition(update, "acknowledge", events)
+        if "parent" in self.document:  # a fan-out child: counted into its activity
+            from mopq.activities import transitions
+            transitions.after_ack(self, result)
+
+    def _ack(self, result: Any, now: dt.datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The acknowledgement's update (docs/FORMAT.md §4.5, without its outbox push) and
+        its event."""
         duration = (now - self.claimed_at).total_seconds()
         finished: dict[str, Any] = {"state": schema.DONE, "updated_at": now, "done_at": now,
                                     "acked_lease": self.lease_token}
         if result is not None:
             finished["result"] = result
-        self._transition(
-            {"$set": finished, "$unset": {"lease_token": "", "dedupe": ""}},
-            "acknowledge",
-            [self._event(schema.ACKED, now, duration=duration, attempts=self.attempts)],
-        )
-        if "parent" in self.document:  # a fan-out child: counted into its activity
-            from mopq.activities import transitions
-            transitions.after_ack(self, result)
+        return ({"$set": finished, "$unset": {"lease_token": "", "dedupe": ""}},
+                [self._event(schema.ACKED, now, duration=duration, attempts=self.attempts)])
+
+    @property
+    def bulk_ackable(self) -> bool:
+        """Whether ``acknowledge_all`` may take this one: not an activity's step or child,
+        whose acknowledgement moves or counts into another document."""
+        return "sequence" not in self.document and "parent" not in self.document
 
     ack = delete
 
@@ -209,3 +224,118 @@ class Message:
         entry = {"at": now, "line": line[:MAX_LOG_LINE_CHARS]}
         self._transition({"$push": {"log": {"$each": [entry], "$slice": -schema.LOG_LINES_KEPT}}},
                          "log on")
+
+
+def acknowledge_all(messages: Sequence[Message]) -> list[LeaseLost | MessageCancelled | None]:
+    """Acknowledge ``messages`` (each with its ``result``) in one round trip.
+
+    Each acknowledgement is ``Message.delete``'s own compare-and-set on its
+    lease (docs/FORMAT.md §4.5), all sent in one unordered ``update`` command.
+    Returns, in order, None for each one acknowledged, or the ``LeaseLost`` /
+    ``MessageCancelled`` that ``delete`` would have raised for it (nothing was
+    changed for that one). Which matched is read back only when not all did.
+    Activity steps and fan-out children are acknowledged one by one
+    (``bulk_ackable``). ``PyMongoError`` propagates: then any of them may or
+    may not be acknowledged, as with a ``delete`` whose answer was lost;
+    calling again acknowledges the rest and refuses the others.
+    """
+    outcome: list[LeaseLost | MessageCancelled | None] = [None] * len(messages)
+    bulk: dict[int, list[tuple[int, Message]]] = {}
+    for position, message in enumerate(messages):
+        if message.bulk_ackable:
+            bulk.setdefault(id(message.queue.db), []).append((position, message))
+            continue
+        try:
+            message.delete(result=message.result)
+        except (LeaseLost, MessageCancelled) as refused:
+            outcome[position] = refused
+    for group in bulk.values():
+        now = utcnow()
+        acks, outboxes = [], []
+        for _, message in group:
+            update, events = message._ack(checked_result(message.result), now)
+            update["$push"] = {"outbox": {"$each": events}}
+            acks.append(UpdateOne(message._held(), update))
+            outboxes.append(Outbox(message.id, schema.DONE, events))
+        messages_collection = group[0][1].queue.messages
+        matched = messages_collection.bulk_write(acks, ordered=False).matched_count
+        mine = None if matched == len(group) else _matched(group, now)
+        for (position, message), outbox in zip(group, outboxes, strict=True):
+            if mine is None or mine[position] == MATCHED:
+                message.queue.publisher.add_outbox(outbox)
+            elif mine[position] == REFUSED:
+                outcome[position] = message._refusal("acknowledge")
+    return outcome
+
+
+MATCHED, ACKED_BEFORE, REFUSED = "matched", "acked before", "refused"
+
+
+def _matched(group: list[tuple[int, Message]], now: dt.datetime) -> dict[int, str]:
+    """After an acknowledgement in bulk at ``now`` that did not match every message: for
+    each, whether this call's update matched it, an earlier acknowledgement of the same
+    lease did (a retry after a lost answer, or the handler's own ``delete``: its event is
+    that call's to publish, or the sweep's), or none did (the lease is lost).
+
+    This call's acknowledgement is the one whose ``done_at`` is ``now`` as stored
+    (to the millisecond): an earlier one of the same lease was answered before this
+    call began.
+    """
+    stored_now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    found = {document["_id"]: document for document in group[0][1].queue.messages.find(
+        {"_id": {"$in": [message.id for _, message in group]}},
+        {"state": 1, "acked_lease": 1, "done_at": 1})}
+    outcome = {}
+    for position, message in group:
+        document = found.get(message.id)
+        if document is None:  # archived since: by an earlier acknowledgement's publisher
+            acked = message.queue.acknowledged(message.id, message.lease_token)
+            outcome[position] = ACKED_BEFORE if acked else REFUSED
+        elif document.get("state") != schema.DONE \
+                or document.get("acked_lease") != message.lease_token:
+            outcome[position] = REFUSED
+        else:
+            outcome[position] = MATCHED if document.get("done_at") == stored_now \
+                else ACKED_BEFORE
+    return outcome
+
+
+def release_all(messages: Sequence[Message]) -> list[Message]:
+    """Give back messages claimed but never started: pending again at once; those released.
+
+    For a holder that claimed ahead (``Worker``) and will not start them (it
+    stops, goes quiet, the queue is paused, or they waited too long): the
+    reclaim of docs/FORMAT.md §4.10 with reason ``"released"``, filtered on
+    this lease, in one round trip, that also takes back the attempt the claim
+    counted (``$inc: {attempts: -1}``), since no handler saw the message. A
+    message whose lease is no longer this holder's is left as it is.
+    """
+    if not messages:
+        return []
+    now = utcnow()
+    releases, outboxes = [], []
+    for message in messages:
+        event = message._event(schema.RECLAIMED, now, reason=RELEASED)
+        releases.append(UpdateOne(
+            {"_id": message.id, "state": schema.INFLIGHT, "lease_token": message.lease_token},
+            {"$set": {"state": schema.PENDING, "visible_at": now, "updated_at": now},
+             "$unset": {"lease_token": "", "leased_by": ""}, "$inc": {"attempts": -1},
+             "$push": {"outbox": event}}))
+        outboxes.append(Outbox(message.id, schema.PENDING, [event]))
+    collection = messages[0].queue.messages
+    matched = collection.bulk_write(releases, ordered=False).matched_count
+    released = list(messages)
+    if matched != len(messages):
+        # Only a release pushes a "reclaimed" entry with this reason (the lease's other
+        # ends give "lease expired" or "worker dead" under the same id).
+        back = {document["_id"] for document in collection.find(
+            {"_id": {"$in": [m.id for m in messages]},
+             "outbox": {"$elemMatch": {"reason": RELEASED,
+                                       "id": {"$in": [o.events[0]["id"] for o in outboxes]}}}},
+            {"_id": 1})}
+        released = [m for m in messages if m.id in back]
+    kept = {m.id for m in released}
+    for message, outbox in zip(messages, outboxes, strict=True):
+        if message.id in kept:
+            message.queue.publisher.add_outbox(outbox)
+    return released

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -408,6 +408,12 @@ class Queue:
     def _next_candidate(self, routing_key: str | None,
                         want: int) -> tuple[dict[str, Any] | None, bool]:
         """The next candidate to try, and whether the candidates were read just now."""
+        taken, fresh = self._next_candidates(routing_key, want, 1)
+        return (taken[0] if taken else None), fresh
+
+    def _next_candidates(self, routing_key: str | None, want: int,
+                         take: int) -> tuple[list[dict[str, Any]], bool]:
+        """Up to ``take`` candidates to try, and whether the candidates were read just now."""
         with self._lock:
             candidates = self._candidates.setdefault(routing_key, collections.deque())
             age = time.monotonic() - self._candidates_read_at.get(routing_key, 0.0)
@@ -425,7 +431,7 @@ class Queue:
                 candidates.extend(cursor)
                 self._candidates_read_at[routing_key] = time.monotonic()
                 self._candidates_cost[routing_key] = time.monotonic() - started
-            return (candidates.popleft() if candidates else None), fresh
+            return [candidates.popleft() for _ in range(min(take, len(candidates)))], fresh
 
     def _spread_candidates(self, routing_key: str | None) -> None:
         """After a lost race, try the rest in random order within each priority.
@@ -511,6 +517,21 @@ class Queue:
             return claimed
         rescanned = False
         while len(claimed) < limit:
+            if limit - len(claimed) > 1 and record.rate_limit() is None:
+                # Several at once: one update command and one find for them all.
+                candidates, fresh = self._next_candidates(routing_key, limit - len(claimed),
+                                                          limit - len(claimed))
+                if not candidates:
+                    if rescanned or fresh:
+                        break
+                    self._forget_candidates(routing_key)
+                    rescanned = True
+                    continue
+                got, lost = self._claim_many(candidates, timeout)
+                claimed.extend(got)
+                if lost:
+                    self._spread_candidates(routing_key)
+                continue
             candidate, fresh = self._next_candidate(routing_key, limit - len(claimed))
             if candidate is None:
                 if rescanned or fresh:  # the candidates were just read: there are none
@@ -556,7 +577,19 @@ class Queue:
         if expire_at <= now and candidate["state"] == schema.PENDING:
             self._expire(candidate, now)
             return None
-        token = new_token()
+        query, update, events = self._claim_update(candidate, new_token(), timeout, now)
+        document = self.messages.find_one_and_update(query, update,
+                                                     return_document=ReturnDocument.AFTER)
+        if document is None:
+            return None
+        self.publisher.add_outbox(Outbox(document["_id"], document["state"], events))
+        return Message(self, document)
+
+    def _claim_update(self, candidate: dict[str, Any], token: str, timeout: float,
+                      now: dt.datetime) -> tuple[dict[str, Any], dict[str, Any],
+                                                 list[dict[str, Any]]]:
+        """The claim of ``candidate`` under ``token`` (docs/FORMAT.md §4.3): filter, update,
+        and the events the update pushes."""
         query: dict[str, Any] = {"_id": candidate["_id"], "queue": self.name,
                                  "state": candidate["state"], "visible_at": {"$lte": now}}
         if candidate["state"] == schema.INFLIGHT:
@@ -568,19 +601,55 @@ class Queue:
             events.append(message_event(schema.RECLAIMED, candidate, now,
                                         candidate.get("lease_token"), reason="lease expired"))
         events.append(message_event(schema.CLAIMED, candidate, now, token, worker=self.worker))
-        document = self.messages.find_one_and_update(
-            query,
-            {"$set": {"state": schema.INFLIGHT, "lease_token": token, "leased_by": self.worker,
-                      "claimed_at": now, "updated_at": now, "visibility_timeout": timeout,
-                      "visible_at": now + dt.timedelta(seconds=timeout)},
-             "$inc": {"attempts": 1},
-             "$push": {"outbox": {"$each": events}}},
-            return_document=ReturnDocument.AFTER,
-        )
-        if document is None:
-            return None
-        self.publisher.add_outbox(Outbox(document["_id"], document["state"], events))
-        return Message(self, document)
+        update = {"$set": {"state": schema.INFLIGHT, "lease_token": token,
+                           "leased_by": self.worker, "claimed_at": now, "updated_at": now,
+                           "visibility_timeout": timeout,
+                           "visible_at": now + dt.timedelta(seconds=timeout)},
+                  "$inc": {"attempts": 1},
+                  "$push": {"outbox": {"$each": events}}}
+        return query, update, events
+
+    def _claim_many(self, candidates: list[dict[str, Any]],
+                    timeout: float) -> tuple[list[Message], int]:
+        """Claim ``candidates`` as read in two round trips; the messages this call got, and
+        how many races it lost.
+
+        Each claim is the very compare-and-set of ``_claim`` (its own token, its
+        own filter), sent together in one unordered ``update`` command; one
+        ``find`` by ``_id`` then reads the documents back, and a document holds
+        this call's token only if this call's claim matched it. A claim that
+        lost its race changed nothing, as with ``_claim``.
+        """
+        now = utcnow()
+        claims: list[UpdateOne] = []
+        tokens: dict[Any, tuple[str, list[dict[str, Any]]]] = {}
+        for candidate in candidates:
+            if (candidate.get("expire_at") or schema.NEVER) <= now \
+                    and candidate["state"] == schema.PENDING:
+                self._expire(candidate, now)
+                continue
+            token = new_token()
+            query, update, events = self._claim_update(candidate, token, timeout, now)
+            claims.append(UpdateOne(query, update))
+            tokens[candidate["_id"]] = (token, events)
+        if not claims:
+            return [], 0
+        try:
+            matched = self.messages.bulk_write(claims, ordered=False).matched_count
+        except BulkWriteError as error:  # the others were applied: find them
+            matched = error.details.get("nMatched", 0)
+        if not matched:
+            return [], len(claims)
+        found = {document["_id"]: document for document in
+                 self.messages.find({"_id": {"$in": list(tokens)}, "queue": self.name})}
+        claimed = []
+        for message_id, (token, events) in tokens.items():
+            document = found.get(message_id)
+            if document is not None and document.get("lease_token") == token:
+                claimed.append((document, events))
+        self.publisher.add_outboxes([Outbox(document["_id"], schema.INFLIGHT, events)
+                                     for document, events in claimed])
+        return [Message(self, document) for document, _ in claimed], len(claims) - len(claimed)
 
     def _expire(self, candidate: dict[str, Any], now: dt.datetime) -> bool:
         """Drop a pending message past its expiry (CAS on state); True if this call did."""

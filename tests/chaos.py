@@ -294,8 +294,9 @@ def run_worker(args: argparse.Namespace) -> int:
     from mopq import LeaseLost, Worker, exponential_backoff
     from mopq.message import Message
 
-    if not hasattr(Worker, "_settle"):
-        print("chaos: mopq.Worker has no _settle any more; update tests/chaos.py", file=sys.stderr)
+    if not hasattr(Worker, "_settle") or not hasattr(Worker, "_acknowledge"):
+        print("chaos: mopq.Worker has no _settle or _acknowledge any more; update "
+              "tests/chaos.py", file=sys.stderr)
         return 2
     stop = Stop(args.parent)
     rng = random.Random(f"{args.seed}:worker:{args.index}:{os.getpid()}")
@@ -352,6 +353,17 @@ def run_worker(args: argparse.Namespace) -> int:
             out.add(t="settle", mid=str(message.id), token=message.lease_token,
                     ack=error is None, ok=bool(accepted), uncertain=bool(troubles),
                     start=start, end=now())
+            return accepted
+
+        def _acknowledge(self, messages: list[Message]) -> list[bool]:
+            # Acknowledgements in bulk (Worker._ack_loop): one settle line per message.
+            start = now()
+            troubles: list[str] = []
+            self._acknowledge_once = _noting(super()._acknowledge_once, troubles)
+            accepted = super()._acknowledge(messages)
+            for message, ok in zip(messages, accepted, strict=True):
+                out.add(t="settle", mid=str(message.id), token=message.lease_token, ack=True,
+                        ok=ok, uncertain=bool(troubles), start=start, end=now())
             return accepted
 
     worker = _patiently(lambda: ChaosWorker(

@@ -361,3 +361,90 @@ def test_worker_killed_mid_message_gives_it_back_after_the_lease_and_nothing_is_
     assert survivor["processed"] == 5 and survivor["failed"] == 0
     assert survivor["state"] == "stopped"
     assert heartbeat_of_pid(db, first.pid)["state"] != "stopped"
+
+
+# -- claiming ahead and acknowledging in bulk (issue 16, item 5) ----------------------
+
+
+def test_messages_claimed_ahead_go_back_at_once_when_the_worker_stops(db):
+    queue = Queue("ahead")
+    ids = queue.write_many([{"n": n} for n in range(40)])
+    gate, blocked = threading.Event(), threading.Event()
+    first_handled: list[int] = []
+
+    def first_handler(message):
+        first_handled.append(message.body["n"])
+        if len(first_handled) == 4:  # by now it claims several at once: hold them
+            blocked.set()
+            assert gate.wait(30)
+
+    first = Worker("ahead", first_handler, visibility_timeout=120, poll_interval=0.1)
+    first.start()
+    assert blocked.wait(30), "the first worker never reached its fourth message"
+    held = db[schema.MESSAGES].count_documents({"queue": "ahead", "state": schema.INFLIGHT,
+                                                "leased_by": first.identity})
+    assert held > 1, "the worker holds only the message it handles: it claimed none ahead"
+    first.stop(wait=False)
+    gate.set()
+    assert first.stop(timeout=30)
+
+    second_handled: dict[int, int] = {}
+    second = Worker("ahead", lambda m: second_handled.__setitem__(m.body["n"], m.attempts),
+                    visibility_timeout=120, poll_interval=0.1)
+    second.start()
+    try:
+        # Well within the first worker's 120 s leases: what it held came back at once.
+        wait_until(lambda: finished(db, ids), timeout=30, message="every message acknowledged")
+    finally:
+        second.stop(timeout=30)
+    assert sorted(first_handled + list(second_handled)) == list(range(40))
+    assert set(second_handled.values()) == {1}, "a message given back kept its unused attempt"
+    assert first.processed == len(first_handled) and second.processed == len(second_handled)
+
+
+def test_an_acknowledgement_in_bulk_with_one_lost_lease_reports_it_and_acks_the_others(db):
+    from mopq.errors import LeaseLost
+    from mopq.message import acknowledge_all
+
+    queue = Queue("bulkack")
+    queue.write_many([{"n": n} for n in range(3)])
+    first, third = queue.read(limit=2, visibility_timeout=60)
+    [second] = queue.read(visibility_timeout=0.3)
+    other = Queue("bulkack")
+    wait_until(lambda: other.read(visibility_timeout=60), timeout=10,
+               message="another consumer to take the message whose lease ran out")
+    first.result = {"ok": 1}
+
+    outcome = acknowledge_all([first, second, third])
+
+    assert outcome[0] is None and outcome[2] is None
+    assert isinstance(outcome[1], LeaseLost) and second.lease_token in str(outcome[1])
+    flush()
+    assert queue.result(first.id, timeout=5) == {"ok": 1}
+    assert queue.result(third.id, timeout=5) is None
+    taken_over = queue.get(second.id)
+    assert taken_over["state"] == schema.INFLIGHT and taken_over["lease_token"] != \
+        second.lease_token
+    acked = db[schema.EVENTS].distinct("message", {"kind": schema.ACKED})
+    assert sorted(acked) == sorted([str(first.id), str(third.id)])
+
+
+def test_a_drain_by_a_worker_claiming_ahead_is_counted_exactly(db):
+    from mopq.collectors.stats import read_stats
+    from tests.helpers import drain_log
+
+    queue = Queue("counted")
+    ids = queue.write_many([{"n": n} for n in range(300)])
+    worker = Worker("counted", lambda m: None, poll_interval=0.1)
+    worker.start()
+    try:
+        wait_until(lambda: worker.processed == 300, timeout=60, message="300 acknowledged")
+    finally:
+        worker.stop(timeout=30)
+    assert finished(db, ids)
+    drain_log(db)
+    row = read_stats(db)["queues"]["counted"]
+    assert (row["written"], row["done"], row["claimed"], row["pending"], row["inflight"]) == \
+        (300, 300, 300, 0, 0)
+    assert db[schema.HISTORY].count_documents({"queue": "counted"}) == 300
+    assert heartbeat(db, worker.identity)["processed"] == 300
