@@ -190,6 +190,24 @@ def entering(document: dict[str, Any], index: int, previous: Any, now: dt.dateti
                 dict(_LEFT_BEHIND), [written], schema.PENDING, step["queue"])
 
 
+def claimed(move: Move, document: dict[str, Any], token: str, worker: str | None,
+            timeout: float, now: dt.datetime) -> Move:
+    """``move`` (into a plain step or a compensation) with the instance claimed there at once.
+
+    The same fields and ``claimed`` event as a claim of the pending instance
+    (FORMAT §4.3) would give it, in the moving update itself: a fresh lease
+    ``token`` held by ``worker`` for ``timeout`` seconds, ``attempts`` 1.
+    """
+    assert move.state == schema.PENDING, move.state
+    event = message_event(schema.CLAIMED, snapshot(document, move.queue), now, token,
+                          worker=worker)
+    lease = {"state": schema.INFLIGHT, "lease_token": token, "leased_by": worker,
+             "claimed_at": now, "visibility_timeout": timeout,
+             "visible_at": now + dt.timedelta(seconds=timeout), "attempts": 1}
+    return Move({**move.set, **lease}, move.unset, [*move.events, event], schema.INFLIGHT,
+                move.queue, move.children)
+
+
 def compensating(document: dict[str, Any], below: int, now: dt.datetime) -> Move:
     """The move into the compensation of the last compensable step before ``below``, or the end.
 

@@ -38,13 +38,16 @@ MAX_COUNT_TRIES = 1_000
 
 
 def after_move(db: Database, instance_id: Any, move: Move) -> None:
-    """After a move: wake the next queue's consumers, write a fan-out's children, tidy an end."""
+    """After a move: wake the next queue's consumers, or write a fan-out's children.
+
+    An end needs nothing here when its update pushed an event (an
+    acknowledgement's ``acked``): whoever publishes that event archives the
+    instance with the other finished messages of its batch.
+    """
     if move.state == schema.PENDING:
         ringer_for(db).ring(move.queue)
     elif move.state == schema.WAITING:
         spawn(db, instance_id)
-    elif move.state == schema.DONE and not move.events:
-        finish_quietly(db, instance_id)
 
 
 def finish_quietly(db: Database, instance_id: Any) -> None:
@@ -153,6 +156,8 @@ def child_finished(db: Database, child: dict[str, Any], result: Any = None,
             continue
         if move.events:
             publisher_for(db).add_outbox(Outbox(parent_id, changed["state"], move.events))
+        elif move.state == schema.DONE:
+            finish_quietly(db, parent_id)
         after_move(db, parent_id, move)
         return True
     raise RuntimeError(f"could not count child {child['_id']} into {parent_id}")

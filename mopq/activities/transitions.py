@@ -26,7 +26,9 @@ Why a step can be neither skipped nor recorded twice, without transactions:
 
 Every move pushes the events that keep the counters exact: leaving a step by
 acknowledgement is ``acked`` in its queue; entering one is ``written`` in the
-next (id ``<message>:s<N>:w``, once per step); a step that went dead and is
+next (id ``<message>:s<N>:w``, once per step), and ``claimed`` there too when
+the acknowledging worker holds it at once (claim on move: ``_following``); a
+step that went dead and is
 left for compensation is ``deleted`` from its queue (``<message>:s<N>:rm``,
 reason ``activity compensating``), so that each queue's conservation law
 holds: ``written = done + removed + dead + pending + inflight + delayed``.
@@ -34,22 +36,36 @@ holds: ``written = done + removed + dead + pending + inflight + delayed``.
 
 from __future__ import annotations
 
+import copy
+import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Any
 
+import bson
+from bson.codec_options import CodecOptions
 from pymongo import ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from mopq import schema
 from mopq.activities import fanout
-from mopq.activities.document import FORWARD, compensating, entering, snapshot, step_token
+from mopq.activities.document import (
+    FORWARD,
+    Move,
+    claimed,
+    compensating,
+    entering,
+    snapshot,
+    step_token,
+)
 from mopq.clock import utcnow
 from mopq.events import message_event
+from mopq.message import Message
 from mopq.publisher import Outbox, publisher_for
+from mopq.queue import new_token
 
 if TYPE_CHECKING:
-    from mopq.message import Message
+    from mopq.queue import Queue
 
 log = logging.getLogger("mopq.activities")
 
@@ -59,7 +75,9 @@ def acknowledge(message: Message, result: Any) -> None:
 
     Raises ``LeaseLost`` (and changes nothing) if the lease is no longer
     held; ``InvalidInput`` (and changes nothing) if the next step fans out and
-    ``result`` is not a list.
+    ``result`` is not a list. If the holder's ``follow`` takes the next queue,
+    the instance is claimed there by this update and ``message.followed`` is
+    the new holder's ``Message`` (``_following``).
     """
     document = message.document
     sequence = document["sequence"]
@@ -79,13 +97,86 @@ def acknowledge(message: Message, result: Any) -> None:
                     f"{prefix}.compensation_attempts": message.attempts}
         move = compensating(document, index, now)
     recorded["acked_lease"] = message.lease_token
+    following = _following(message, move, now)
+    if following is not None:
+        queue, timeout = following
+        move = claimed(move, document, new_token(), queue.worker, timeout, now)
     acked = message._event(schema.ACKED, now, duration=(now - message.claimed_at)
                            .total_seconds(), attempts=message.attempts)
     update = move.update(recorded)
     update["$push"] = {"sequence.leases": message.lease_token}  # a repeated ack finds it
     message._transition(update, "acknowledge", [acked, *move.events],
                         where={"sequence.phase": phase, "sequence.at": index})
+    if following is not None:
+        message.followed = Message(following[0], _after(document, update,
+                                                         message.queue.db.codec_options))
     fanout.after_move(message.queue.db, document["_id"], move)
+
+
+def _following(message: Message, move: Move, now: dt.datetime) -> tuple[Queue, float] | None:
+    """The queue (and lease) the holder claims the instance in with this acknowledgement.
+
+    Claim on move: a ``Worker`` sets ``message.follow(name)``, which gives the
+    queue ``name`` (and the worker's visibility timeout, None for the queue's
+    policy) when the acknowledging thread would take a message of it now. The
+    instance then enters the next step (or compensation) inflight under a
+    fresh lease of that thread, which handles it next without a candidate read.
+    Why this can neither skip a step nor run one into a wrong state: it is
+    the same update, with the same filter (this lease, this position), as the
+    plain move; it only adds what a claim of the pending instance would set,
+    and the new lease is an ordinary one: the new holder's acknowledgement is
+    filtered on it and on the new position, and if that holder dies the lease
+    runs out and the step is delivered again, as after any claim. Not when the
+    queue is paused or rate limited (its claims go through the usual read),
+    nor for a move into a fan-out's wait or the end (nothing to claim).
+    """
+    follow = getattr(message, "follow", None)
+    if follow is None or move.state != schema.PENDING:
+        return None
+    if (message.document.get("expire_at") or schema.NEVER) <= now:
+        return None
+    found = follow(move.queue)
+    if found is None:
+        return None
+    queue, timeout = found
+    record = queue.record
+    if record.paused is not None or record.rate_limit() is not None:
+        return None
+    return queue, timeout if timeout is not None else record.value("visibility_timeout")
+
+
+def _after(document: dict[str, Any], update: dict[str, Any],
+           codec: CodecOptions) -> dict[str, Any]:
+    """The instance as ``update`` leaves it (but its outbox), without reading it back.
+
+    Exact because the acknowledging update sets or removes every field a
+    holder reads (``Message``, the next acknowledgement's ``sequence``), and
+    the fields it leaves were as claimed: nothing but the holder changes an
+    inflight instance under its lease (``log`` lines are the one thing the
+    copy may lack: no holder reads them). Encoded and decoded as the engine
+    would (times to the millisecond, tuples to lists).
+    """
+    after = copy.deepcopy({key: value for key, value in document.items() if key != "outbox"})
+    for path, value in update.get("$set", {}).items():
+        parent, name = _parent(after, path)
+        parent[name] = value
+    for path in update.get("$unset", {}):
+        parent, name = _parent(after, path)
+        parent.pop(name, None)
+    for path, value in update.get("$push", {}).items():
+        if path != "outbox":
+            parent, name = _parent(after, path)
+            parent.setdefault(name, []).append(value)
+    return bson.decode(bson.encode(after), codec_options=codec)  # as stored: ms, lists...
+
+
+def _parent(document: dict[str, Any], path: str) -> tuple[Any, Any]:
+    """The container a dotted ``path`` ends in, and the key (or list index) in it."""
+    *above, last = path.split(".")
+    node: Any = document
+    for part in above:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    return node, int(last) if isinstance(node, list) else last
 
 
 def compensate(db: Database, document: dict[str, Any]) -> bool:
