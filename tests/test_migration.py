@@ -881,7 +881,9 @@ def test_export_and_import_carry_waiting_instances_definitions_and_policies_once
 
 def test_a_round_trip_counts_nothing_twice(sides):
     """A -> B -> A: A ends with the totals B showed before the move back (its own before the
-    first move, plus what B did); B keeps its own, the moves back counted as removed."""
+    first move, plus what B did); B keeps its own, the moves back counted as removed. Two
+    more hops: still each target shows its source's totals (the moved records of the
+    messages that came back are gone by then)."""
     a, b = sides
     queue = Queue("trip", db=a.db)
     queue.write_many([{"n": n} for n in range(10)])
@@ -918,3 +920,11 @@ def test_a_round_trip_counts_nothing_twice(sides):
     migration.migrate(b.db, a.db)         # carried again: nothing changes
     a.drain()
     assert _flows(a.stats("trip")) == _flows(back)
+
+    # Further hops: each target shows its source's totals, as after any move.
+    for source, target in ((a, b), (b, a)):
+        shown = source.stats("trip")
+        move(source, target)
+        assert _flows(target.stats("trip")) == _flows(shown), (target.stats("trip"), shown)
+        assert target.stats("trip")["pending"] == 5 and conserved(target.stats("trip"))
+        assert conserved(source.stats("trip")) and source.stats("trip")["pending"] == 0

@@ -44,6 +44,7 @@ from mopq.counter_documents import EXTREMES, RESOLUTIONS, TOTAL, VALUE_GROUPS
 from mopq.migration.counters import (
     CARRIED,
     MOVES,
+    SETTLED,
     Carried,
     carried_counters,
     carry,
@@ -183,7 +184,7 @@ def check_counter(doc: dict[str, Any]) -> str | None:
                 isinstance(record.get(part) or {}, dict) and all(
                     isinstance(value, int | float) and not isinstance(value, bool)
                     and math.isfinite(value) for value in (record.get(part) or {}).values())
-                for part in ("values", MOVES))
+                for part in ("values", MOVES, SETTLED))
             for record in carried.values())):
         return f"{CARRIED} must map deployment ids to {{values, {MOVES}}} of finite numbers"
     for name in EXTREMES:

@@ -13,14 +13,20 @@ The source's ``deleted`` events of messages moved to *this* target are
 subtracted first (per counter: the bucket of each move's time, its queue,
 ``q:*``, its activity, ``c:events``): those messages arrive unfinished and
 the target counts them as waiting. So the target then shows the source's
-totals as they were before the move. The ``carried`` record also keeps those
-subtracted moves (``moves``); a carry the other way (B back to A) takes out
-of B's sums what A gave B, values and moves (:func:`less_received`): A's own
-counting is still in A's counters, and B counts what became of the messages
-A moved there. So a round trip counts nothing twice. Known limit: a move
-back replaces the source's ``moved`` record of each returning message, so a
-third hop of the same messages (A to B again) subtracts too few moves and
-B's ``deleted`` counts up to the first move's messages too many.
+totals as they were before the move.
+
+Moving back counts nothing twice. The target's ``carried.<source>`` record
+also keeps ``moves``: every move of the source to it subtracted so far. A
+carry the other way (B back to A) takes out of B's sums what A gave B, its
+values and its moves (:func:`less_received`): A's own counting is still in
+A's counters, and B counts what became of the messages A moved there, so
+A's ``deleted`` of them is cancelled. That cancellation is noted in A's
+record (``settled``, as of B's snapshot ``settled_as_of``), and each moved
+record notes when a carry first subtracted it (``moves_counted_at``): a
+later carry from A to B no longer subtracts a cancelled move (its record
+may even be gone, replaced by the message that came back) and takes the
+settled sum out instead. So any number of hops leaves each side with the
+totals its source showed.
 
 What is not carried, and why (the command prints it):
 
@@ -63,10 +69,17 @@ from mopq.migration.deployments import chunks, to_ms
 from mopq.migration.work import MESSAGES
 
 CARRIED = "carried"
-# In a document to carry: what its sums were lessened by for the moves to the target, by
-# field path (kept in the target's carried record: a carry back cancels those moves).
+# In a document to carry: the source's moves to the target so far, by field path (kept in
+# the target's carried record: a carry back cancels those moves).
 MOVES = "moves"
-NOT_IDENTITY = {"_id", MARKS, CARRIED, MOVES, *VALUE_GROUPS, *VALUE_FIELDS, *EXTREMES}
+# In a document to carry (and the record it leaves): the receiver's own moves this carry
+# cancels there (the moves the receiver's last carry here subtracted), and that carry's time.
+SETTLED, SETTLED_AS_OF = "settled", "settled_as_of"
+# On a moved message of the source: when a carry first subtracted its move. A move counted
+# at or before the target's record's settled_as_of was cancelled by a carry back.
+COUNTED_AT = "moves_counted_at"
+NOT_IDENTITY = {"_id", MARKS, CARRIED, MOVES, SETTLED, SETTLED_AS_OF, *VALUE_GROUPS,
+                *VALUE_FIELDS, *EXTREMES}
 CARRY_ROUNDS = 10      # a counter whose carried record changed under us is read again
 
 
@@ -102,8 +115,9 @@ def _moved_here(db: Database, target_id: str | None, queues: tuple[str, ...] | N
                                              dict(fields)))
 
 
-def _counted_moves(db: Database, target_id: str | None,
-                   queues: tuple[str, ...] | None) -> Counter[tuple[str, str]]:
+def _counted_moves(db: Database, target_id: str | None, queues: tuple[str, ...] | None,
+                   settled: Mapping[str, dt.datetime] | None = None,
+                   counted: list[Any] | None = None) -> Counter[tuple[str, str]]:
     """What the source's counters hold of the moves to ``target_id``, by (counter, field).
 
     A move's ``deleted`` event is in the counters once it left both its
@@ -114,7 +128,7 @@ def _counted_moves(db: Database, target_id: str | None,
     """
     moved = _moved_here(db, target_id, queues,
                         {"queue": 1, "activity": 1, "moved_at": 1, "moved_token": 1,
-                         "outbox.id": 1})
+                         "outbox.id": 1, COUNTED_AT: 1})
     published = {}
     for doc in moved:
         move = move_event_id(doc)
@@ -135,9 +149,14 @@ def _counted_moves(db: Database, target_id: str | None,
             if doc.get("activity"):
                 series.append((f"a:{doc['activity']}", deleted))
             series.append((EVENTS_APPLIED_SERIES, "count"))
+        if counted is not None:
+            counted.append(doc["_id"])
         for name, path in series:
             for counter in counter_ids(name, doc["moved_at"]):
-                minus[(counter, path)] += 1
+                cancelled = (settled or {}).get(counter)
+                if cancelled is None or doc.get(COUNTED_AT) is None or \
+                        doc[COUNTED_AT] > cancelled:
+                    minus[(counter, path)] += 1
     return minus
 
 
@@ -153,12 +172,14 @@ def received_back(record: Mapping[str, Any] | None) -> dict[str, float]:
     """What a carried record says its sender holds of the receiver's own counting, by path.
 
     ``record`` is ``carried.<receiver>`` on the sender's counter: the values
-    the receiver gave it, and the receiver's moves to it (subtracted from
-    those values, yet still in the receiver's own counters).
+    the receiver gave it, the receiver's moves to it (subtracted from those
+    values, yet still in the receiver's own counters), and the sender's own
+    moves the receiver's carry cancelled (taken out of what the receiver gave,
+    yet no longer in the sender's counters).
     """
     record = record or {}
     back: Counter[str] = Counter()
-    for part in ("values", MOVES):
+    for part in ("values", MOVES, SETTLED):
         for key, value in (record.get(part) or {}).items():
             back[_decode(key)] += value
     return dict(back)
@@ -172,14 +193,25 @@ def less_received(doc: dict[str, Any], target_id: str) -> None:
     moves the target made to this side are taken out too: this side counts
     what became of those messages, so the target's ``deleted`` of them goes.
     """
-    back = received_back((doc.get(CARRIED) or {}).get(target_id))
+    record = (doc.get(CARRIED) or {}).get(target_id) or {}
+    back = received_back(record)
+    if record.get(MOVES):   # the target's moves (all, so far) this carry cancels there
+        doc[SETTLED] = {_decode(key): value for key, value in record[MOVES].items()}
+        doc[SETTLED_AS_OF] = record.get("as_of")
+    # The moves this side made to the target, all so far: those the target cancelled here
+    # (no longer subtracted one by one) and those subtracted now.
+    moves = Counter(doc.get(MOVES) or {})
+    for key, value in (record.get(SETTLED) or {}).items():
+        moves[_decode(key)] += value
+    doc[MOVES] = dict(moves)
     values = counter_values(doc)
     for path, value in back.items():
         _set_value(doc, path, values.get(path, 0) - value)
 
 
 def carried_counters(db: Database, target_id: str | None, queues: tuple[str, ...] | None,
-                     now: dt.datetime) -> list[dict[str, Any]]:
+                     now: dt.datetime, counted: list[Any] | None = None
+                     ) -> list[dict[str, Any]]:
     """The source's counters as they are to be carried: its sums less its moves to the target.
 
     Each document keeps its identity fields and sums, and under ``moves``
@@ -189,13 +221,22 @@ def carried_counters(db: Database, target_id: str | None, queues: tuple[str, ...
     source collectors' marks stay behind. Buckets past their retention are
     left out. ``target_id`` None (an export) subtracts nothing and keeps each
     counter's ``carried`` records: the importing side takes out its own.
+
+    A move whose ``deleted`` a carry back from the target already cancelled
+    (counted at or before the source's ``settled_as_of`` for that counter) is
+    not subtracted again: that is what keeps a third hop exact, once the
+    moved records of messages that came back are gone. ``counted`` (a list)
+    receives the ids of the moves subtracted, for the move to mark them
+    (:data:`COUNTED_AT`).
     """
     documents = []
     for doc in db[schema.COUNTERS].find(_counter_query(queues), {MARKS: 0}):
         expires = doc.get("expires_at")
         if expires is None or expires > now:
             documents.append(doc)
-    minus = _counted_moves(db, target_id, queues)
+    settled = {doc["_id"]: doc[CARRIED][target_id][SETTLED_AS_OF] for doc in documents
+               if ((doc.get(CARRIED) or {}).get(target_id) or {}).get(SETTLED_AS_OF)}
+    minus = _counted_moves(db, target_id, queues, settled, counted)
     for doc in documents:
         moves: dict[str, float] = {}
         for group in VALUE_GROUPS:
@@ -210,9 +251,9 @@ def carried_counters(db: Database, target_id: str | None, queues: tuple[str, ...
                 moves[name] = min(taken, doc[name])
                 doc[name] = max(0, doc[name] - taken)
         if target_id is not None:
+            doc[MOVES] = moves
             less_received(doc, target_id)
             doc.pop(CARRIED, None)
-            doc[MOVES] = moves
     return documents
 
 
@@ -241,8 +282,11 @@ def _carry_update(doc: Mapping[str, Any], source_id: str, as_of: dt.datetime,
     inc = {path: new.get(path, 0) - old.get(path, 0) for path in set(new) | set(old)}
     record: dict[str, Any] = {"as_of": as_of,
                               "values": {_encode(path): value for path, value in new.items()}}
-    if doc.get(MOVES):
-        record[MOVES] = {_encode(path): value for path, value in doc[MOVES].items()}
+    for part in (MOVES, SETTLED):
+        if doc.get(part):
+            record[part] = {_encode(path): value for path, value in doc[part].items()}
+    if doc.get(SETTLED_AS_OF) is not None:
+        record[SETTLED_AS_OF] = doc[SETTLED_AS_OF]
     update: dict[str, Any] = {"$set": {f"{CARRIED}.{source_id}": record}}
     inc = {path: change for path, change in inc.items() if change}
     if inc:

@@ -53,7 +53,13 @@ from mopq.activities.recovery import SPAWN_GRACE_SECONDS
 from mopq.clock import utcnow
 from mopq.events import expanded
 from mopq.maintenance import OUTBOX_GRACE_SECONDS
-from mopq.migration.counters import Carried, carried_counters, carry, not_carried
+from mopq.migration.counters import (
+    COUNTED_AT,
+    Carried,
+    carried_counters,
+    carry,
+    not_carried,
+)
 from mopq.migration.declared import Declared, settle, source_declared
 from mopq.migration.deployments import CHUNK, Sides, chunks, insert_new, to_ms
 from mopq.migration.receiver import (
@@ -132,12 +138,27 @@ class Move:
         self.report.history = self._copy_finished()
         self.report.children_counted = self._count_children()
         as_of = to_ms(utcnow())
+        counted: list[Any] = []
         documents = carried_counters(self.source, self.sides.target_id, self.sides.queues,
-                                     as_of)
+                                     as_of, counted)
+        self._mark_counted(counted, as_of)
         self.report.carried = carry(self.target, self.receiver.source_id, as_of, documents)
         self.report.not_carried = not_carried(self.source, self.sides.target_id,
                                               self.sides.queues)
         return self.report
+
+    def _mark_counted(self, ids: list[Any], as_of: dt.datetime) -> None:
+        """Note on moved records when a carry first subtracted their move (before the carry).
+
+        A carry back from the target cancels the moves counted up to its
+        snapshot; this time tells them apart from later ones. Marked before
+        the carry: a carry that then fails leaves a mark older than any
+        snapshot the target holds, which a later carry covers.
+        """
+        for chunk in chunks(ids):
+            self.source[MESSAGES.collection].update_many(
+                {"_id": {"$in": chunk}, "state": schema.MOVED, COUNTED_AT: {"$exists": False}},
+                {"$set": {COUNTED_AT: as_of}})
 
     def _spawn_orphans(self) -> None:
         """Write the children of fan-out parents whose spawner died, as the source's sweep would.
