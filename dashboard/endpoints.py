@@ -107,6 +107,13 @@ def endpoint(blueprint: Blueprint, rule: str, method: str = "GET", *, summary: s
         spec = Endpoint(rule=rule, method=method, name=view.__name__, summary=summary,
                         access=access, tag=tag or access, **declared)
         REGISTRY.append(spec)
+        # Built once here, not per request: the validators and the query's defaults.
+        for model in (spec.path, spec.query, spec.body):
+            if model is not None:
+                _adapter(model)
+        no_query = _defaults(spec.query)
+        body_limit = spec.body_limit or MAX_BODY_BYTES
+        body_depth = spec.body_depth or MAX_BODY_DEPTH
 
         @functools.wraps(view)
         def checked(**path: Any) -> Any:
@@ -115,18 +122,20 @@ def endpoint(blueprint: Blueprint, rule: str, method: str = "GET", *, summary: s
                 return refusal
             values: dict[str, Any] = {}
             if spec.path is not None:
-                values.update(parse(spec.path, path).model_dump())
+                values.update(dict(parse(spec.path, path)))  # its fields, as checked
             refusal = _queue_refusal(spec.access, values.get("name"))
             if refusal is not None:
                 return refusal
-            values["query"] = parse_query(request.args, spec.query)
+            args = request.args
+            if spec.query is not None:
+                values["query"] = no_query if no_query is not None and not args \
+                    else parse_query(args, spec.query)
+            elif args:
+                parse_query(args, None)  # refuses it, naming the parameter
             if spec.body is not None and spec.body_optional and not request.get_data():
                 values["body"] = spec.body()
             elif spec.body is not None:
-                values["body"] = parse_body(spec.body, spec.body_limit or MAX_BODY_BYTES,
-                                            spec.body_depth or MAX_BODY_DEPTH)
-            if spec.query is None:
-                values.pop("query")
+                values["body"] = parse_body(spec.body, body_limit, body_depth)
             return view(**values)
 
         blueprint.add_url_rule(rule, endpoint=view.__name__, view_func=checked,
@@ -166,9 +175,29 @@ def parse(model: Any, data: Any, where: str | None = None) -> Any:
         raise _refusal(model, error, where) from None
 
 
-@functools.cache
+_ADAPTERS: dict[int, tuple[Any, TypeAdapter]] = {}
+
+
 def _adapter(model: Any) -> TypeAdapter:
-    return TypeAdapter(model)
+    """The validator of a declaration, made once (keyed by identity: hashing an annotated
+    union costs more than the lookup should)."""
+    found = _ADAPTERS.get(id(model))
+    if found is None:
+        found = _ADAPTERS[id(model)] = (model, TypeAdapter(model))  # holds model: id stays
+    return found[1]
+
+
+def _defaults(model: type[BaseModel] | None) -> Any:
+    """A query model's instance for an empty query string (None if it has required fields).
+
+    Models are frozen, so one instance serves every request that gives no parameter.
+    """
+    if model is None:
+        return None
+    try:
+        return _adapter(model).validate_python({})
+    except ValidationError:
+        return None
 
 
 def models_in(declared: Any) -> list[type[BaseModel]]:
@@ -272,7 +301,8 @@ def json_body(max_bytes: int = MAX_BODY_BYTES, max_depth: int = MAX_BODY_DEPTH) 
     if len(raw) > max_bytes:
         raise BodyTooLarge("body", f"the request body is too large ({len(raw)} bytes); at most "
                                    f"{max_bytes} are accepted here.")
-    depth = nesting(raw)
+    # A body with no more brackets than the limit cannot nest deeper: most bodies stop here.
+    depth = 0 if raw.count(b"{") + raw.count(b"[") <= max_depth else nesting(raw)
     if depth > max_depth:
         raise BadParameter("body", f"the JSON body nests {depth} levels deep; at most "
                                    f"{max_depth} are accepted.")

@@ -161,14 +161,29 @@ def _library_result(value: Any) -> Any:
         raise ValueError(str(problem)) from None
 
 
+Result = Annotated[Any, AfterValidator(_library_result), WithJsonSchema({"x-schema": "BodyValue"}),
+                   Expect(f"any JSON value of at most {history.MAX_RESULT_BYTES} bytes encoded")]
+LeaseToken = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$"),
+                       Expect("the lease token the claim answered (16 hexadecimal characters)")]
+
+
 class Acknowledgement(JSONBody):
     """What the work produced, kept with the finished message (an empty body: nothing)."""
 
-    result: Annotated[Any, AfterValidator(_library_result),
-                      WithJsonSchema({"x-schema": "BodyValue"}),
-                      Expect(f"any JSON value of at most {history.MAX_RESULT_BYTES} bytes "
-                             "encoded")] = Field(
-        None, description="Kept in history; GET …/messages/<id> answers it.")
+    result: Result = Field(None, description="Kept in history; GET …/messages/<id> answers it.")
+
+
+class AcknowledgementOf(JSONBody):
+    id: MessageId = Field(description="The message id the claim answered.")
+    lease: LeaseToken = Field(description="The lease token the claim answered.")
+    result: Result = Field(None, description="Kept in history; GET …/messages/<id> answers it.")
+
+
+class Acknowledgements(JSONBody):
+    """Several acknowledgements in one request, each as its DELETE would be."""
+
+    messages: Annotated[list[AcknowledgementOf], Field(min_length=1, max_length=MAX_CLAIM),
+                        Expect(f"a list of 1 to {MAX_CLAIM} {{id, lease, result}} objects")]
 
 
 class LeaseChange(JSONBody):
@@ -220,9 +235,7 @@ class MessagePath(Strict):
 
 
 class Lease(Strict):
-    lease: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$"),
-                     Expect("the lease token the claim answered (16 hexadecimal characters)")
-                     ] = Field(description="The lease token the claim answered.")
+    lease: LeaseToken = Field(description="The lease token the claim answered.")
 
 
 class Waiting(Strict):
@@ -247,6 +260,13 @@ CLAIMED = {"type": "object", "required": ["messages"], "properties": {"messages"
                        "activity": {"type": ["string", "null"]}}}}}}
 SETTLED = {"type": "object", "required": ["id", "state"],
            "properties": {"id": MESSAGE_ID, "state": STRING}}
+ACKNOWLEDGED_MANY = {"type": "object", "required": ["messages"], "properties": {"messages": {
+    "type": "array", "items": {"oneOf": [
+        {"type": "object", "required": ["id", "state"], "additionalProperties": False,
+         "properties": {"id": MESSAGE_ID, "state": {"enum": ["done"]}}},
+        {"type": "object", "required": ["id", "status", "error"], "additionalProperties": False,
+         "properties": {"id": MESSAGE_ID, "status": {"enum": [404, 409]},
+                        "error": STRING}}]}}}}
 LEASED = {"type": "object", "required": ["id", "lease_expires_at"],
           "properties": {"id": MESSAGE_ID, "lease_expires_at": TIME}}
 OUTCOME_ANSWER = {"type": "object", "required": ["id", "state"],
@@ -389,17 +409,47 @@ def _held(name: str, message_id: str, lease: str) -> Any:
                                    "message was acknowledged or failed under another); "
                                    "nothing was changed."})
 def acknowledge(name: str, message_id: str, query: Lease, body: Acknowledgement) -> Any:
+    status, why = _acknowledged(name, message_id, query.lease, body.result)
+    if status != 200:
+        return _error(status, why, parameter="message_id" if status == 404 else "lease")
+    return jsonify({"id": message_id, "state": "done"})
+
+
+def _acknowledged(name: str, message_id: str, lease: str, result: Any) -> tuple[int, str]:
+    """Acknowledge under ``lease``: 200 if done (now, or by an earlier identical request),
+    else 404 (no such message in this queue) or 409 (the lease is not held), with why."""
     queue = _queue(name, _consumer_name())
     try:
-        _held(name, message_id, query.lease).delete(body.result)
+        _held(name, message_id, lease).delete(result)
     except (LeaseLost, MessageNotFound) as lost:
-        if queue.acknowledged(message_id, query.lease):
-            return jsonify({"id": message_id, "state": "done"})
+        if queue.acknowledged(message_id, lease):
+            return 200, ""
         if isinstance(lost, MessageNotFound) and not queue.get(message_id) \
                 and not history.finished(queue.db, ObjectId(message_id)):
-            return _error(404, str(lost), parameter="message_id")
-        return _error(409, str(lost), parameter="lease")
-    return jsonify({"id": message_id, "state": "done"})
+            return 404, str(lost)
+        return 409, str(lost)
+    return 200, ""
+
+
+@endpoint(blueprint, "/api/queues/<name>/acknowledgements", "POST", access=CONSUME,
+          tag="queue", summary="Acknowledge several messages in one request", path=QueuePath,
+          body=Acknowledgements, body_limit=BODY_BYTES, body_depth=BODY_DEPTH + 1, safe=False,
+          idempotent=True, ok=ACKNOWLEDGED_MANY,
+          ok_description="One answer per message, in order: done (now, or by an earlier "
+                         "identical request), or the status its DELETE would have had (404: "
+                         "no such message in this queue; 409: the lease is not held, nothing "
+                         "was changed for it).",
+          description="Each acknowledgement is exactly DELETE …/messages/<id>?lease=… with "
+                      "its result, so repeating the request answers the same; one refused "
+                      "leaves the others acknowledged. For a consumer that claimed several "
+                      "(limit > 1): one request instead of one per message.")
+def acknowledge_many(name: str, body: Acknowledgements) -> Any:
+    answers = []
+    for item in body.messages:
+        status, why = _acknowledged(name, item.id, item.lease, item.result)
+        answers.append({"id": item.id, "state": "done"} if status == 200 else
+                       {"id": item.id, "status": status, "error": why})
+    return jsonify({"messages": answers})
 
 
 @endpoint(blueprint, "/api/queues/<name>/messages/<message_id>/failures", "POST",

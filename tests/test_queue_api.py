@@ -20,7 +20,7 @@ from bson import ObjectId
 from mopq import Queue, flush, schema
 from mopq.collectors.stats import read_stats
 from mopq.dashboard import create_app
-from tests.helpers import conserved, drain_log
+from tests.helpers import conserved, drain_log, wait_until
 
 PRODUCER = "producer-token-0123456789"
 CONSUMER = "consumer-token-0123456789"
@@ -121,6 +121,37 @@ def test_a_repeated_ack_answers_the_same_and_a_stale_lease_changes_nothing(clien
                             "?lease=0123456789abcdef", headers=AS_CONSUMER)
     assert missing.status_code == 404
     assert _counts(db, "orders")["done"] == 1
+
+
+def test_acknowledgements_in_one_request_answer_each_as_its_delete_would(client, db):
+    client.post("/api/queues/orders/messages",
+                json={"messages": [{"body": {"n": n}} for n in range(3)]}, headers=AS_PRODUCER)
+    [lapsed] = _claim(client, visibility_timeout=0.3)
+    first, second = _claim(client, limit=2, visibility_timeout=30)
+    [again] = wait_until(lambda: _claim(client, visibility_timeout=30),
+                         message="the lapsed message to be claimed again")
+    assert again["id"] == lapsed["id"]
+    missing = "65f0c0ffee00000000000001"
+    body = {"messages": [{"id": first["id"], "lease": first["lease"], "result": {"ok": 1}},
+                         {"id": lapsed["id"], "lease": lapsed["lease"]},
+                         {"id": missing, "lease": "0123456789abcdef"},
+                         {"id": second["id"], "lease": second["lease"]}]}
+    url = "/api/queues/orders/acknowledgements"
+    answer = client.post(url, json=body, headers=AS_CONSUMER)
+    assert answer.status_code == 200, answer.get_json()
+    def outcomes(answer):
+        return [(m["id"], m.get("state"), m.get("status")) for m in answer.get_json()["messages"]]
+
+    assert outcomes(answer) == [(first["id"], "done", None), (lapsed["id"], None, 409),
+                                (missing, None, 404), (second["id"], "done", None)]
+    assert outcomes(client.post(url, json=body, headers=AS_CONSUMER)) == outcomes(answer)
+    assert db.messages.find_one({"_id": ObjectId(lapsed["id"])})["lease_token"] == \
+        again["lease"]
+    assert client.post(url, json=body, headers=AS_PRODUCER).status_code == 403
+    assert flush(10)
+    assert client.get(f"/api/queues/orders/messages/{first['id']}",
+                      headers=AS_CONSUMER).get_json()["result"] == {"ok": 1}
+    assert _counts(db, "orders")["done"] == 2
 
 
 WRITER = """

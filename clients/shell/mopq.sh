@@ -8,6 +8,7 @@
 #   mopq_put orders order-42 '{"body": {"order": 42}}'   # written once per key
 #   mopq_claim orders '{"limit": 1, "wait": 20}'         # -> {"messages":[{"id":..,"lease":..}]}
 #   mopq_ack orders "$id" "$lease"                        # acknowledge (repeatable)
+#   mopq_ack_many orders '{"messages": [{"id": "..", "lease": ".."}, ...]}'  # several at once
 #   mopq_fail orders "$id" "$lease" '{"reason": "out of stock"}'
 #   mopq_extend orders "$id" "$lease" '{"extend_by": 60, "progress": 0.5}'
 #   mopq_outcome orders "$id" 20                          # state and result, waiting up to 20 s
@@ -46,6 +47,7 @@ mopq_write()   { _mopq POST "/api/queues/$(_mopq_path "$1")/messages" "$MOPQ_PRO
 mopq_put()     { _mopq PUT "/api/queues/$(_mopq_path "$1")/messages/$(_mopq_path "$2")" "$MOPQ_PRODUCER_TOKEN" "$3"; }
 mopq_claim()   { _mopq POST "/api/queues/$(_mopq_path "$1")/claims" "$MOPQ_CONSUMER_TOKEN" "${2:-"{}"}"; }
 mopq_ack()     { _mopq DELETE "/api/queues/$(_mopq_path "$1")/messages/$2?lease=$3" "$MOPQ_CONSUMER_TOKEN"; }
+mopq_ack_many() { _mopq POST "/api/queues/$(_mopq_path "$1")/acknowledgements" "$MOPQ_CONSUMER_TOKEN" "$2"; }
 mopq_fail()    { _mopq POST "/api/queues/$(_mopq_path "$1")/messages/$2/failures?lease=$3" "$MOPQ_CONSUMER_TOKEN" "${4:-"{}"}"; }
 mopq_extend()  { _mopq POST "/api/queues/$(_mopq_path "$1")/messages/$2/lease?lease=$3" "$MOPQ_CONSUMER_TOKEN" "${4:-"{}"}"; }
 mopq_outcome() { _mopq GET "/api/queues/$(_mopq_path "$1")/messages/$2?wait=${3:-0}" "$MOPQ_PRODUCER_TOKEN"; }
