@@ -335,6 +335,8 @@ def part_write(bench: Bench, size: dict, rounds: int) -> None:
           f"   (mopq's call {ratio(w['call'], w['plain'])} of it: no outbox, no index, "
           "no checks)")
     report_goal(write_rounds, "call", "raw", 0.7, "write_many call / raw insert_many")
+    report_goal(write_rounds, "flushed", "raw", 0.5,
+                "write_many + flush / raw insert_many (issue 16)")
 
 
 def part_cycle(bench: Bench, size: dict, rounds: int) -> None:

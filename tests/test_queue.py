@@ -307,6 +307,55 @@ def test_whichever_publisher_empties_a_finished_outbox_deletes_the_message(db_na
     assert db[schema.MESSAGES].find_one({"_id": "m2"}) is None
 
 
+def test_one_batch_clears_each_outbox_of_exactly_its_published_events(db_name, db):
+    """Outboxes are cleared a group of messages per statement: an entry published by
+    no one must stay, whichever message of the group holds it, and only emptied
+    finished messages go."""
+    from mopq.events import message_event
+    from mopq.publisher import CLEAR_GROUP, Outbox, publish_outboxes
+
+    now = dt.datetime.now(dt.UTC)
+
+    def message(n: int, state: str) -> dict:
+        return {"_id": f"g{n}", "queue": "q", "state": state}
+
+    batch, kept = [], {}
+    for n in range(CLEAR_GROUP + 7):  # two groups
+        state = [schema.PENDING, schema.EXPIRED, schema.DONE][n % 3]
+        written = message_event(schema.WRITTEN, message(n, state), now)
+        later = message_event(schema.EXPIRED_EVENT if state == schema.EXPIRED else schema.CLAIMED,
+                              message(n, state), now, None if state == schema.EXPIRED else "t")
+        # Every fourth message also holds an event its publisher has not sent yet.
+        waiting = n % 4 == 0
+        db[schema.MESSAGES].insert_one({**message(n, state),
+                                        "outbox": [written, later] if waiting else [written]})
+        batch.append(Outbox(f"g{n}", state, [written]))
+        if waiting:
+            kept[f"g{n}"] = [later["id"]]
+        elif state == schema.PENDING:
+            kept[f"g{n}"] = []
+
+    publish_outboxes(db, batch)
+
+    left = {m["_id"]: [e["id"] for e in m["outbox"]] for m in db[schema.MESSAGES].find()}
+    assert left == kept
+    assert db[schema.EVENTS].count_documents({}) == len(batch)
+
+
+def test_flush_publishes_at_once_instead_of_letting_a_batch_gather(db, monkeypatch):
+    """Someone waiting in flush() must not wait for the publisher's pause between batches
+    (it made up a tenth of write_many + flush, issue 16)."""
+    from mopq import publisher
+
+    monkeypatch.setattr(publisher, "GATHER_SECONDS", 60.0)
+    queue = Queue("gather", db=db)
+    queue.write_many([{"n": n} for n in range(3)])
+    assert flush(10)
+    queue.write_many([{"n": n} for n in range(3, 5)])  # the publisher waits idle now
+    assert flush(10)
+    assert db[schema.EVENTS].count_documents({"kind": "written"}) == 5
+
+
 def test_the_stored_written_entry_expands_to_the_full_event():
     """write_many stores a short "written" entry; the business log must get the same event."""
     from bson import ObjectId
