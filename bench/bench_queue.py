@@ -18,7 +18,11 @@ a fresh database:
    documents built inside the timing, into a collection with no index but
    ``_id``; until 2026-11-26 this was the baseline. The gap between the two
    baselines is what the engine pays for mopq's outbox (the "written" event
-   stored with the message, see DESIGN.md) and for its indexes.
+   stored with the message, see DESIGN.md) and for its indexes. Issue 16's
+   0.5x goal is on write_many + flush against the same raw insert_many, and
+   a breakdown follows: the time of each command of one write_many + flush
+   (messages insert, events insert, the outbox pulls, the deletes), summed
+   by command and collection, and what is left (client side, waits).
 2. claim+ack: ``q.read(limit=1)`` + ``m.delete()`` vs a raw
    ``find_one_and_update`` (filter on state, set state and lease) +
    ``delete_one`` loop. The 0.5x goal is compared on the loop; the loop plus a
@@ -63,7 +67,7 @@ import uuid
 
 import bson
 import kombu
-from pymongo import MongoClient, ReturnDocument
+from pymongo import MongoClient, ReturnDocument, monitoring
 
 import mopq
 from mopq import schema
@@ -150,6 +154,26 @@ class Bench:
         self.drop(db)
         return {"raw": n / raw, "plain": n / plain, "call": n / call, "flushed": n / flushed,
                 "raw_size": raw_size, "mopq_size": mopq_size, "written_size": written_size}
+
+    def write_breakdown(self, uri: str, n: int) -> dict[str, float]:
+        """Where one write_many + flush spends its time: each command from sending it to
+        its reply, by command and collection, and the rest (client side, waits)."""
+        timing = CommandTiming()
+        with MongoClient(uri, tz_aware=True, event_listeners=[timing]) as client:
+            db = client[f"bench_{uuid.uuid4().hex[:10]}"]
+            queue = mopq.Queue("bench", db=db)
+            items = bodies(n)
+            timing.spent.clear()
+            started = clock()
+            queue.write_many(items)
+            if not mopq.flush(FLUSH_TIMEOUT):
+                sys.exit(f"mopq.flush() did not finish within {FLUSH_TIMEOUT} s")
+            total = clock() - started
+            spent = dict(timing.spent)
+            mopq.flush(FLUSH_TIMEOUT)
+            client.drop_database(db.name)
+        spent["total"] = total
+        return spent
 
     # -- 2. claim+ack vs find_one_and_update + delete_one ------------------------------
 
@@ -268,6 +292,25 @@ def best(runs: list[dict]) -> dict:
             for key in runs[0]}
 
 
+class CommandTiming(monitoring.CommandListener):
+    """Seconds from sending each command to its reply, summed per "command collection"."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+        self._names: dict[int, str] = {}
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        target = event.command.get(event.command_name)
+        self._names[event.request_id] = f"{event.command_name} {target}"
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        name = self._names.pop(event.request_id, event.command_name)
+        self.spent[name] = self.spent.get(name, 0.0) + event.duration_micros / 1e6
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        self._names.pop(event.request_id, None)
+
+
 def report_goal(runs: list[dict], mine: str, baseline: str, goal: float, label: str) -> None:
     """The ratio within each round, their median (the goal's figure) and best / best."""
     paired = [run[mine] / run[baseline] for run in runs]
@@ -307,7 +350,7 @@ def main() -> None:
 
         rounds = size["rounds"]
         if 1 in parts:
-            part_write(bench, size, rounds)
+            part_write(bench, size, rounds, uri)
         if 2 in parts:
             part_cycle(bench, size, rounds)
         if 3 in parts:
@@ -318,7 +361,7 @@ def main() -> None:
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
-def part_write(bench: Bench, size: dict, rounds: int) -> None:
+def part_write(bench: Bench, size: dict, rounds: int, uri: str) -> None:
     print(f"\n1. write {size['write']:,} messages ({rounds} rounds)", flush=True)
     write_rounds = [bench.write(size["write"]) for _ in range(rounds)]
     w = best(write_rounds)
@@ -337,6 +380,16 @@ def part_write(bench: Bench, size: dict, rounds: int) -> None:
     report_goal(write_rounds, "call", "raw", 0.7, "write_many call / raw insert_many")
     report_goal(write_rounds, "flushed", "raw", 0.5,
                 "write_many + flush / raw insert_many (issue 16)")
+    runs = [bench.write_breakdown(uri, size["write"]) for _ in range(rounds)]
+    print("   where write_many + flush spends its time (median of the rounds, ms; per "
+          "command, from sending it to its reply; then the rest):")
+    spent = {name: 1000 * statistics.median(run.get(name, 0.0) for run in runs)
+             for run in runs for name in run if name != "total"}
+    for name, ms in sorted(spent.items(), key=lambda item: -item[1]):
+        print(f"     {name:44}{ms:>8,.0f}")
+    rest = [run["total"] - sum(v for k, v in run.items() if k != "total") for run in runs]
+    print(f"     {'client side and waits':44}{1000 * statistics.median(rest):>8,.0f}")
+    print(f"     {'total':44}{1000 * statistics.median(run['total'] for run in runs):>8,.0f}")
 
 
 def part_cycle(bench: Bench, size: dict, rounds: int) -> None:
