@@ -140,9 +140,10 @@ class Message:
 
     @property
     def bulk_ackable(self) -> bool:
-        """Whether ``acknowledge_all`` may take this one: not an activity's step or child,
-        whose acknowledgement moves or counts into another document."""
-        return "sequence" not in self.document and "parent" not in self.document
+        """Whether ``acknowledge_all`` takes this one in bulk: not a fan-out child, whose
+        acknowledgement is then counted into another document (an activity's steps go in
+        a bulk of their own: ``mopq.activities.transitions.acknowledge_steps``)."""
+        return "parent" not in self.document
 
     ack = delete
 
@@ -234,14 +235,22 @@ def acknowledge_all(messages: Sequence[Message]) -> list[LeaseLost | MessageCanc
     Returns, in order, None for each one acknowledged, or the ``LeaseLost`` /
     ``MessageCancelled`` that ``delete`` would have raised for it (nothing was
     changed for that one). Which matched is read back only when not all did.
-    Activity steps and fan-out children are acknowledged one by one
+    Activity steps go in a bulk of their own; fan-out children one by one
     (``bulk_ackable``). ``PyMongoError`` propagates: then any of them may or
     may not be acknowledged, as with a ``delete`` whose answer was lost;
     calling again acknowledges the rest and refuses the others.
     """
     outcome: list[LeaseLost | MessageCancelled | None] = [None] * len(messages)
     bulk: dict[int, list[tuple[int, Message]]] = {}
+    steps = [(position, m) for position, m in enumerate(messages) if "sequence" in m.document]
+    if steps:  # an activity's steps: each moves its instance on (mopq.activities)
+        from mopq.activities import transitions
+        for (position, _), refused in zip(steps, transitions.acknowledge_steps(
+                [m for _, m in steps]), strict=True):
+            outcome[position] = refused  # type: ignore[assignment]
     for position, message in enumerate(messages):
+        if "sequence" in message.document:
+            continue
         if message.bulk_ackable:
             bulk.setdefault(id(message.queue.db), []).append((position, message))
             continue

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import functools
 import logging
 import os
 import signal
@@ -457,10 +458,9 @@ class Worker:
                 idle_wait = 0.0
                 if self.doorbell is not None and self.concurrency > 1:
                     self.doorbell.ring_locally(self._names)  # more may wait: wake a sibling
-                while message is not None:  # an activity step's ack may claim its next step
-                    message.follow = self._follow
-                    self._handle(index, message)
-                    message = getattr(message, "followed", None)
+                # An activity step's acknowledgement may claim its next step for this thread.
+                message.follow = functools.partial(self._follow, threading.get_ident())
+                self._handle(index, message)
                 continue
             throttled = [queue.throttled_for() for queue in self.queues]
             if all(throttled):  # every queue's rate limit says wait: until a window opens
@@ -490,13 +490,21 @@ class Worker:
                 self._lookout.release()
         return self.doorbell.wait(self._names, seen, SIBLING_WAIT_SECONDS)
 
-    def _follow(self, name: str) -> tuple[Queue, float | None] | None:
-        """Queue ``name`` and this worker's lease (None: the queue's), if this thread would
-        take a message of it now (``mopq.activities.transitions``: claim on move)."""
-        if self._stopping.is_set() or not self._taking.is_set():
-            return None
+    def _follow(self, thread: int, name: str
+                ) -> tuple[Queue, float | None, Callable[[Message], None]] | None:
+        """Queue ``name``, this worker's lease (None: the queue's) and where a message
+        claimed there goes (``thread``'s messages claimed ahead), if that thread would take
+        one now (``mopq.activities.transitions``: claim on move)."""
         queue = next((queue for queue in self.queues if queue.name == name), None)
-        return None if queue is None else (queue, self.visibility_timeout)
+        if queue is None or self._stopping.is_set() or not self._taking.is_set():
+            return None
+
+        def take(message: Message) -> None:
+            self._held.setdefault(thread, collections.deque()).append(
+                (message, time.monotonic()))
+            if self.doorbell is not None:
+                self.doorbell.ring_locally([name])  # the thread may be waiting for work
+        return queue, self.visibility_timeout, take
 
     def _claim(self, turn: int) -> tuple[Message | None, int]:
         """The next message this thread claimed ahead, else one from the first queue, from

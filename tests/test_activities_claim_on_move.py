@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import threading
 
-from mopq import Queue, policy, schema
+from mopq import LeaseLost, Queue, policy, schema
 from mopq.activities import Activity, Step
+from mopq.message import acknowledge_all
 from tests.activity_flows import FAST, ORDER_QUEUES, order
 from tests.helpers import conserved, drain_log, wait_until
 
@@ -124,3 +125,25 @@ def test_a_stopping_worker_leaves_the_next_step_to_other_consumers(db):
     assert (stored["queue"], stored["state"]) == ("payment-charge", schema.PENDING)
     (charge,) = Queue("payment-charge").read(visibility_timeout=30)
     assert charge.id == instance and charge.attempts == 1
+
+
+def test_steps_acknowledged_in_bulk_refuse_a_lost_lease_and_count_a_repeat_once(db):
+    flow = order()
+    for key in ("kept", "lost"):
+        flow.start(key, {"n": 1})
+    reserve = Queue("stock-reserve")
+    kept, lost = sorted(reserve.read(visibility_timeout=0.5, limit=2),
+                        key=lambda m: m.body["key"] != "kept")
+    kept.extend(30)
+    wait_until(lambda: reserve.read(visibility_timeout=30), message="the lost lease's redelivery")
+    kept.result, lost.result = {"reserved": "kept"}, {"reserved": "late"}
+    outcome = acknowledge_all([kept, lost])
+    assert outcome[0] is None and isinstance(outcome[1], LeaseLost)
+    assert acknowledge_all([kept]) == [None], "a repeat after a lost answer is no error"
+    (charge,) = Queue("payment-charge").read(visibility_timeout=30)
+    assert charge.body == {"key": "kept", "input": {"n": 1}, "previous": {"reserved": "kept"}}
+    held = db[schema.MESSAGES].find_one({"sequence.key": "lost"})
+    assert (held["queue"], held["state"], held["attempts"]) == ("stock-reserve", "inflight", 2)
+    drain_log(db)
+    row = read_stats(db)["queues"]["payment-charge"]
+    assert row["written"] == 1 and row["claimed"] == 1, row

@@ -39,11 +39,13 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import bson
 from bson.codec_options import CodecOptions
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
@@ -59,7 +61,9 @@ from mopq.activities.document import (
     step_token,
 )
 from mopq.clock import utcnow
+from mopq.errors import InvalidInput, MopqError
 from mopq.events import message_event
+from mopq.history import checked_result
 from mopq.message import Message
 from mopq.publisher import Outbox, publisher_for
 from mopq.queue import new_token
@@ -70,19 +74,84 @@ if TYPE_CHECKING:
 log = logging.getLogger("mopq.activities")
 
 
+class Following(NamedTuple):
+    """Where a holder claims the instance on its move: the queue, the lease, and ``take``,
+    which hands the claimed ``Message`` to the holder's thread."""
+
+    queue: Queue
+    timeout: float
+    take: Callable[[Message], None]
+
+
+@dataclass
+class _Ack:
+    """One step's acknowledgement as prepared: the update and what follows once it matched."""
+
+    message: Message
+    where: dict[str, Any]
+    update: dict[str, Any]
+    events: list[dict[str, Any]]
+    move: Move
+    done_field: str  # the step record's time this acknowledgement sets (to tell it matched)
+    following: Following | None
+
+
 def acknowledge(message: Message, result: Any) -> None:
     """Record the held step (or compensation) done and move the instance on, in one update.
 
     Raises ``LeaseLost`` (and changes nothing) if the lease is no longer
     held; ``InvalidInput`` (and changes nothing) if the next step fans out and
     ``result`` is not a list. If the holder's ``follow`` takes the next queue,
-    the instance is claimed there by this update and ``message.followed`` is
-    the new holder's ``Message`` (``_following``).
+    the instance is claimed there by this update and handed to the holder
+    (``_following``).
     """
+    ack = _prepared(message, result, utcnow())
+    message._transition(ack.update, "acknowledge", ack.events, where=ack.where)
+    _moved_on(ack)
+
+
+def acknowledge_steps(messages: Sequence[Message]) -> list[MopqError | None]:
+    """Acknowledge held steps (each with its ``result``) in one round trip; for a Worker.
+
+    Each is ``acknowledge``'s own update, all sent in one unordered ``update``
+    command. Returns, in order, None for each acknowledged (by this call, or
+    by an earlier one of the same lease whose answer was lost: its events are
+    that call's), else what ``acknowledge`` would have raised (nothing was
+    changed for it). Which matched is read back only when not all did: the
+    one whose step record has this call's time and lists the lease.
+    ``PyMongoError`` propagates, as from ``acknowledge``.
+    """
+    now = utcnow()
+    outcome: list[MopqError | None] = [None] * len(messages)
+    acks: list[tuple[int, _Ack]] = []
+    for position, message in enumerate(messages):
+        try:
+            acks.append((position, _prepared(message, checked_result(message.result), now)))
+        except InvalidInput as problem:  # a fan-out's items not a list: nothing moves
+            outcome[position] = problem
+    if not acks:
+        return outcome
+    collection = acks[0][1].message.queue.messages
+    statements = [UpdateOne({**ack.message._held(), **ack.where},
+                            {**ack.update, "$push": {**ack.update["$push"],
+                                                     "outbox": {"$each": ack.events}}})
+                  for _, ack in acks]
+    matched = collection.bulk_write(statements, ordered=False).matched_count
+    mine = None if matched == len(acks) else _matched([ack for _, ack in acks], now)
+    for number, (position, ack) in enumerate(acks):
+        if mine is None or mine[number] is True:
+            ack.message.queue.publisher.add_outbox(
+                Outbox(ack.message.id, ack.move.state, ack.events))
+            _moved_on(ack)
+        elif mine[number] is False:
+            outcome[position] = ack.message._refusal("acknowledge")
+    return outcome
+
+
+def _prepared(message: Message, result: Any, now: dt.datetime) -> _Ack:
     document = message.document
     sequence = document["sequence"]
     index, phase = sequence["at"], sequence["phase"]
-    now = utcnow()
     prefix = f"sequence.steps.{index}"
     if phase == FORWARD:
         recorded = {f"{prefix}.result": result, f"{prefix}.done_at": now,
@@ -92,43 +161,75 @@ def acknowledge(message: Message, result: Any) -> None:
         if document.get("errors"):
             recorded[f"{prefix}.errors"] = document["errors"]
         move = entering(document, index + 1, result, now)
+        done_field = "done_at"
     else:
         recorded = {f"{prefix}.compensation_result": result, f"{prefix}.compensated_at": now,
                     f"{prefix}.compensation_attempts": message.attempts}
         move = compensating(document, index, now)
+        done_field = "compensated_at"
     recorded["acked_lease"] = message.lease_token
     following = _following(message, move, now)
     if following is not None:
-        queue, timeout = following
-        move = claimed(move, document, new_token(), queue.worker, timeout, now)
+        move = claimed(move, document, new_token(), following.queue.worker,
+                       following.timeout, now)
     acked = message._event(schema.ACKED, now, duration=(now - message.claimed_at)
                            .total_seconds(), attempts=message.attempts)
     update = move.update(recorded)
     update["$push"] = {"sequence.leases": message.lease_token}  # a repeated ack finds it
-    message._transition(update, "acknowledge", [acked, *move.events],
-                        where={"sequence.phase": phase, "sequence.at": index})
-    if following is not None:
-        message.followed = Message(following[0], _after(document, update,
-                                                         message.queue.db.codec_options))
-    fanout.after_move(message.queue.db, document["_id"], move)
+    return _Ack(message, {"sequence.phase": phase, "sequence.at": index}, update,
+                [acked, *move.events], move, done_field, following)
 
 
-def _following(message: Message, move: Move, now: dt.datetime) -> tuple[Queue, float] | None:
-    """The queue (and lease) the holder claims the instance in with this acknowledgement.
+def _moved_on(ack: _Ack) -> None:
+    """What follows a matched acknowledgement: hand on the claimed instance, or ring."""
+    message = ack.message
+    if ack.following is not None:
+        ack.following.take(Message(ack.following.queue, _after(
+            message.document, ack.update, message.queue.db.codec_options)))
+    fanout.after_move(message.queue.db, message.id, ack.move)
+
+
+def _matched(acks: list[_Ack], now: dt.datetime) -> list[bool | None]:
+    """After a bulk acknowledgement that did not match every step: for each, True if this
+    call's update matched it, None if an earlier acknowledgement of the same lease did,
+    False if none did (the lease is lost)."""
+    stored_now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    db = acks[0].message.queue.db
+    ids = [ack.message.id for ack in acks]
+    fields = {"sequence.leases": 1, "sequence.steps": 1}
+    found = {d["_id"]: d for d in db[schema.MESSAGES].find({"_id": {"$in": ids}}, fields)}
+    missing = [i for i in ids if i not in found]
+    if missing:  # finished and archived since: by an earlier acknowledgement's publisher
+        found.update({d["_id"]: d for d in db[schema.HISTORY].find(
+            {"_id": {"$in": missing}}, fields)})
+    outcome: list[bool | None] = []
+    for ack in acks:
+        sequence = (found.get(ack.message.id) or {}).get("sequence") or {}
+        if ack.message.lease_token not in (sequence.get("leases") or []):
+            outcome.append(False)
+            continue
+        step = sequence["steps"][ack.where["sequence.at"]]
+        outcome.append(True if step.get(ack.done_field) == stored_now else None)
+    return outcome
+
+
+def _following(message: Message, move: Move, now: dt.datetime) -> Following | None:
+    """Where the holder claims the instance with this acknowledgement, or None.
 
     Claim on move: a ``Worker`` sets ``message.follow(name)``, which gives the
-    queue ``name`` (and the worker's visibility timeout, None for the queue's
-    policy) when the acknowledging thread would take a message of it now. The
-    instance then enters the next step (or compensation) inflight under a
-    fresh lease of that thread, which handles it next without a candidate read.
+    queue ``name``, the worker's visibility timeout (None for the queue's
+    policy) and where to hand a claimed message (the acknowledging thread's
+    messages claimed ahead) when that thread would take a message of it now.
+    The instance then enters the next step (or compensation) inflight under a
+    fresh lease of that thread, which runs it without a candidate read.
     Why this can neither skip a step nor run one into a wrong state: it is
     the same update, with the same filter (this lease, this position), as the
     plain move; it only adds what a claim of the pending instance would set,
     and the new lease is an ordinary one: the new holder's acknowledgement is
-    filtered on it and on the new position, and if that holder dies the lease
-    runs out and the step is delivered again, as after any claim. Not when the
-    queue is paused or rate limited (its claims go through the usual read),
-    nor for a move into a fan-out's wait or the end (nothing to claim).
+    filtered on it and on the new position, and if that holder dies (or never
+    starts it) the lease runs out and the step is delivered again, as after
+    any claim. Not when the queue is paused or rate limited (its claims go
+    through the usual read), nor for a move into a fan-out's wait or the end.
     """
     follow = getattr(message, "follow", None)
     if follow is None or move.state != schema.PENDING:
@@ -138,11 +239,12 @@ def _following(message: Message, move: Move, now: dt.datetime) -> tuple[Queue, f
     found = follow(move.queue)
     if found is None:
         return None
-    queue, timeout = found
+    queue, timeout, take = found
     record = queue.record
     if record.paused is not None or record.rate_limit() is not None:
         return None
-    return queue, timeout if timeout is not None else record.value("visibility_timeout")
+    return Following(queue, timeout if timeout is not None
+                     else record.value("visibility_timeout"), take)
 
 
 def _after(document: dict[str, Any], update: dict[str, Any],
