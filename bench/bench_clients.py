@@ -15,12 +15,12 @@ one row after the other on the same engine, after a short warm-up of both
    settings, loopback): 8 threads with a keep-alive connection each, doing
    ``POST …/messages``, ``POST …/claims``, ``DELETE …/messages/<id>?lease=``;
 3. ten messages per cycle, the library: ``Queue.write_many`` of 10,
-   ``Queue.read(limit=10)``, ``Message.delete`` of each claimed;
+   ``Queue.read(limit=10)``, ``mopq.message.acknowledge_all`` of what it
+   claimed (each one's own compare-and-set, one engine command);
 4. the same over HTTP as a client that batches would: ``POST …/messages``
    with ``{"messages": [10]}``, ``POST …/claims`` with ``limit: 10``, one
-   ``POST …/acknowledgements`` for what it claimed (the server acknowledges
-   each as its DELETE would: as many engine commands as the library's
-   deletes);
+   ``POST …/acknowledgements`` for what it claimed (the server calls
+   ``acknowledge_all`` too);
 5. the Node.js client (clients/node) in one Node process: 8 concurrent
    loops, one message per cycle, once at the end.
 
@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from mopq import Queue, flush  # noqa: E402
 from mopq.engine import engine_unless_configured  # noqa: E402
+from mopq.message import acknowledge_all  # noqa: E402
 from tests.live_server import live_dashboard  # noqa: E402
 
 CALLERS = 8
@@ -87,9 +88,15 @@ def library_row(database: str, queue_name: str, seconds: float, batch: int = 1) 
                 queue.write({"n": index})
             else:
                 queue.write_many([{"n": index, "i": i} for i in range(batch)])
-            for message in queue.read(limit=batch):
-                message.delete()
-                done += 1
+            claimed = queue.read(limit=batch)
+            if batch == 1:
+                for message in claimed:
+                    message.delete()
+            else:
+                refused = [lost for lost in acknowledge_all(claimed) if lost is not None]
+                if refused:
+                    raise RuntimeError(f"acknowledgements refused: {refused[:3]}")
+            done += len(claimed)
         return done
 
     rate = _timed(loop, seconds)

@@ -48,6 +48,7 @@ from mopq.dashboard.parameters import (
     json_integer,
 )
 from mopq.errors import InvalidBody, InvalidInput, LeaseLost, MessageNotFound
+from mopq.message import acknowledge_all
 from mopq.queue import MAX_PRIORITY, MAX_VISIBILITY_TIMEOUT
 from mopq.schema import DEAD, DEFAULT_MAX_BODY_BYTES, DONE
 
@@ -418,17 +419,24 @@ def acknowledge(name: str, message_id: str, query: Lease, body: Acknowledgement)
 def _acknowledged(name: str, message_id: str, lease: str, result: Any) -> tuple[int, str]:
     """Acknowledge under ``lease``: 200 if done (now, or by an earlier identical request),
     else 404 (no such message in this queue) or 409 (the lease is not held), with why."""
-    queue = _queue(name, _consumer_name())
     try:
         _held(name, message_id, lease).delete(result)
     except (LeaseLost, MessageNotFound) as lost:
-        if queue.acknowledged(message_id, lease):
-            return 200, ""
-        if isinstance(lost, MessageNotFound) and not queue.get(message_id) \
-                and not history.finished(queue.db, ObjectId(message_id)):
-            return 404, str(lost)
-        return 409, str(lost)
+        return _refused(name, message_id, lease, lost)
     return 200, ""
+
+
+def _refused(name: str, message_id: str, lease: str,
+             lost: LeaseLost | MessageNotFound) -> tuple[int, str]:
+    """What an acknowledgement that matched nothing answers: 200 if this lease's
+    acknowledgement is already done, else 404 or 409."""
+    queue = _queue(name, _consumer_name())
+    if queue.acknowledged(message_id, lease):
+        return 200, ""
+    if isinstance(lost, MessageNotFound) and not queue.get(message_id) \
+            and not history.finished(queue.db, ObjectId(message_id)):
+        return 404, str(lost)
+    return 409, str(lost)
 
 
 @endpoint(blueprint, "/api/queues/<name>/acknowledgements", "POST", access=CONSUME,
@@ -442,14 +450,29 @@ def _acknowledged(name: str, message_id: str, lease: str, result: Any) -> tuple[
           description="Each acknowledgement is exactly DELETE …/messages/<id>?lease=… with "
                       "its result, so repeating the request answers the same; one refused "
                       "leaves the others acknowledged. For a consumer that claimed several "
-                      "(limit > 1): one request instead of one per message.")
+                      "(limit > 1): one request instead of one per message, and one engine "
+                      "command for them (mopq.message.acknowledge_all).")
 def acknowledge_many(name: str, body: Acknowledgements) -> Any:
-    answers = []
-    for item in body.messages:
-        status, why = _acknowledged(name, item.id, item.lease, item.result)
-        answers.append({"id": item.id, "state": "done"} if status == 200 else
-                       {"id": item.id, "status": status, "error": why})
-    return jsonify({"messages": answers})
+    outcomes: list[tuple[int, str]] = [(200, "")] * len(body.messages)
+    held = []
+    for position, item in enumerate(body.messages):
+        try:
+            message = _held(name, item.id, item.lease)
+        except (LeaseLost, MessageNotFound) as lost:
+            outcomes[position] = _refused(name, item.id, item.lease, lost)
+            continue
+        message.result = item.result
+        held.append((position, message))
+    # Each one's own compare-and-set on its lease, sent as one engine command.
+    for (position, _), lost in zip(held, acknowledge_all([m for _, m in held]),
+                                   strict=True):
+        if lost is not None:
+            item = body.messages[position]
+            outcomes[position] = _refused(name, item.id, item.lease, lost)
+    return jsonify({"messages": [
+        {"id": item.id, "state": "done"} if status == 200 else
+        {"id": item.id, "status": status, "error": why}
+        for item, (status, why) in zip(body.messages, outcomes, strict=True)]})
 
 
 @endpoint(blueprint, "/api/queues/<name>/messages/<message_id>/failures", "POST",
