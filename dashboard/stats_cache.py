@@ -57,10 +57,17 @@ class StatsCache:
         self._read_at = 0.0
         self._encoded: tuple[dict[str, Any], bytes] | None = None
 
-    def _fresh(self) -> dict[str, Any] | None:
-        """The answer another thread read a moment ago, if any."""
-        age = time.monotonic() - self._read_at
-        if self._value is not None and age < min(CHECK_SECONDS, self.max_age_seconds):
+    def _fresh(self, asked_at: float) -> dict[str, Any] | None:
+        """The answer another thread read since this caller asked or a moment ago, if any.
+
+        A caller that waited for the lock while another read takes that read's
+        answer, however long it waited: on a busy host the wait can outlast
+        ``CHECK_SECONDS``, and fifty waiters would otherwise read one by one.
+        """
+        if self._value is None:
+            return None
+        if self._read_at >= asked_at or \
+                time.monotonic() - self._read_at < min(CHECK_SECONDS, self.max_age_seconds):
             return self._value
         return None
 
@@ -83,6 +90,7 @@ class StatsCache:
         One thread reads; the others get the previous document meanwhile if it
         is within the stale limit, and wait for the read otherwise.
         """
+        asked_at = time.monotonic()
         value, read_at = self._value, self._read_at
         if value is not None:
             age = time.monotonic() - read_at
@@ -92,12 +100,12 @@ class StatsCache:
                 if not self._lock.acquire(blocking=False):
                     return value  # another thread is reading
                 try:
-                    value = self._fresh()
+                    value = self._fresh(asked_at)
                     return value if value is not None else self._read(db)
                 finally:
                     self._lock.release()
         with self._lock:
-            value = self._fresh()
+            value = self._fresh(asked_at)
             if value is None:
                 value = self._read(db)
             return value

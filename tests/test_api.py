@@ -626,6 +626,21 @@ def test_stats_are_read_once_per_interval_however_many_readers_ask(engine_uri, d
                       == pending + 1, timeout=5)
 
 
+def test_a_reader_that_waited_behind_a_read_takes_its_answer_however_long_it_waited(db):
+    """On a busy host a waiter can get the lock well after the read it waited for ended."""
+    cache = StatsCache(60.0)
+    answers: list[dict] = []
+    with cache._lock:  # this thread is the one reading; the other waits behind it
+        waiter = threading.Thread(target=lambda: answers.append(cache.get(db)))
+        waiter.start()
+        wait_until(lambda: waiter.is_alive(), timeout=5)
+        read = cache._read(db)
+        time.sleep(0.2)  # the waiter is scheduled late: longer than CHECK_SECONDS
+    waiter.join(10)
+    assert answers == [read] and answers[0] is read
+    assert cache.reads == 1
+
+
 def test_a_count_applied_shows_in_stats_at_once_even_with_a_long_max_age(engine_uri, db_name,
                                                                          data, drain):
     """Issue 16: seeing is fast. The cache keeps an answer only while nothing was counted."""
