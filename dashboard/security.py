@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 from collections.abc import Callable, Iterable
@@ -51,10 +52,19 @@ def header_values(host: str | None, secure: bool, javascript: bool) -> dict[str,
     return headers
 
 
+@functools.lru_cache(maxsize=64)
+def _header_items(host: str | None, secure: bool, javascript: bool) -> tuple[tuple[str, str], ...]:
+    """``header_values`` built once per host and kind (only hosts HostGuard admits get here)."""
+    return tuple(header_values(host, secure, javascript).items())
+
+
 def _flask_headers(response: Response) -> Response:
+    """Add each security header the view did not set itself, in one pass over the headers."""
     javascript = response.mimetype == "application/javascript"
-    for name, value in header_values(request.host, request.is_secure, javascript).items():
-        response.headers.setdefault(name, value)
+    present = {name.lower() for name in response.headers.keys()}
+    response.headers.extend([(name, value) for name, value
+                             in _header_items(request.host, request.is_secure, javascript)
+                             if name.lower() not in present])
     return response
 
 
