@@ -515,19 +515,26 @@ class Queue:
         record = self.record
         if record.paused is not None or self.throttled_for() > 0:
             return claimed
-        rescanned = False
+        rescanned = read_here = False
         while len(claimed) < limit:
             if limit - len(claimed) > 1 and record.rate_limit() is None:
+                if read_here and not self._candidates.get(routing_key):
+                    break  # what this call read is used up: the rest are others' for now
                 # Several at once: one update command and one find for them all.
                 candidates, fresh = self._next_candidates(routing_key, limit - len(claimed),
                                                           limit - len(claimed))
+                read_here = read_here or fresh
                 if not candidates:
                     if rescanned or fresh:
                         break
                     self._forget_candidates(routing_key)
                     rescanned = True
                     continue
-                got, lost = self._claim_many(candidates, timeout)
+                if len(candidates) == 1:  # one findAndModify, not an update and a find
+                    message = self._claim(candidates[0], timeout)
+                    got, lost = ([message], 0) if message is not None else ([], 1)
+                else:
+                    got, lost = self._claim_many(candidates, timeout)
                 claimed.extend(got)
                 if lost:
                     self._spread_candidates(routing_key)
