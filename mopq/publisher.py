@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from pymongo import DeleteMany, DeleteOne, UpdateMany
@@ -114,11 +115,15 @@ def _merged(outboxes: list[Outbox]) -> list[Outbox]:
     return list(merged.values())
 
 
-def publish_outboxes(db: Database, outboxes: list[Outbox], republished: bool = False) -> None:
+def publish_outboxes(db: Database, outboxes: list[Outbox], republished: bool = False,
+                     inserted: Callable[[], None] | None = None) -> None:
     """Publish the events of ``outboxes``, then clear them from their messages.
 
     ``republished`` marks events that may have been published before (a retry
     after an error, or a sweep): collectors check those against their receipts.
+    ``inserted`` is called as soon as the events are in the log, before the
+    outboxes are cleared (the publisher rings the collectors then: clearing
+    and archiving take several round trips the count need not wait for).
     """
     outboxes = _merged(outboxes)
     if not outboxes:
@@ -132,6 +137,8 @@ def publish_outboxes(db: Database, outboxes: list[Outbox], republished: bool = F
         if republished or document["at"] < late:
             document["republished"] = True
     insert_events(db, documents)
+    if inserted is not None:
+        inserted()
     messages = db[schema.MESSAGES]
     # A finished message whose outbox holds exactly the events just published
     # is deleted at once (its outbox would be empty after the pull).
@@ -290,6 +297,10 @@ class Publisher:
             business = [self._business.popleft() for _ in range(min(BATCH, len(self._business)))]
             return outboxes, business
 
+    def _ring_collectors(self) -> None:
+        """Wake the collectors waiting for events: these are in the log now."""
+        ringer_for(self.db).ring(LOG)
+
     def _report_drops(self) -> None:
         """Once the engine answers again, record how many events were dropped meanwhile."""
         with self._lock:
@@ -327,7 +338,7 @@ class Publisher:
                 continue
             try:
                 try:
-                    publish_outboxes(self.db, outboxes)
+                    publish_outboxes(self.db, outboxes, inserted=self._ring_collectors)
                 except (BulkWriteError, OperationFailure) as refused:
                     # The server answered, but refused: retrying the same writes may
                     # never succeed. Their events stay in the messages' outboxes, so
@@ -339,9 +350,10 @@ class Publisher:
                               "leaving them to the sweep", len(outboxes), refused)
                 self._outbox_refusals = 0
                 outboxes = []
-                insert_events(self.db, [as_document(event) for event in business])
-                business = []
-                ringer_for(self.db).ring(LOG)  # waiting collectors apply them at once
+                if business:
+                    insert_events(self.db, [as_document(event) for event in business])
+                    business = []
+                    self._ring_collectors()
                 self._report_drops()
                 self.last_error = None
                 wait = 0.1

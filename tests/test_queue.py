@@ -289,6 +289,26 @@ def test_a_finished_message_stays_until_every_event_of_its_outbox_is_published(d
     assert sorted(db[schema.EVENTS].distinct("_id")) == sorted([claimed["id"], acked["id"]])
 
 
+def test_collectors_are_told_of_events_once_in_the_log_before_outboxes_are_cleared(db_name, db):
+    """The count need not wait for the archive, the deletes and the pulls (issue 16, item 2)."""
+    from mopq.events import message_event
+    from mopq.publisher import Outbox, publish_outboxes
+
+    now = dt.datetime.now(dt.UTC)
+    message = {"_id": "m3", "queue": "q", "state": schema.DONE}
+    acked = message_event(schema.ACKED, message, now, "t1")
+    db[schema.MESSAGES].insert_one({**message, "outbox": [acked]})
+    seen: list[tuple[bool, bool]] = []
+
+    def told() -> None:
+        seen.append((db[schema.EVENTS].find_one({"_id": acked["id"]}) is not None,
+                     db[schema.MESSAGES].find_one({"_id": "m3"}) is not None))
+
+    publish_outboxes(db, [Outbox("m3", schema.DONE, [acked])], inserted=told)
+    assert seen == [(True, True)]  # the event was in the log; the message not yet archived
+    assert db[schema.MESSAGES].find_one({"_id": "m3"}) is None
+
+
 def test_whichever_publisher_empties_a_finished_outbox_deletes_the_message(db_name, db):
     """Two clients in one process have two publishers; the later one may hold the earlier events."""
     from mopq.events import message_event
