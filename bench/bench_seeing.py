@@ -11,7 +11,8 @@ end of each task. For each number of open pages (``--pages``, default 1 and
 the pages' own script connects), then a producer process writes at a steady
 ``--rate`` tasks a second (default 100) for 10 s (4 s with --quick), while this
 script reads ``/api/stats`` in a loop (the next request 5 ms after the
-previous answer). The latency of the k-th task to finish is:
+previous answer), after an unreported warm-up phase (one page, 4 s). The
+latency of the k-th task to finish is:
 
 * **/api/stats**: the first answer whose ``queues.seen.done`` reached k, minus
   the end of that task's handler;
@@ -20,12 +21,23 @@ previous answer). The latency of the k-th task to finish is:
 
 Goals: p50 under 100 ms and p99 under 300 ms for both.
 
+Where the time goes, per task (p50 / p99): **acknowledged**, the message's
+``done_at`` (its history record) minus the end of its handler; **counted**, the
+``at`` of the collector's receipt that holds its ``acked`` event (the batch
+that applied it) minus ``done_at`` (the worker's publisher, the ring, the
+collector's read); the rest, to the first answer that shows it, is the stats
+read.
+
 The engine's load from the monitor: every command the collector and the
 dashboard's processes send to the engine is counted (a pymongo command
 listener, installed through ``bench/counting/sitecustomize.py`` in those
-processes only) and shown per second of the phase, next to the number of
-pages, with the ratio to the first row. The goal is that it does not grow with
-the pages: one stats read per change per process, whatever the pages.
+processes only) and shown per second of the phase, the collector's and the
+dashboard's apart, with the ratio to the first row. The goal is that it does
+not grow with the pages: one stats read per change per process, whatever the
+pages. (The dashboard's count includes this script's ``/api/stats`` reads:
+about one every 20 ms, the same in every row; and a stats read happens only
+when the collector counted something, so the dashboard's count follows the
+collector's batches.)
 """
 
 from __future__ import annotations
@@ -51,11 +63,17 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
+from bson import ObjectId  # noqa: E402
+from pymongo import MongoClient  # noqa: E402
+
+from mopq import schema  # noqa: E402
 from mopq.config import settings  # noqa: E402
 from mopq.engine import Engine  # noqa: E402
 
 QUEUE = "seen"
 POLL_SECONDS = 0.005
+ROLES = ("collector", "dashboard")
+WARM_UP_SECONDS = 4.0
 GOAL_P50, GOAL_P99 = 0.100, 0.300
 PRODUCER = """
 import sys, time
@@ -139,10 +157,10 @@ class Page:
             self.sio.disconnect()
 
 
-def commands_sent(folder: Path) -> int:
-    """Every command the counted processes sent so far (each writes its own file)."""
+def commands_sent(folder: Path, role: str) -> int:
+    """Every command the counted processes of ``role`` sent so far (each has its own file)."""
     total = 0
-    for path in folder.glob("*.count"):
+    for path in folder.glob(f"{role}-*.count"):
         with contextlib.suppress(ValueError, OSError):
             total += int(path.read_text() or 0)
     return total
@@ -161,6 +179,22 @@ def latencies(ends: list[float], samples: list[tuple[float, int]], base: int) ->
     return found
 
 
+def stages(db: Any, ends: dict[str, float]) -> dict[str, list[float]]:
+    """Per task: handler end -> acknowledged (done_at), and -> counted (its receipt's at)."""
+    done_at = {str(d["_id"]): d["done_at"].timestamp() for d in db[schema.HISTORY].find(
+        {"_id": {"$in": [ObjectId(i) for i in ends]}}, {"done_at": 1})}
+    applied_at: dict[str, float] = {}
+    for receipt in db[schema.RECEIPTS].find({"committed": True}, {"ids": 1, "at": 1}):
+        for event_id in receipt["ids"]:
+            message_id, _, kind = event_id.rpartition(":")
+            message_id = message_id.split(":")[0]
+            if kind == "a" and message_id in ends:
+                applied_at[message_id] = receipt["at"].timestamp()
+    return {"acknowledged": [done_at[i] - end for i, end in ends.items() if i in done_at],
+            "counted": [applied_at[i] - done_at[i] for i in ends
+                        if i in applied_at and i in done_at]}
+
+
 def wait_until(check: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -169,7 +203,7 @@ def wait_until(check: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def phase(url: str, env: dict[str, str], processes: Processes, ends_file: Path,
+def phase(db: Any, url: str, env: dict[str, str], processes: Processes, ends_file: Path,
           counts: Path, pages: int, rate: float, seconds: float) -> dict[str, Any]:
     """One row: ``pages`` open pages while ``rate`` tasks a second run for ``seconds``."""
     count = int(rate * seconds)
@@ -182,9 +216,10 @@ def phase(url: str, env: dict[str, str], processes: Processes, ends_file: Path,
     opened = [Page() for _ in range(pages)]
     for page in opened:
         page.open(url)
-    ends_before = len(ends_file.read_text().split()) if ends_file.exists() else 0
+    ends_before = len(ends_file.read_text().splitlines()) if ends_file.exists() else 0
     time.sleep(1.0)  # let the pages' first pushes arrive before counting the engine's load
-    commands_before, started = commands_sent(counts), time.monotonic()
+    commands_before = {role: commands_sent(counts, role) for role in ROLES}
+    started = time.monotonic()
     producer = processes.start(f"producer-{pages}", [sys.executable, "-c", PRODUCER, str(rate),
                                                       str(count), QUEUE], env)
     samples: list[tuple[float, int]] = []
@@ -195,20 +230,22 @@ def phase(url: str, env: dict[str, str], processes: Processes, ends_file: Path,
             break
         time.sleep(POLL_SECONDS)
     elapsed = time.monotonic() - started
-    commands = commands_sent(counts) - commands_before
+    commands = {role: commands_sent(counts, role) - commands_before[role] for role in ROLES}
     producer.wait(60)
     wait_until(lambda: all(p.pushes and p.pushes[-1][1] - base >= count for p in opened), 30,
                "every page to be pushed the last count")
     for page in opened:
         page.close()
-    ends = [float(v) for v in ends_file.read_text().split()[ends_before:]]
+    lines = [line.split() for line in ends_file.read_text().splitlines()[ends_before:]]
+    ends = [float(end) for end, _ in lines]
     if len(ends) != count:
         raise RuntimeError(f"{len(ends)} handler ends recorded, {count} expected")
     seen = latencies(ends, samples, base)
     pushed = [value for page in opened for value in latencies(ends, page.pushes, base)]
     return {"pages": pages, "tasks": count, "stats": seen, "pushed": pushed,
+            **stages(db, {message_id: float(end) for end, message_id in lines}),
             "answers": len(samples), "pushes": sum(len(p.pushes) for p in opened) / pages,
-            "commands_per_second": commands / elapsed}
+            **{f"{role}_commands_per_second": commands[role] / elapsed for role in ROLES}}
 
 
 @contextlib.contextmanager
@@ -222,10 +259,11 @@ def monitor(uri: str, database: str, tmp: Path,
     env = dict(base_env, MOPQ_MONGODB_URI=uri, MOPQ_DATABASE=database)
     counted = dict(env, PYTHONPATH=os.pathsep.join([str(BENCH / "counting"), str(ROOT)]),
                    MOPQ_BENCH_COUNTS=str(counts))
-    processes.start("collector", [sys.executable, "-m", "mopq", "collect"], counted)
+    processes.start("collector", [sys.executable, "-m", "mopq", "collect"],
+                    dict(counted, MOPQ_BENCH_ROLE="collector"))
     port = free_port()
     processes.start("dashboard", [sys.executable, "-m", "mopq", "serve", "--port", str(port)],
-                    counted)
+                    dict(counted, MOPQ_BENCH_ROLE="dashboard"))
     processes.start("worker", [sys.executable, "-m", "mopq", "worker", "--queue", QUEUE,
                                "--handler", "seeing_handler:handle"],
                     dict(env, MOPQ_SEEING_ENDS=str(ends_file)), cwd=BENCH)
@@ -242,11 +280,12 @@ def monitor(uri: str, database: str, tmp: Path,
 
 def row(result: dict[str, Any], first: dict[str, Any]) -> str:
     stats, pushed = result["stats"], result["pushed"]
-    load = result["commands_per_second"]
+    loads = " | ".join(
+        f"{result[key]:,.1f}/s ({result[key] / first[key]:.2f}×)"
+        for key in (f"{role}_commands_per_second" for role in ROLES))
     return (f"| {result['pages']} | {percentile(stats, 0.5) * 1000:.0f} / "
             f"{percentile(stats, 0.99) * 1000:.0f} ms | {percentile(pushed, 0.5) * 1000:.0f} / "
-            f"{percentile(pushed, 0.99) * 1000:.0f} ms | {load:,.1f}/s "
-            f"({load / first['commands_per_second']:.2f}×) |")
+            f"{percentile(pushed, 0.99) * 1000:.0f} ms | {loads} |")
 
 
 def main() -> None:
@@ -269,11 +308,16 @@ def main() -> None:
                 engine = Engine(data=tmp / "engine")
                 uri = engine.start()
             database = f"bench_seeing_{os.getpid()}"
+            client = MongoClient(uri, tz_aware=True)
             results = []
             with monitor(uri, database, tmp, processes) as (url, env, ends_file, counts):
+                # Unreported: the first seconds of a fresh engine and processes are always
+                # the slowest (the JVM compiling, H2's files growing), whatever the pages.
+                phase(client[database], url, env, processes, ends_file, counts, 1, args.rate,
+                      WARM_UP_SECONDS)
                 for pages in page_counts:
-                    result = phase(url, env, processes, ends_file, counts, pages, args.rate,
-                                   seconds)
+                    result = phase(client[database], url, env, processes, ends_file, counts,
+                                   pages, args.rate, seconds)
                     results.append(result)
                     print(f"{pages} page(s): /api/stats p50 "
                           f"{percentile(result['stats'], 0.5) * 1000:.0f} ms, p99 "
@@ -281,8 +325,14 @@ def main() -> None:
                           f"{percentile(result['pushed'], 0.5) * 1000:.0f} ms, p99 "
                           f"{percentile(result['pushed'], 0.99) * 1000:.0f} ms; "
                           f"{result['tasks']} tasks, {result['answers']} answers read, "
-                          f"{result['pushes']:.0f} pushes a page; monitor's engine commands "
-                          f"{result['commands_per_second']:,.1f}/s", flush=True)
+                          f"{result['pushes']:.0f} pushes a page; engine commands/s: collector "
+                          f"{result['collector_commands_per_second']:,.1f}, dashboard "
+                          f"{result['dashboard_commands_per_second']:,.1f}", flush=True)
+                    print("   where the time goes, p50 / p99: "
+                          + "; ".join(f"{stage} {percentile(result[stage], 0.5) * 1000:.0f} / "
+                                      f"{percentile(result[stage], 0.99) * 1000:.0f} ms "
+                                      f"({len(result[stage])} tasks)"
+                                      for stage in ("acknowledged", "counted")), flush=True)
         finally:
             processes.stop_all()
             if engine is not None:
@@ -291,8 +341,8 @@ def main() -> None:
     print(f"{args.rate:.0f} tasks/s for {seconds:.0f} s per row; latencies p50 / p99 "
           f"(goal {GOAL_P50 * 1000:.0f} / {GOAL_P99 * 1000:.0f} ms)")
     print("| open pages | done → visible in /api/stats | done → pushed to every page | "
-          "engine commands from collector + dashboard |")
-    print("|---|---|---|---|")
+          "engine commands from the collector | from the dashboard (2 processes) |")
+    print("|---|---|---|---|---|")
     for result in results:
         print(row(result, results[0]))
     every = [v for r in results for v in r["stats"]], [v for r in results for v in r["pushed"]]

@@ -3,7 +3,8 @@
 Python imports ``sitecustomize`` at start-up when it is on the path, before any
 pymongo client exists, so the listener sees every command. Each process
 (gunicorn's workers too, which fork after this ran) writes its own running
-total to ``$MOPQ_BENCH_COUNTS/<pid>.count`` at most every 0.2 s.
+total to ``$MOPQ_BENCH_COUNTS/<role>-<pid>.count`` at most every 0.2 s, where
+``<role>`` is ``$MOPQ_BENCH_ROLE``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class _Counted(monitoring.CommandListener):
         pass
 
     def _write(self, pid: int) -> None:
-        path = Path(FOLDER or ".") / f"{pid}.count"
+        role = os.environ.get("MOPQ_BENCH_ROLE", "process")
+        path = Path(FOLDER or ".") / f"{role}-{pid}.count"
         while True:
             path.write_text(str(self.commands))
             time.sleep(0.2)
