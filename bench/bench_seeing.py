@@ -47,7 +47,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -64,6 +63,7 @@ BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from bson import ObjectId  # noqa: E402
+from peers import free_port, percentile  # noqa: E402 - bench/ is this script's folder
 from pymongo import MongoClient  # noqa: E402
 
 from mopq import schema  # noqa: E402
@@ -86,17 +86,6 @@ for n in range(count):
     queue.write({"n": n})
 flush(30)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def get_json(url: str) -> dict[str, Any]:
