@@ -34,10 +34,8 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
-import datetime as dt
 import json
 import os
-import secrets
 import statistics
 import sys
 import tempfile
@@ -49,7 +47,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import kombu
-from pymongo import MongoClient, ReturnDocument, monitoring
+from bench_queue import raw_claim_and_ack, utcnow  # bench/ is this script's folder
+from pymongo import MongoClient, monitoring
 
 import mopq
 from mopq.engine import Engine, engine_unless_configured
@@ -92,10 +91,6 @@ def bodies(n: int) -> list[dict]:
     return [{"to": f"user{i}@example.com", "template": "welcome", "n": i} for i in range(n)]
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 class Drain:
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -121,14 +116,7 @@ class Drain:
             count = min(n, DRAIN_AT_MOST)
             started = clock()
             for _ in range(count):
-                token, now = secrets.token_hex(8), utcnow()
-                document = messages.find_one_and_update(
-                    {"state": "pending"},
-                    {"$set": {"state": "inflight", "lease_token": token, "updated_at": now,
-                              "visible_at": now + dt.timedelta(seconds=30)},
-                     "$inc": {"attempts": 1}},
-                    return_document=ReturnDocument.AFTER)
-                messages.delete_one({"_id": document["_id"], "lease_token": token})
+                raw_claim_and_ack(messages)
             return {"rate": count / (clock() - started)}
 
     def kombu(self, n: int) -> dict:
