@@ -768,6 +768,9 @@ def test_a_fan_out_parent_waiting_for_its_children_moves_with_them_and_ends_on_t
     # history follows with the next run and it is counted into the parent on the target.
     held.delete({"packed": held.body["item"]})
     flush(10)                                    # published, so archived into history
+    assert main([*arguments, "--verify"]) == 1
+    assert f"{held.id} (line-pack): a fan-out child of {parent} finished on the source " \
+        "after its parent moved" in capsys.readouterr().out
     assert main(arguments) == 0
     assert "1 fan-out child(ren) that finished apart from their parent" in \
         capsys.readouterr().out
