@@ -51,7 +51,7 @@ from bench_queue import raw_claim_and_ack, utcnow  # bench/ is this script's fol
 from pymongo import MongoClient, monitoring
 
 import mopq
-from mopq.engine import Engine, engine_unless_configured
+from mopq.engine import engine_unless_configured
 
 SIZES = (500, 2_000, 20_000)
 ROUNDS = {500: 5, 2_000: 5, 20_000: 3}
@@ -235,7 +235,7 @@ def main() -> None:
     sizes = tuple(int(size) for size in args.sizes.split(",") if size.strip())
     rounds = QUICK_ROUNDS if args.quick else ROUNDS
     with tempfile.TemporaryDirectory(prefix="mopq-drain-") as folder, \
-            (h2_engine(folder) if args.h2 else engine_unless_configured()) as (uri, embedded):
+            engine_unless_configured(folder if args.h2 else None) as (uri, embedded):
         storage = "H2 (durable)" if args.h2 else "memory"
         print(f"engine: {f'embedded mongo-java-server ({storage}), ' if embedded else ''}{uri}")
         print(f"cpus: {os.cpu_count()}, load average at start: "
@@ -247,13 +247,6 @@ def main() -> None:
         run(drain, sizes, rounds)
         print(f"total time {clock() - began:,.0f} s, load average at the end: "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-
-
-@contextmanager
-def h2_engine(folder: str) -> Iterator[tuple[str, bool]]:
-    with Engine(data=folder) as engine:
-        assert engine.uri is not None
-        yield engine.uri, True
 
 
 if __name__ == "__main__":

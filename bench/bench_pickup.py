@@ -1,9 +1,10 @@
 """Pickup latency: from a write to the start of its handler, with and without rings.
 
-Run:  .venv/bin/python bench/bench_pickup.py [--quick]
+Run:  .venv/bin/python bench/bench_pickup.py [--quick] [--h2]
 
-Starts its own embedded engine (memory storage) unless MOPQ_MONGODB_URI is
-set. A ``mopq worker`` process (one thread, ``bench/pickup_handler.py``)
+Starts its own embedded engine (memory storage; ``--h2``: durable H2 storage
+in a temporary folder, as ``make run`` and ``make bench`` use) unless
+MOPQ_MONGODB_URI is set. A ``mopq worker`` process (one thread, ``bench/pickup_handler.py``)
 consumes queue ``pickup``; this script writes to it from another process
 (this one), each body carrying the writer's clock, and the handler records
 ``handler start - write``. Three loads, each run twice side by side: with
@@ -16,6 +17,12 @@ worker did before rings at its slowest):
 3. the engine's load from an idle worker: commands per second a worker with
    4 threads on 2 queues sends while nothing is written, counted by a pymongo
    command listener in the worker's own process.
+
+Beside them, the engine's floor in the same run: raw pymongo at the same
+steady 100/s, ``insert_one`` of a message and at once ``find_one_and_update``
+of it by ``_id`` (what any consumer that learnt of the write instantly would
+still wait for), timed from before the insert to the claim's answer. No
+pickup through this engine can be faster than that.
 
 Goals (issue 12): write -> handler start p50 under 10 ms and p99 under 50 ms
 with an idle worker, while an idle worker sends at most 5 queries a second.
@@ -33,6 +40,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from pymongo import MongoClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -101,6 +110,24 @@ def idle_rate(env: dict[str, str], database: str, seconds: float) -> float:
     return json.loads(result.stdout.strip().splitlines()[0])
 
 
+def engine_floor(uri: str, database: str, writes: int, interval: float) -> list[float]:
+    """Raw insert + claim by ``_id`` of one message at a time, at the steady rate."""
+    with MongoClient(uri) as client:
+        collection = client[database]["floor"]
+        collection.insert_one({"warm": True})
+        took = []
+        next_at = time.monotonic()
+        for number in range(writes):
+            started = time.perf_counter()
+            written = collection.insert_one({"n": number, "state": "pending"})
+            collection.find_one_and_update({"_id": written.inserted_id, "state": "pending"},
+                                           {"$set": {"state": "inflight"}})
+            took.append(time.perf_counter() - started)
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        return took
+
+
 def row(name: str, values: list[float], expected: int) -> str:
     if not values:
         return f"   {name:<34} no handler ran"
@@ -112,12 +139,16 @@ def row(name: str, values: list[float], expected: int) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter loads")
+    parser.add_argument("--h2", action="store_true",
+                        help="durable H2 storage in a temporary folder instead of memory")
     args = parser.parse_args()
     idle_writes, steady_seconds, idle_seconds = (10, 3, 5) if args.quick else (40, 10, 10)
-    with engine_unless_configured() as (uri, embedded):
+    with tempfile.TemporaryDirectory(prefix="mopq-pickup-") as folder, \
+            engine_unless_configured(folder if args.h2 else None) as (uri, embedded):
         env = {**os.environ, "MOPQ_MONGODB_URI": uri}
         os.environ["MOPQ_MONGODB_URI"] = uri
-        print(f"engine: {'embedded mongo-java-server (memory)' if embedded else uri}, {uri}")
+        storage = "H2, durable" if args.h2 else "memory"
+        print(f"engine: {f'embedded mongo-java-server ({storage})' if embedded else uri}, {uri}")
         print(f"cpus: {os.cpu_count()}, load average at start: "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         results = {}
@@ -132,6 +163,7 @@ def main() -> int:
                 "queries": idle_rate(mode_env, f"pickup_q_{stamp}", idle_seconds),
             }
         os.environ.pop("MOPQ_RINGS", None)
+        floor = engine_floor(uri, f"pickup_floor_{int(time.time())}", 100 * steady_seconds, 0.01)
         print("\nwrite -> handler start (ms)              handled    p50      p99      max")
         for label, found in results.items():
             print(f" {label}")
@@ -139,6 +171,8 @@ def main() -> int:
             print(row("steady 100 writes/s", found["steady"], 100 * steady_seconds))
             print(f"   {'idle worker (4 threads, 2 queues)':<34} "
                   f"{found['queries']:.2f} engine commands/s")
+        print(" the engine's floor (raw pymongo)")
+        print(row("insert + claim by _id, 100/s", floor, 100 * steady_seconds))
         ringing = results["rings"]
         idle = ringing["idle"]
         p50, p99 = statistics.median(idle) * 1000, percentile(idle, 0.99) * 1000

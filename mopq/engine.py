@@ -199,17 +199,20 @@ class Engine:
 
 
 @contextlib.contextmanager
-def engine_unless_configured() -> Iterator[tuple[str, bool]]:
+def engine_unless_configured(data: str | os.PathLike | None = None
+                             ) -> Iterator[tuple[str, bool]]:
     """``MOPQ_MONGODB_URI`` if set, else an embedded engine started for this block.
 
     Yields the URI and whether it is the embedded engine, which stops when the
-    block ends (benches, screenshots and the test suite use this).
+    block ends (benches, screenshots and the test suite use this). With
+    ``data`` the embedded engine keeps durable H2 storage in that folder, as
+    ``make run`` does; otherwise memory.
     """
     configured = settings().mongodb_uri
     if configured:
         yield configured, False
         return
-    engine = Engine()
+    engine = Engine(data=data)
     uri = engine.start()
     try:
         yield uri, True
