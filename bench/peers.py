@@ -43,7 +43,9 @@ one send call per task):
   worker use, without mopq: ``insert_one`` per task, and a consumer process
   looping ``find_one_and_update`` (claim) + ``delete_one`` (acknowledge),
   sleeping 1 ms when nothing is pending (bench/peer_raw.py), with mopq's
-  write concern.
+  write concern. Its row 2 is the engine's floor for pickup: what a write
+  and a claim cost on this engine and storage when the consumer looks
+  every millisecond.
 
 Redis is Debian's ``redis-server``, one per peer, started by this script on
 a free loopback port without persistence (``--save "" --appendonly no``) and
@@ -96,8 +98,8 @@ What each row measures
    process, and Dramatiq's master and its worker process, are added up.
    The monitors' memory is printed beside it, not in the table.
 
-The engine's ceiling: the raw pymongo system runs row 1's phases on the
-same engine in the same run (producer and consumer processes, like the
+The engine's ceiling: the raw pymongo system runs row 1's and row 2's phases
+on the same engine in the same run (producer and consumer processes, like the
 others), and one ``insert_many`` of N small documents is timed against one
 ``Queue.write_many`` of N bodies in this process (best of 3, after a
 warm-up; the call only, its 'written' events are published after the clock
@@ -540,8 +542,6 @@ class Bench:
         rows = self.wait_phase(system, "e2e", n)
         result["e2e"] = n / (max(r.end for r in rows) - sent["first"])
         result["e2e_producer"] = n / (sent["returned"] - sent["first"])
-        if system.key == "raw":
-            return
 
         rate, seconds = self.size["steady_rate"], self.size["steady_seconds"]
         count = int(rate * seconds)
@@ -551,6 +551,8 @@ class Bench:
         rows = self.wait_phase(system, "steady", count)
         waits = [r.start - r.sent for r in rows]
         result["pickup"] = (percentile(waits, 0.5), percentile(waits, 0.99), len(waits))
+        if system.key == "raw":
+            return
 
         if system.monitor is not None:
             try:
@@ -974,6 +976,12 @@ def ceiling_rows(results: dict[str, dict], batch: dict | str) -> list[tuple[str,
                      raw.get("drain"), mine.get("drain")))
     rows.append(pair("end to end, producer and worker processes at once (row 1)",
                      raw.get("e2e"), mine.get("e2e")))
+    if isinstance(raw.get("pickup"), tuple) and isinstance(mine.get("pickup"), tuple):
+        (raw_p50, raw_p99, _), (p50, p99, _) = raw["pickup"], mine["pickup"]
+        rows.append(("write → handler start at a steady rate (row 2), p50 / p99: `insert_one`, "
+                     "a consumer polling every 1 ms / `Queue.write`, `mopq worker`",
+                     f"{ms(raw_p50)} / {ms(raw_p99)} ms", f"{ms(p50)} / {ms(p99)} ms",
+                     f"{p50 / raw_p50:.2f}× / {p99 / raw_p99:.2f}×"))
     return rows
 
 
