@@ -21,12 +21,17 @@ latency of the k-th task to finish is:
 
 Goals: p50 under 100 ms and p99 under 300 ms for both.
 
-Where the time goes, per task (p50 / p99): **acknowledged**, the message's
-``done_at`` (its history record) minus the end of its handler; **counted**, the
-``at`` of the collector's receipt that holds its ``acked`` event (the batch
-that applied it) minus ``done_at`` (the worker's publisher, the ring, the
-collector's read); the rest, to the first answer that shows it, is the stats
-read.
+Where the time goes, per task (p50 / p99), each step from the one before:
+**acknowledged**, the message's ``done_at`` (its history record) minus the
+end of its handler; **published**, when the worker's insert of its ``acked``
+event into the business log answered (the publisher's gathering); **read**,
+the ``at`` of the collector's receipt that holds that event (the ring, the
+collector's wake-up and read); **applied**, when the collector's counter
+update for that batch answered (the count is then readable). The last two
+come from the listener below in the worker and the collector. The rest, to
+the first answer or push that shows it, is the dashboard's: **shown**, the
+first /api/stats answer showing k done minus the applied time of the k-th task
+to finish, and **sent**, the same for pushes (every page's).
 
 The engine's load from the monitor: every command the collector and the
 dashboard's processes send to the engine is counted (a pymongo command
@@ -168,20 +173,36 @@ def latencies(ends: list[float], samples: list[tuple[float, int]], base: int) ->
     return found
 
 
-def stages(db: Any, ends: dict[str, float]) -> dict[str, list[float]]:
-    """Per task: handler end -> acknowledged (done_at), and -> counted (its receipt's at)."""
+def step_times(folder: Path, kind: str) -> dict[str, float]:
+    """Per message id, when the counted processes noted ``kind`` (the first time)."""
+    found: dict[str, float] = {}
+    for path in folder.glob("*.times"):
+        with contextlib.suppress(OSError):
+            for line in path.read_text().splitlines():
+                parts = line.split()
+                if len(parts) == 3 and parts[0] == kind:
+                    found.setdefault(parts[2], float(parts[1]))
+    return found
+
+
+STAGES = ("acknowledged", "published", "read", "applied")
+
+
+def stages(db: Any, ends: dict[str, float], counts: Path) -> dict[str, list[float]]:
+    """Per task, each step's time since the one before it (see the module's docstring)."""
     done_at = {str(d["_id"]): d["done_at"].timestamp() for d in db[schema.HISTORY].find(
         {"_id": {"$in": [ObjectId(i) for i in ends]}}, {"done_at": 1})}
-    applied_at: dict[str, float] = {}
+    read_at: dict[str, float] = {}
     for receipt in db[schema.RECEIPTS].find({"committed": True}, {"ids": 1, "at": 1}):
         for event_id in receipt["ids"]:
             message_id, _, kind = event_id.rpartition(":")
             message_id = message_id.split(":")[0]
             if kind == "a" and message_id in ends:
-                applied_at[message_id] = receipt["at"].timestamp()
-    return {"acknowledged": [done_at[i] - end for i, end in ends.items() if i in done_at],
-            "counted": [applied_at[i] - done_at[i] for i in ends
-                        if i in applied_at and i in done_at]}
+                read_at[message_id] = receipt["at"].timestamp()
+    published, applied = step_times(counts, "published"), step_times(counts, "applied")
+    steps = (ends, done_at, published, read_at, applied)
+    return {stage: [later[i] - earlier[i] for i in ends if i in earlier and i in later]
+            for stage, earlier, later in zip(STAGES, steps[:-1], steps[1:], strict=True)}
 
 
 def wait_until(check: Any, timeout: float, what: str) -> None:
@@ -230,9 +251,21 @@ def phase(db: Any, url: str, env: dict[str, str], processes: Processes, ends_fil
     if len(ends) != count:
         raise RuntimeError(f"{len(ends)} handler ends recorded, {count} expected")
     seen = latencies(ends, samples, base)
-    pushed = [value for page in opened for value in latencies(ends, page.pushes, base)]
+    per_page = [latencies(ends, page.pushes, base) for page in opened]
+    pushed = [value for page in per_page for value in page]
+    by_end = sorted((float(end), message_id) for end, message_id in lines)
+    applied = step_times(counts, "applied")
+
+    def after_applied(found: list[float]) -> list[float]:
+        """The k-th task's first answer (or push) showing k done, minus its count's time."""
+        return [end + value - applied[message_id]
+                for (end, message_id), value in zip(by_end[:len(found)], found, strict=True)
+                if message_id in applied]
+
     return {"pages": pages, "tasks": count, "stats": seen, "pushed": pushed,
-            **stages(db, {message_id: float(end) for end, message_id in lines}),
+            "shown": after_applied(seen),
+            "sent": [v for page in per_page for v in after_applied(page)],
+            **stages(db, {message_id: float(end) for end, message_id in lines}, counts),
             "answers": len(samples), "pushes": sum(len(p.pushes) for p in opened) / pages,
             **{f"{role}_commands_per_second": commands[role] / elapsed for role in ROLES}}
 
@@ -255,7 +288,8 @@ def monitor(uri: str, database: str, tmp: Path,
                     dict(counted, MOPQ_BENCH_ROLE="dashboard"))
     processes.start("worker", [sys.executable, "-m", "mopq", "worker", "--queue", QUEUE,
                                "--handler", "seeing_handler:handle"],
-                    dict(env, MOPQ_SEEING_ENDS=str(ends_file)), cwd=BENCH)
+                    dict(counted, MOPQ_BENCH_ROLE="worker", MOPQ_SEEING_ENDS=str(ends_file)),
+                    cwd=BENCH)
     url = f"http://127.0.0.1:{port}"
 
     def answers() -> bool:
@@ -321,7 +355,7 @@ def main() -> None:
                           + "; ".join(f"{stage} {percentile(result[stage], 0.5) * 1000:.0f} / "
                                       f"{percentile(result[stage], 0.99) * 1000:.0f} ms "
                                       f"({len(result[stage])} tasks)"
-                                      for stage in ("acknowledged", "counted")), flush=True)
+                                      for stage in (*STAGES, "shown", "sent")), flush=True)
         finally:
             processes.stop_all()
             if engine is not None:
