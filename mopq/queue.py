@@ -161,6 +161,7 @@ class Queue:
         self._candidates: dict[str | None, collections.deque[dict[str, Any]]] = {}
         self._candidates_read_at: dict[str | None, float] = {}
         self._candidates_cost: dict[str | None, float] = {}
+        self._found_none: dict[str | None, bool] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -429,6 +430,7 @@ class Queue:
                           .sort([("priority", -1), ("_id", 1)])
                           .limit(max(size, want * 4)))
                 candidates.extend(cursor)
+                self._found_none[routing_key] = not candidates
                 self._candidates_read_at[routing_key] = time.monotonic()
                 self._candidates_cost[routing_key] = time.monotonic() - started
             return [candidates.popleft() for _ in range(min(take, len(candidates)))], fresh
@@ -453,6 +455,16 @@ class Queue:
         """Put back a candidate that was not tried (the rate limit said wait)."""
         with self._lock:
             self._candidates.setdefault(routing_key, collections.deque()).appendleft(candidate)
+
+    def found_none(self, routing_key: str | None = None) -> bool:
+        """Whether this consumer's last look for candidates found no claimable message.
+
+        So a caller can tell an empty queue from one whose candidates other
+        consumers claimed first (``Worker`` skips a queue found empty until it
+        rings: ``Worker._skippable``).
+        """
+        with self._lock:
+            return self._found_none.get(routing_key, False)
 
     def _forget_candidates(self, routing_key: str | None) -> None:
         with self._lock:

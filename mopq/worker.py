@@ -209,6 +209,10 @@ class Worker:
         self._acks: list[Message] = []
         self._acks_ready = threading.Condition()
         self._acks_closing = False
+        # Queues found empty: name -> (its ring marker then, when); see _skippable.
+        self._empty: dict[str, tuple[int, float]] = {}
+        self._own_rings: collections.Counter[str] = collections.Counter()
+        self._rings_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (f"Worker({self.identity!r}, queues={[q.name for q in self.queues]!r}, "
@@ -431,14 +435,17 @@ class Worker:
         idle_wait = 0.0
         error_wait = 0.0
         rang = False
+        everywhere = True  # look in every queue, even those found empty just now
         while not self._stopping.is_set():
             if not self._taking.is_set():  # quiet: wait for resume (or a stop)
                 self._give_back("the worker is quiet")
                 self._taking.wait()
+                everywhere = True
                 continue
             seen = self.doorbell.rings(self._names) if self.doorbell else 0
             try:
-                message, turn = self._claim(turn)
+                message, turn = self._claim(turn, everywhere)
+                everywhere = False
             except PyMongoError as error:
                 error_wait = min(MAX_ERROR_WAIT_SECONDS,
                                  max(FIRST_ERROR_WAIT_SECONDS, error_wait * 2))
@@ -457,7 +464,7 @@ class Worker:
             if message is not None:
                 idle_wait = 0.0
                 if self.doorbell is not None and self.concurrency > 1:
-                    self.doorbell.ring_locally(self._names)  # more may wait: wake a sibling
+                    self._wake(self._names)  # more may wait: wake a sibling
                 # An activity step's acknowledgement may claim its next step for this thread.
                 message.follow = functools.partial(self._follow, threading.get_ident())
                 self._handle(index, message)
@@ -474,6 +481,7 @@ class Worker:
                 for name in self._names:
                     self.doorbell.found_nothing(name)
             rang = self._wait_for_ring(seen)
+            everywhere = not rang  # a look every poll_interval finds what rang no bell
         self._give_back("the worker is stopping")
 
     def _wait_for_ring(self, seen: int) -> bool:
@@ -503,12 +511,59 @@ class Worker:
             self._held.setdefault(thread, collections.deque()).append(
                 (message, time.monotonic()))
             if self.doorbell is not None:
-                self.doorbell.ring_locally([name])  # the thread may be waiting for work
+                self._wake([name])  # the thread may be waiting for work
         return queue, self.visibility_timeout, take
 
-    def _claim(self, turn: int) -> tuple[Message | None, int]:
+    def _wake(self, names: list[str]) -> None:
+        """Wake this worker's threads waiting for a ring, for a reason of its own (a sibling
+        may claim more; a thread holds a step claimed on move): nothing new was written
+        to ``names``, so ``_skippable`` does not count these rings."""
+        assert self.doorbell is not None
+        with self._rings_lock:  # counted before the ring: a marker read between differs
+            self._own_rings.update(names)
+        self.doorbell.ring_locally(names)
+
+    def _ring_marker(self, name: str) -> int | None:
+        """A number that changes when queue ``name`` rings (but for ``_wake``); None
+        without a doorbell."""
+        if self.doorbell is None:
+            return None
+        with self._rings_lock:
+            own = self._own_rings[name]
+        return self.doorbell.rings([name]) - own
+
+    def _skippable(self, name: str) -> bool:
+        """Whether a thread may pass over queue ``name`` without reading it: it was found
+        empty less than ``poll_interval`` ago and has not rung since.
+
+        Why: a thread whose messages claimed ahead are used up would otherwise
+        read every queue again on each pass, and each candidate read scans the
+        collection on the embedded engine (an activity's later steps, which
+        claim on move keeps empty, cost three reads for every one that finds
+        work). Pickup stays as quick: a write rings the queue (a local write at
+        once, another process's through the doorbell, whose registration this
+        keeps current), which ends the skip; what rings no bell (a delayed
+        message coming due, an expired lease, a lost datagram) is found by the
+        next look after ``poll_interval``, as an idle worker's lookout finds it.
+        """
+        found = self._empty.get(name)
+        if found is None:
+            return False
+        marker, looked_at = found
+        if time.monotonic() - looked_at >= self.poll_interval or \
+                self._ring_marker(name) != marker:
+            return False
+        assert self.doorbell is not None
+        self.doorbell.listen(self._names)  # so that other processes' writes ring it
+        return True
+
+    def _claim(self, turn: int, everywhere: bool = True) -> tuple[Message | None, int]:
         """The next message this thread claimed ahead, else one from the first queue, from
-        ``turn`` on, that has one (with more of that queue claimed ahead: ``_ahead``)."""
+        ``turn`` on, that has one (with more of that queue claimed ahead: ``_ahead``).
+
+        Unless ``everywhere``, a queue found empty just now and not rung since is
+        passed over (``_skippable``).
+        """
         held = self._held.setdefault(threading.get_ident(), collections.deque())
         while held:
             message, since = held[0]
@@ -523,13 +578,19 @@ class Worker:
         for step in range(count):
             position = (turn + step) % count
             queue = self.queues[position]
+            if not everywhere and self._skippable(queue.name):
+                continue
+            marker, looked_at = self._ring_marker(queue.name), time.monotonic()
             messages = queue.read(routing_key=self.routing_key,
                                   visibility_timeout=self.visibility_timeout,
                                   limit=self._ahead(queue))
             if messages:
+                self._empty.pop(queue.name, None)
                 claimed_at = time.monotonic()
                 held.extend((message, claimed_at) for message in messages[1:])
                 return messages[0], (position + 1) % count
+            if marker is not None and queue.found_none(self.routing_key):
+                self._empty[queue.name] = (marker, looked_at)
         return None, turn
 
     def _ahead(self, queue: Queue) -> int:

@@ -1,0 +1,102 @@
+"""A busy worker does not read again, on every pass, a queue it just found empty.
+
+What a user notices: a worker draining one queue while its other queues are
+empty (an activity's later steps, which claim on move keeps empty) no longer
+sends the engine a candidate read of each empty queue every time it runs out
+of messages claimed ahead; it looks there about once per ``poll_interval``,
+as an idle worker does. Pickup is not slower: a write from another process
+rings the worker, which reads that queue at once, and a delayed message that
+comes due (which rings no bell) is found within ``poll_interval``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from mopq import Queue
+from mopq.doorbell import ringer_for
+from tests.helpers import wait_until
+
+POLL_SECONDS = 3.0
+BACKLOG = 600
+DELAY_SECONDS = 0.3
+
+BUSY_WORKER = """
+import json, sys, time
+from pymongo import monitoring
+
+class Reads(monitoring.CommandListener):
+    quiet = 0
+    def started(self, event):
+        looked_for = event.command.get("filter") or {}
+        if event.command_name == "find" and looked_for.get("queue") == "quiet" \\
+                and "visible_at" in looked_for:
+            Reads.quiet += 1
+    def succeeded(self, event):
+        pass
+    def failed(self, event):
+        pass
+
+monitoring.register(Reads())  # before mopq makes its client
+from mopq import Queue, Worker
+
+handled = {}
+def handle(message):
+    if message.queue.name == "busy":
+        time.sleep(0.02)
+    else:
+        handled[message.body["what"]] = time.time()
+
+busy = Queue("busy")
+worker = Worker(["busy", "quiet"], handle, concurrency=2, poll_interval=float(sys.argv[1]),
+                heartbeat_interval=5)
+started = time.time()
+worker.start()
+deadline = time.monotonic() + 120
+while (busy.count() or len(handled) < 2) and time.monotonic() < deadline:
+    time.sleep(0.01)
+drained = time.time()
+worker.stop(timeout=30)
+print(json.dumps({"quiet_reads": Reads.quiet, "started": started, "drained": drained,
+                  "handled": handled}))
+"""
+
+
+def test_a_busy_worker_reads_an_empty_queue_once_per_poll_and_still_picks_up_at_once(db):
+    Queue("busy").write_many([{"n": n} for n in range(BACKLOG)])
+    quiet = Queue("quiet")
+    worker = subprocess.Popen([sys.executable, "-c", BUSY_WORKER, str(POLL_SECONDS)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ))
+    try:
+        # The worker registers its doorbell for "quiet" once it passes over it, and this
+        # process (the writer) re-reads whom to ring at most once a second.
+        wait_until(lambda: ringer_for(quiet.db)._current_targets().get("quiet"), 30,
+                   message="the busy worker's doorbell is known to the writer")
+        assert quiet.db.messages.count_documents({"queue": "busy", "state": "pending"}) > 0
+        rung_at = time.time()
+        quiet.write({"what": "rung"})
+        due_at = time.time() + DELAY_SECONDS
+        quiet.write({"what": "delayed"}, delay=DELAY_SECONDS)
+        out, err = worker.communicate(timeout=180)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 0, err[-2000:]
+    report = json.loads(out.strip().splitlines()[-1])
+    handled = report["handled"]
+    assert set(handled) == {"rung", "delayed"}, report
+    # Both came while the backlog still kept the worker busy: that is the case under test.
+    assert max(handled.values()) < report["drained"], report
+    assert handled["rung"] - rung_at < POLL_SECONDS / 2, report
+    assert handled["delayed"] - due_at < POLL_SECONDS + 1.0, report
+    busy_seconds = report["drained"] - report["started"]
+    # Without the skip it read "quiet" each time a thread ran out of messages claimed
+    # ahead (100 times or more here); now about once per poll_interval (by both threads
+    # when their looks coincide), plus once per ring.
+    assert report["quiet_reads"] <= 2 * busy_seconds / POLL_SECONDS + 6, report
