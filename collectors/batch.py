@@ -47,6 +47,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,11 +176,18 @@ def _already_applied(db: Database, candidates: list[str]) -> set[str]:
 
 
 def _finish(db: Database, owner: str, journals: dict[int, dict[str, Any]],
-            events_by_partition: dict[int, list[dict[str, Any]]]) -> int:
-    """Steps 3 and 4 for journals already written: counters, receipts, delete, clear."""
+            events_by_partition: dict[int, list[dict[str, Any]]],
+            counted: Callable[[], None] | None = None) -> int:
+    """Steps 3 and 4 for journals already written: counters, receipts, delete, clear.
+
+    ``counted`` is called once the counters hold the batch (a reader sees it
+    from then on), before step 4's round trips, which no reader waits for.
+    """
     if not journals:
         return 0
     _apply_counters(db, events_by_partition, {p: j["seq"] for p, j in journals.items()})
+    if counted is not None and events_by_partition:
+        counted()
     register_queues(db, {e["queue"] for events in events_by_partition.values() for e in events
                          if e.get("queue")})
     # Journals written before receipts held the ids carry them themselves.
@@ -272,8 +280,12 @@ def _read_events(db: Database, query: dict[str, Any], limit: int) -> list[dict[s
 
 
 def apply_batch(db: Database, owner: str, leases: dict[int, dict[str, Any]],
-                limit: int = 2000) -> BatchResult:
-    """Read up to ``limit`` events of the held partitions and apply them exactly once."""
+                limit: int = 2000, counted: Callable[[], None] | None = None) -> BatchResult:
+    """Read up to ``limit`` events of the held partitions and apply them exactly once.
+
+    ``counted`` is called as soon as the counters hold what this batch applied
+    (the collector rings the dashboards then; see ``_finish``).
+    """
     result = BatchResult()
     for partition, lease in list(leases.items()):
         if lease.get("journal"):
@@ -317,7 +329,7 @@ def apply_batch(db: Database, owner: str, leases: dict[int, dict[str, Any]],
         journals.pop(partition)
     result.lost_partitions = lost
     applied = _finish(db, owner, journals,
-                      {p: by_partition[p] for p in journals if by_partition.get(p)})
+                      {p: by_partition[p] for p in journals if by_partition.get(p)}, counted)
     for partition, journal in journals.items():
         leases[partition]["seq"] = journal["seq"]
     result.applied += applied

@@ -31,7 +31,7 @@ from mopq.collectors.batch import BatchResult, apply_batch
 from mopq.collectors.monitor import Monitor, Thresholds
 from mopq.config import settings
 from mopq.connection import get_database, prepared
-from mopq.doorbell import LOG, Doorbell, doorbell_for
+from mopq.doorbell import COUNTED, LOG, Doorbell, doorbell_for, ringer_for
 
 log = logging.getLogger("mopq.collector")
 
@@ -136,9 +136,20 @@ class Collector(Background):
 
     def step(self) -> BatchResult:
         """Apply one batch from the partitions held now."""
-        result = apply_batch(self.db, self.id, self.partitions.held, self.batch_size)
+        result = apply_batch(self.db, self.id, self.partitions.held, self.batch_size,
+                             counted=self._ring_counted if self._bell is not None else None)
         self.events_applied += result.applied
         return result
+
+    def _ring_counted(self) -> None:
+        """Wake the dashboards waiting on ``COUNTED``: the counters hold a new batch.
+
+        Why: a dashboard then reads the stats and pushes them to its pages at
+        once, instead of at its next look (``dashboard.stats_cache``,
+        ``dashboard.live``). Rung only where collectors wait on rings
+        themselves (``MOPQ_RINGS``).
+        """
+        ringer_for(self.db).ring(COUNTED)
 
     def _renew_monitor_lease(self) -> bool:
         if self.monitor is None:

@@ -3,13 +3,17 @@
 Why this shape: pages must update without polling, yet a push is only worth
 sending when something a page shows has changed. So each gunicorn process
 runs one background task (started lazily, on its first connection) that
-looks every ``MOPQ_LIVE_INTERVAL`` seconds (0.1, never less) and pushes a
-snapshot only when its fingerprint differs from the last one pushed. The
-snapshot is built anew only when the stats cache has a new answer (which it
-has only when the collectors counted something, ``dashboard.stats_cache``)
-or once ``REBUILD_SECONDS`` has passed, so a finished task reaches open
-pages about a tenth of a second after it is counted, while the engine's
-work stays one stats read per change per process, whatever the pages.
+builds a snapshot and pushes it only when its fingerprint differs from the
+last one pushed. It builds as soon as a collector rings ``COUNTED`` after a
+batch (``mopq.doorbell``; the ring is the count, so the push follows the
+collector's batch by one stats read, not by a timer), and otherwise every
+``MOPQ_LIVE_INTERVAL`` seconds (0.1, never less), which covers collectors that
+cannot ring this host. The snapshot is built anew only when the stats cache
+has a new answer (which it has only when the collectors counted something,
+``dashboard.stats_cache``) or once ``REBUILD_SECONDS`` has passed, so the
+engine's work stays one stats read per collector batch per process, whatever
+the pages; the push is encoded once and the same frame sent to every page
+(python-socketio does so when no callback is asked).
 Processes share nothing: each reads MongoDB itself, so workers and hosts
 can be added, as long as clients use the websocket transport (a connection
 then stays on one process).
@@ -49,6 +53,7 @@ from mopq.clock import utcnow
 from mopq.collectors import series
 from mopq.collectors.stats import read_stats, worker_rows
 from mopq.dashboard import auth, stats_cache, store
+from mopq.doorbell import COUNTED
 
 log = logging.getLogger("mopq.live")
 
@@ -130,6 +135,7 @@ class Pusher:
         self._last_workers: str | None = None
         self._stats_seen: dict[str, Any] | None = None  # the stats the last snapshot used
         self._built_at = 0.0
+        self._rings_shown = 0  # the COUNTED ring count the last snapshot's stats had seen
         self._workers_at = 0.0
 
     def admit(self) -> bool:
@@ -181,14 +187,32 @@ class Pusher:
             except Exception:  # the loop must outlive any one bad snapshot
                 log.exception("mopq live: building a push failed; trying again")
             spent = time.monotonic() - started
-            self.socketio.sleep(max(MIN_SLEEP_SECONDS, self._interval() - spent))
+            self._wait(max(MIN_SLEEP_SECONDS, self._interval() - spent))
+
+    def _wait(self, timeout: float) -> None:
+        """Sleep ``timeout``, or less: until a collector rings ``COUNTED`` after the stats shown.
+
+        After a ring, ``stats_cache.RING_GAP_SECONDS`` more, so that the rings of
+        several collectors' batches make one read and one push.
+        """
+        with self.app.app_context():
+            try:
+                bell = stats_cache.cache().doorbell(store.database())
+            except (PyMongoError, OSError):  # no doorbell: the interval alone, as without rings
+                bell = None
+        if bell is None:
+            self.socketio.sleep(timeout)
+        elif bell.wait([COUNTED], self._rings_shown, timeout):
+            self.socketio.sleep(stats_cache.RING_GAP_SECONDS)
 
     def snapshot(self) -> dict[str, Any] | None:
         """A new snapshot, or None when nothing could have changed since the last one."""
         with self.app.app_context():
             try:
                 db = store.database()
-                stats = stats_cache.cache().get(db)
+                cache = stats_cache.cache()
+                stats = cache.get(db)
+                self._rings_shown = cache.rings_of(stats)
                 now = time.monotonic()
                 if stats is self._stats_seen and now - self._built_at < REBUILD_SECONDS \
                         and self.latest is not None:

@@ -18,6 +18,16 @@ total (``applied_marker``, one read by ``_id``) has not moved; when it moves,
 the next caller reads anew. So the full read runs at most twenty times a second
 per process while counts change, and once per max age while they do not,
 however many pages or callers there are.
+Faster still, when collectors ring (``MOPQ_RINGS``, ``mopq.doorbell``): each
+process has a doorbell for ``COUNTED`` that a collector rings as soon as the
+counters hold a batch, and a ring makes the next caller read anew at once (no
+sooner than ``RING_GAP_SECONDS`` after the last read, so a flood of rings costs
+at most one read per gap). The full read then runs once per collector batch
+per process while counts change, still whatever the pages or callers. The
+``applied_marker`` look stays, for collectors that cannot ring this host. The
+doorbell is made on the first ``get`` in each process (gunicorn forks its
+workers first) and stays registered (one upsert every few seconds) while the
+process is asked for stats.
 An admin action in this process drops the cached answer so its effect shows
 at once; other processes see it within the interval.
 """
@@ -34,19 +44,25 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from mopq.collectors.stats import applied_marker, read_stats
+from mopq.config import settings
+from mopq.doorbell import COUNTED, Doorbell, doorbell_for
 
 Reader = Callable[[Database], dict[str, Any]]
 Marker = Callable[[Database], int]
 STALE_LIMIT_SECONDS = 5.0
 CHECK_SECONDS = 0.05
+RING_GAP_SECONDS = 0.01
 
 
 class StatsCache:
     """A single-flight, time-bounded cache of one ``read_stats`` document."""
 
     def __init__(self, max_age_seconds: float, reader: Reader = read_stats,
-                 marker: Marker | None = applied_marker) -> None:
+                 marker: Marker | None = applied_marker, rings: bool | None = None) -> None:
         self.max_age_seconds = max_age_seconds
+        self._ringable = settings().rings if rings is None else rings
+        self._rings_read = 0  # the doorbell's ring count when the last read began
+        self._value_rings = 0  # ... and when the cached answer's read began
         self.reads = 0
         self._reader = reader
         self._marker = marker
@@ -57,7 +73,7 @@ class StatsCache:
         self._read_at = 0.0
         self._encoded: tuple[dict[str, Any], bytes] | None = None
 
-    def _fresh(self, asked_at: float) -> dict[str, Any] | None:
+    def _fresh(self, db: Database, asked_at: float) -> dict[str, Any] | None:
         """The answer another thread read since this caller asked or a moment ago, if any.
 
         A caller that waited for the lock while another read takes that read's
@@ -66,8 +82,10 @@ class StatsCache:
         """
         if self._value is None:
             return None
-        if self._read_at >= asked_at or \
-                time.monotonic() - self._read_at < min(CHECK_SECONDS, self.max_age_seconds):
+        if self._read_at >= asked_at:
+            return self._value
+        age = time.monotonic() - self._read_at
+        if age < min(CHECK_SECONDS, self.max_age_seconds) and not self._rung(db, age):
             return self._value
         return None
 
@@ -84,6 +102,22 @@ class StatsCache:
         except PyMongoError:
             return True  # the full read, when its age is up, will say what is wrong
 
+    def doorbell(self, db: Database) -> Doorbell | None:
+        """This process's doorbell for ``COUNTED`` (None when rings are off), kept registered."""
+        if not self._ringable:
+            return None
+        bell = doorbell_for(db)  # keyed by process: a forked worker gets its own
+        bell.listen([COUNTED])
+        return bell
+
+    def rings(self, db: Database) -> int:
+        """A number that grows with every ring of ``COUNTED`` (0 when rings are off)."""
+        bell = self.doorbell(db)
+        return bell.rings([COUNTED]) if bell is not None else 0
+
+    def _rung(self, db: Database, age: float) -> bool:
+        return age >= RING_GAP_SECONDS and self.rings(db) != self._rings_read
+
     def get(self, db: Database) -> dict[str, Any]:
         """The cached document if young enough, else a new read.
 
@@ -94,18 +128,19 @@ class StatsCache:
         value, read_at = self._value, self._read_at
         if value is not None:
             age = time.monotonic() - read_at
-            if age < self.max_age_seconds and (age < CHECK_SECONDS or self._unchanged(db)):
+            if age < self.max_age_seconds and not self._rung(db, age) and \
+                    (age < CHECK_SECONDS or self._unchanged(db)):
                 return value
             if age < self.max_age_seconds + STALE_LIMIT_SECONDS:
                 if not self._lock.acquire(blocking=False):
                     return value  # another thread is reading
                 try:
-                    value = self._fresh(asked_at)
+                    value = self._fresh(db, asked_at)
                     return value if value is not None else self._read(db)
                 finally:
                     self._lock.release()
         with self._lock:
-            value = self._fresh(asked_at)
+            value = self._fresh(db, asked_at)
             if value is None:
                 value = self._read(db)
             return value
@@ -130,13 +165,19 @@ class StatsCache:
             self._encoded = None
 
     def _read(self, db: Database) -> dict[str, Any]:
+        self._rings_read = self.rings(db)  # first, like the marker
         if self._marker is not None:  # first: a count applied during the read moves it again
             self._marked = self._marker(db)
             self._checked_at = time.monotonic()
+        rings = self._rings_read
         value = self._reader(db)
         self.reads += 1
-        self._value, self._read_at = value, time.monotonic()
+        self._value, self._read_at, self._value_rings = value, time.monotonic(), rings
         return value
+
+    def rings_of(self, value: dict[str, Any]) -> int:
+        """The ring count when ``value`` was read (0 if it is no longer the cached answer)."""
+        return self._value_rings if value is self._value else 0
 
 
 def init_app(app: Flask, max_age_seconds: float) -> None:

@@ -57,6 +57,9 @@ EMPTY_RING_GAP_SECONDS = 0.01
 # Not a queue (queue names cannot hold '$'): a ring of it says the business log has new
 # events. Publishers ring it after each batch; collectors wait on it between batches.
 LOG = "$log"
+# Likewise: a ring of it says a collector has applied a batch (counts moved). Collectors
+# ring it after each batch; dashboards wait on it to read the stats and push at once.
+COUNTED = "$counted"
 
 
 class Doorbell:

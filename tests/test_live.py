@@ -174,3 +174,51 @@ def test_snapshot_fingerprint_ignores_what_only_the_clock_changes():
     assert fingerprint(base) == fingerprint(later)
     assert fingerprint(later) != fingerprint(behind)
     assert fingerprint(base) != fingerprint({**base, "queues": {"q": {"pending": 2}}})
+
+
+# -- seeing is fast (issue 16, item 2): collectors ring COUNTED after each batch -----------
+
+SLOW_LOOK_SECONDS = 60.0  # far longer than any wait below: only a ring can explain a push
+
+
+def written_of(snapshot: dict, queue: str) -> int:
+    return ((snapshot.get("queues") or {}).get(queue) or {}).get("written", 0)
+
+
+def test_a_count_is_pushed_when_the_collector_rings_not_at_the_next_look(engine_uri, db_name,
+                                                                        collector):
+    """A page sees a count as soon as a collector applied it, not when its process next looks."""
+    from mopq.dashboard import create_app
+    from mopq.dashboard.factory import socketio as server
+
+    app = create_app({"MOPQ_MONGODB_URI": engine_uri, "MOPQ_DATABASE": db_name,
+                      "TESTING": True, "MOPQ_LIVE_INTERVAL": SLOW_LOOK_SECONDS})
+    page = server.test_client(app, namespace="/live")
+    pushes: list[dict] = []
+
+    def received() -> list[dict]:
+        pushes.extend(p["args"][0] for p in page.get_received("/live") if p["name"] == "stats")
+        return pushes
+
+    try:
+        wait_until(received, message="the first push")
+        Queue("rung", uri=engine_uri, database=db_name).write({"n": 1})
+        wait_until(lambda: any(written_of(p, "rung") == 1 for p in received()), timeout=15,
+                   message="a push of the counted write long before the next look")
+    finally:
+        page.disconnect("/live")
+
+
+def test_stats_are_read_anew_when_a_collector_rings(db, collector):
+    """With no marker look and a long max age, the ring alone makes the next answer fresh."""
+    from mopq.dashboard.stats_cache import StatsCache
+
+    cache = StatsCache(SLOW_LOOK_SECONDS, marker=None, rings=True)
+    assert written_of(cache.get(db), "rung") == 0
+    Queue("rung", uri=None, database=db.name).write({"n": 1})
+    wait_until(lambda: written_of(cache.get(db), "rung") == 1, timeout=15,
+               message="the counted write in the cached stats")
+    reads = cache.reads
+    for _ in range(20):  # no ring since: the cached answer, however often asked
+        cache.get(db)
+    assert cache.reads == reads
