@@ -77,9 +77,9 @@ class Commands(monitoring.CommandListener):
         self._kinds.pop(event.request_id, None)
 
     def summary(self) -> str:
-        shown = ("candidate read", "find", "update", "findAndModify")
-        return ", ".join(f"{kind} {self.counts[kind]} ({self.seconds[kind]:.2f} s)"
-                         for kind in shown) + f", all {sum(self.counts.values())}; " \
+        kinds = ", ".join(f"{kind} {count} ({self.seconds[kind]:.2f} s)"
+                          for kind, count in self.counts.most_common())
+        return f"{kinds}, all {sum(self.counts.values())}; " \
             f"candidate reads by queue {dict(sorted(self.reads.items()))}"
 
 

@@ -95,6 +95,18 @@ def exponential_backoff(first: float = 1.0, factor: float = 2.0, cap: float = 30
 
 
 
+def claimable_filter(queues: list[str], routing_key: str | None,
+                     now: dt.datetime) -> dict[str, Any]:
+    """The messages of ``queues`` a consumer could claim at ``now`` (a candidate read's
+    filter; ``Worker`` also asks it of several queues at once)."""
+    query: dict[str, Any] = {"queue": queues[0] if len(queues) == 1 else {"$in": queues},
+                             "state": {"$in": list(schema.CLAIMABLE_STATES)},
+                             "visible_at": {"$lte": now}}
+    if routing_key is not None:
+        query["routing_key"] = routing_key
+    return query
+
+
 def new_token() -> str:
     return secrets.token_hex(8)
 
@@ -399,12 +411,7 @@ class Queue:
     # -- claiming ------------------------------------------------------------------
 
     def _candidate_filter(self, routing_key: str | None, now: dt.datetime) -> dict[str, Any]:
-        query: dict[str, Any] = {"queue": self.name,
-                                 "state": {"$in": list(schema.CLAIMABLE_STATES)},
-                                 "visible_at": {"$lte": now}}
-        if routing_key is not None:
-            query["routing_key"] = routing_key
-        return query
+        return claimable_filter([self.name], routing_key, now)
 
     def _next_candidate(self, routing_key: str | None,
                         want: int) -> tuple[dict[str, Any] | None, bool]:

@@ -92,7 +92,7 @@ from mopq.errors import InvalidInput, LeaseLost
 from mopq.history import checked_result
 from mopq.hosts import host_ip, listening_port
 from mopq.message import Message, acknowledge_all, release_all
-from mopq.queue import MAX_VISIBILITY_TIMEOUT, Backoff, Queue
+from mopq.queue import MAX_VISIBILITY_TIMEOUT, Backoff, Queue, claimable_filter
 
 log = logging.getLogger("mopq.worker")
 
@@ -557,12 +557,40 @@ class Worker:
         self.doorbell.listen(self._names)  # so that other processes' writes ring it
         return True
 
+    def _look_again(self, everywhere: bool) -> set[str]:
+        """Look, in one query, whether the queues found empty that are due for another
+        look (all of them if ``everywhere``) are empty still; return those that are.
+
+        Each would otherwise cost a candidate read of its own (a scan of the
+        collection on the embedded engine) to find, most often, nothing again.
+        Only queues that have not rung since are asked: one that rang is read.
+        Unless two or more are due, nothing is asked here.
+        """
+        now = time.monotonic()
+        due: dict[str, int] = {}
+        for name, (marker, looked_at) in list(self._empty.items()):
+            current = self._ring_marker(name)
+            if current == marker and (everywhere or now - looked_at >= self.poll_interval):
+                due[name] = marker
+        if len(due) < 2:
+            return set()
+        looked_at = time.monotonic()
+        found = self.db[schema.MESSAGES].find_one(
+            claimable_filter(list(due), self.routing_key, utcnow()), {"queue": 1})
+        if found is not None:  # that one has work: read it; the others as usual
+            self._empty.pop(found["queue"], None)
+            return set()
+        for name, marker in due.items():
+            self._empty[name] = (marker, looked_at)
+        return set(due)
+
     def _claim(self, turn: int, everywhere: bool = True) -> tuple[Message | None, int]:
         """The next message this thread claimed ahead, else one from the first queue, from
         ``turn`` on, that has one (with more of that queue claimed ahead: ``_ahead``).
 
         Unless ``everywhere``, a queue found empty just now and not rung since is
-        passed over (``_skippable``).
+        passed over (``_skippable``); queues found empty that are due for another
+        look are looked at together (``_look_again``).
         """
         held = self._held.setdefault(threading.get_ident(), collections.deque())
         while held:
@@ -574,11 +602,12 @@ class Worker:
                 return message, turn
             self._give_back_held(held, "paused" if message.queue.paused else
                                  f"not started {waited:.1f} s after its claim")
+        still_empty = self._look_again(everywhere)
         count = len(self.queues)
         for step in range(count):
             position = (turn + step) % count
             queue = self.queues[position]
-            if not everywhere and self._skippable(queue.name):
+            if queue.name in still_empty or (not everywhere and self._skippable(queue.name)):
                 continue
             marker, looked_at = self._ring_marker(queue.name), time.monotonic()
             messages = queue.read(routing_key=self.routing_key,

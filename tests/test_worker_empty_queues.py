@@ -100,3 +100,50 @@ def test_a_busy_worker_reads_an_empty_queue_once_per_poll_and_still_picks_up_at_
     # ahead (100 times or more here); now about once per poll_interval (by both threads
     # when their looks coincide), plus once per ring.
     assert report["quiet_reads"] <= 2 * busy_seconds / POLL_SECONDS + 6, report
+
+
+IDLE_WORKER = """
+import json, sys, time
+from pymongo import monitoring
+
+class Reads(monitoring.CommandListener):
+    reads = 0
+    def started(self, event):
+        if event.command_name == "find" and "visible_at" in (event.command.get("filter") or {}):
+            Reads.reads += 1
+    def succeeded(self, event):
+        pass
+    def failed(self, event):
+        pass
+
+monitoring.register(Reads())  # before mopq makes its client
+from mopq import Queue, Worker
+
+handled = []
+worker = Worker(["idle_1", "idle_2", "idle_3", "idle_4"], lambda m: handled.append(time.time()),
+                concurrency=4, poll_interval=float(sys.argv[1]), heartbeat_interval=5)
+worker.start()
+time.sleep(1)  # started and settled: each queue found empty once
+before, started = Reads.reads, time.monotonic()
+time.sleep(2)
+per_look = (Reads.reads - before) / ((time.monotonic() - started) / float(sys.argv[1]))
+due_at = time.time() + 0.2
+Queue("idle_3").write({"n": 1}, delay=0.2)  # a delayed write rings no bell
+deadline = time.monotonic() + 30
+while not handled and time.monotonic() < deadline:
+    time.sleep(0.01)
+worker.stop(timeout=30)
+print(json.dumps({"per_look": per_look, "late": handled[0] - due_at if handled else None}))
+"""
+
+
+def test_an_idle_worker_looks_in_all_its_empty_queues_with_one_query(db_name):
+    poll = 0.2
+    result = subprocess.run([sys.executable, "-c", IDLE_WORKER, str(poll)],
+                            capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # One candidate read per queue and look (4) without it; one query for all four now.
+    assert report["per_look"] <= 1.5, report
+    # A message that came due in one of them is still found by the next look.
+    assert report["late"] is not None and report["late"] < poll + 0.5, report
