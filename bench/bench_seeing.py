@@ -31,7 +31,10 @@ update for that batch answered (the count is then readable). The last two
 come from the listener below in the worker and the collector. The rest, to
 the first answer or push that shows it, is the dashboard's: **shown**, the
 first /api/stats answer showing k done minus the applied time of the k-th task
-to finish, and **sent**, the same for pushes (every page's).
+to finish, and **sent**, the same for pushes (every page's). Last, how old
+the stats are when they arrive: an answer's or a push's arrival minus its
+``generated_at`` (when the dashboard began that stats read), for the first
+answer of each read and for every push.
 
 The engine's load from the monitor: every command the collector and the
 dashboard's processes send to the engine is counted (a pymongo command
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -91,6 +95,10 @@ for n in range(count):
     queue.write({"n": n})
 flush(30)
 """
+
+
+def iso_time(text: str) -> float:
+    return dt.datetime.fromisoformat(text).timestamp()
 
 
 def get_json(url: str) -> dict[str, Any]:
@@ -137,11 +145,14 @@ class Page:
         self.sio = socketio.Client(reconnection=False, request_timeout=5,
                                    websocket_extra_options={"skip_utf8_validation": True})
         self.pushes: list[tuple[float, int]] = []
+        self.ages: list[float] = []  # each push's arrival minus its stats' generated_at
         self.sio.on("stats", self._on_stats, namespace="/live")
 
     def _on_stats(self, snapshot: dict[str, Any]) -> None:
         done = (snapshot.get("queues") or {}).get(QUEUE, {}).get("done", 0)
         self.pushes.append((time.time(), int(done)))
+        if "generated_at" in snapshot:
+            self.ages.append(self.pushes[-1][0] - iso_time(snapshot["generated_at"]))
 
     def open(self, url: str) -> None:
         self.sio.connect(url, namespaces=["/live"], transports=["websocket"], wait_timeout=10)
@@ -219,8 +230,13 @@ def phase(db: Any, url: str, env: dict[str, str], processes: Processes, ends_fil
     count = int(rate * seconds)
     stats_url = url + "/api/stats"
 
+    generations: dict[str, float] = {}  # generated_at -> age at its first answer
+
     def done_now() -> int:
-        return int(get_json(stats_url)["queues"].get(QUEUE, {}).get("done", 0))
+        answer = get_json(stats_url)
+        generations.setdefault(answer["generated_at"],
+                               time.time() - iso_time(answer["generated_at"]))
+        return int(answer["queues"].get(QUEUE, {}).get("done", 0))
 
     base = done_now()
     opened = [Page() for _ in range(pages)]
@@ -265,6 +281,8 @@ def phase(db: Any, url: str, env: dict[str, str], processes: Processes, ends_fil
     return {"pages": pages, "tasks": count, "stats": seen, "pushed": pushed,
             "shown": after_applied(seen),
             "sent": [v for page in per_page for v in after_applied(page)],
+            "answer_age": list(generations.values()),
+            "push_age": [age for page in opened for age in page.ages],
             **stages(db, {message_id: float(end) for end, message_id in lines}, counts),
             "answers": len(samples), "pushes": sum(len(p.pushes) for p in opened) / pages,
             **{f"{role}_commands_per_second": commands[role] / elapsed for role in ROLES}}
@@ -356,6 +374,11 @@ def main() -> None:
                                       f"{percentile(result[stage], 0.99) * 1000:.0f} ms "
                                       f"({len(result[stage])} tasks)"
                                       for stage in (*STAGES, "shown", "sent")), flush=True)
+                    print("   stats read to answer (each read's first answer) / to push "
+                          "(every push), p50 / p99: " + "; ".join(
+                              f"{percentile(result[key], 0.5) * 1000:.0f} / "
+                              f"{percentile(result[key], 0.99) * 1000:.0f} ms"
+                              for key in ("answer_age", "push_age")), flush=True)
         finally:
             processes.stop_all()
             if engine is not None:
