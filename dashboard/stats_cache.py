@@ -34,6 +34,7 @@ at once; other processes see it within the interval.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -52,6 +53,9 @@ Marker = Callable[[Database], int]
 STALE_LIMIT_SECONDS = 5.0
 CHECK_SECONDS = 0.05
 RING_GAP_SECONDS = 0.01
+# How often a process says it still waits on COUNTED (the doorbell renews its
+# registration every few seconds of such calls; see mopq.doorbell).
+LISTEN_SECONDS = 1.0
 
 
 class StatsCache:
@@ -61,6 +65,9 @@ class StatsCache:
                  marker: Marker | None = applied_marker, rings: bool | None = None) -> None:
         self.max_age_seconds = max_age_seconds
         self._ringable = settings().rings if rings is None else rings
+        self._bell: Doorbell | None = None
+        self._bell_pid = 0
+        self._listened_at = 0.0
         self._rings_read = 0  # the doorbell's ring count when the last read began
         self._value_rings = 0  # ... and when the cached answer's read began
         self.reads = 0
@@ -106,8 +113,13 @@ class StatsCache:
         """This process's doorbell for ``COUNTED`` (None when rings are off), kept registered."""
         if not self._ringable:
             return None
-        bell = doorbell_for(db)  # keyed by process: a forked worker gets its own
-        bell.listen([COUNTED])
+        bell, now = self._bell, time.monotonic()
+        if bell is None or self._bell_pid != os.getpid():  # a forked worker needs its own
+            bell, self._bell_pid, self._listened_at = doorbell_for(db), os.getpid(), 0.0
+            self._bell = bell
+        if now - self._listened_at >= LISTEN_SECONDS:  # cheap, but not per request
+            self._listened_at = now
+            bell.listen([COUNTED])
         return bell
 
     def rings(self, db: Database) -> int:
