@@ -468,10 +468,10 @@ class Queue:
 
         So a caller can tell an empty queue from one whose candidates other
         consumers claimed first (``Worker`` skips a queue found empty until it
-        rings: ``Worker._skippable``).
+        rings: ``Worker._skippable``). Read without the lock, which a candidate
+        read holds while it waits for the engine: one flag needs no more.
         """
-        with self._lock:
-            return self._found_none.get(routing_key, False)
+        return self._found_none.get(routing_key, False)
 
     def _forget_candidates(self, routing_key: str | None) -> None:
         with self._lock:
