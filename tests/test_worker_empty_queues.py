@@ -27,21 +27,7 @@ DELAY_SECONDS = 0.3
 
 BUSY_WORKER = """
 import json, sys, time
-from pymongo import monitoring
-
-class Reads(monitoring.CommandListener):
-    quiet = 0
-    def started(self, event):
-        looked_for = event.command.get("filter") or {}
-        if event.command_name == "find" and looked_for.get("queue") == "quiet" \\
-                and "visible_at" in looked_for:
-            Reads.quiet += 1
-    def succeeded(self, event):
-        pass
-    def failed(self, event):
-        pass
-
-monitoring.register(Reads())  # before mopq makes its client
+from tests.commands_counted import Counter  # before mopq makes its client
 from mopq import Queue, Worker
 
 handled = {}
@@ -61,8 +47,8 @@ while (busy.count() or len(handled) < 2) and time.monotonic() < deadline:
     time.sleep(0.01)
 drained = time.time()
 worker.stop(timeout=30)
-print(json.dumps({"quiet_reads": Reads.quiet, "started": started, "drained": drained,
-                  "handled": handled}))
+print(json.dumps({"quiet_reads": Counter.candidate_reads["quiet"], "started": started,
+                  "drained": drained, "handled": handled}))
 """
 
 
@@ -104,19 +90,7 @@ def test_a_busy_worker_reads_an_empty_queue_once_per_poll_and_still_picks_up_at_
 
 IDLE_WORKER = """
 import json, sys, time
-from pymongo import monitoring
-
-class Reads(monitoring.CommandListener):
-    reads = 0
-    def started(self, event):
-        if event.command_name == "find" and "visible_at" in (event.command.get("filter") or {}):
-            Reads.reads += 1
-    def succeeded(self, event):
-        pass
-    def failed(self, event):
-        pass
-
-monitoring.register(Reads())  # before mopq makes its client
+from tests.commands_counted import Counter  # before mopq makes its client
 from mopq import Queue, Worker
 
 handled = []
@@ -124,9 +98,10 @@ worker = Worker(["idle_1", "idle_2", "idle_3", "idle_4"], lambda m: handled.appe
                 concurrency=4, poll_interval=float(sys.argv[1]), heartbeat_interval=5)
 worker.start()
 time.sleep(1)  # started and settled: each queue found empty once
-before, started = Reads.reads, time.monotonic()
+reads = Counter.candidate_reads
+before, started = sum(reads.values()), time.monotonic()
 time.sleep(2)
-per_look = (Reads.reads - before) / ((time.monotonic() - started) / float(sys.argv[1]))
+per_look = (sum(reads.values()) - before) / ((time.monotonic() - started) / float(sys.argv[1]))
 due_at = time.time() + 0.2
 Queue("idle_3").write({"n": 1}, delay=0.2)  # a delayed write rings no bell
 deadline = time.monotonic() + 30
@@ -144,6 +119,6 @@ def test_an_idle_worker_looks_in_all_its_empty_queues_with_one_query(db_name):
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     # One candidate read per queue and look (4) without it; one query for all four now.
-    assert report["per_look"] <= 1.5, report
+    assert 0.5 <= report["per_look"] <= 1.5, report  # it does look, once per look
     # A message that came due in one of them is still found by the next look.
     assert report["late"] is not None and report["late"] < poll + 0.5, report
