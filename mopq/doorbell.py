@@ -191,12 +191,12 @@ class Ringer:
         self._read_at = 0.0
         self._lock = threading.Lock()
 
-    def _current_targets(self) -> dict[str, list[tuple[str, int]]]:
-        now = time.monotonic()
-        if now - self._read_at < TARGETS_MAX_AGE_SECONDS:
-            return self._targets
+    def _stale(self) -> bool:
+        return time.monotonic() - self._read_at >= TARGETS_MAX_AGE_SECONDS
+
+    def _reread_targets(self) -> dict[str, list[tuple[str, int]]]:
         with self._lock:
-            if now - self._read_at < TARGETS_MAX_AGE_SECONDS:
+            if not self._stale():  # another thread read them meanwhile
                 return self._targets
             targets: dict[str, list[tuple[str, int]]] = {}
             try:
@@ -207,22 +207,37 @@ class Ringer:
                         targets.setdefault(queue, []).append((bell["ip"], int(bell["port"])))
             except PyMongoError as error:
                 log.debug("mopq doorbell: cannot read doorbells (%s)", error)
-            self._targets, self._read_at = targets, now
+            self._targets, self._read_at = targets, time.monotonic()
             return targets
 
     def ring(self, queue: str) -> int:
-        """Ring every live doorbell of ``queue``; return how many were rung. Never raises."""
+        """Ring every live doorbell of ``queue``; return how many were rung. Never raises.
+
+        The doorbells known from the last read are rung first and only then, if
+        that read is stale, the collection is read again and any doorbell new
+        to it is rung too: so a consumer known already is not kept waiting by
+        that read (a round trip, every ``TARGETS_MAX_AGE_SECONDS`` at most).
+        """
         if not self.enabled:
             return 0
-        targets = self._current_targets().get(queue, [])
         datagram = self.db.name.encode() + b"\x00" + queue.encode()
         local = _doorbells.get((os.getpid(), id(self.db.client), self.db.name))
         if local is not None:
             local.ring_locally([queue])
+        rung: set[tuple[str, int]] = set()
+        self._send(datagram, self._targets.get(queue, []), rung)
+        if self._stale():
+            self._send(datagram, self._reread_targets().get(queue, []), rung)
+        return len(rung)
+
+    def _send(self, datagram: bytes, targets: list[tuple[str, int]],
+              rung: set[tuple[str, int]]) -> None:
+        """Send ``datagram`` to each of ``targets`` not in ``rung``, and add it there."""
         for address in targets:
-            with contextlib.suppress(OSError):
-                self._socket.sendto(datagram, address)
-        return len(targets)
+            if address not in rung:
+                rung.add(address)
+                with contextlib.suppress(OSError):
+                    self._socket.sendto(datagram, address)
 
 
 _doorbells: dict[tuple[int, int, str], Doorbell] = {}

@@ -463,6 +463,7 @@ class Worker:
             error_wait = 0.0
             if message is not None:
                 idle_wait = 0.0
+                rang = False  # the ring led to a claim: the next empty look is no wasted ring
                 if self.doorbell is not None and self.concurrency > 1:
                     self._wake(self._names)  # more may wait: wake a sibling
                 # An activity step's acknowledgement may claim its next step for this thread.

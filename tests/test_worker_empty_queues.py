@@ -61,7 +61,7 @@ def test_a_busy_worker_reads_an_empty_queue_once_per_poll_and_still_picks_up_at_
     try:
         # The worker registers its doorbell for "quiet" once it passes over it, and this
         # process (the writer) re-reads whom to ring at most once a second.
-        wait_until(lambda: ringer_for(quiet.db)._current_targets().get("quiet"), 30,
+        wait_until(lambda: ringer_for(quiet.db)._reread_targets().get("quiet"), 30,
                    message="the busy worker's doorbell is known to the writer")
         assert quiet.db.messages.count_documents({"queue": "busy", "state": "pending"}) > 0
         rung_at = time.time()
