@@ -363,6 +363,44 @@ def test_partition_leases_keep_a_fair_share(db_name, db):
     assert not set(first.held) & set(second.held)
 
 
+def test_renewing_the_partitions_held_takes_a_few_commands_and_skips_one_lost(
+        engine_uri, db_name, db):
+    """A collector renews its leases every second in the loop that applies batches, so
+    each command there delays counts: renewing sixteen partitions took seventeen round
+    trips; now the whole rebalance takes four. A lease another collector holds now is
+    neither renewed nor kept."""
+    from pymongo import MongoClient, monitoring
+
+    class Seen(monitoring.CommandListener):
+        commands = 0
+
+        def started(self, event):
+            Seen.commands += 1
+
+        def succeeded(self, event):
+            pass
+
+        def failed(self, event):
+            pass
+
+    client = MongoClient(engine_uri, event_listeners=[Seen()])
+    try:
+        leases = PartitionLeases(client[db_name], "one")
+        assert len(leases.rebalance({})) == schema.PARTITIONS
+        before = Seen.commands
+        assert len(leases.rebalance({})) == schema.PARTITIONS
+        assert Seen.commands - before <= 4
+        soon = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=5)
+        db.leases.update_many({}, {"$set": {"expires_at": soon}})
+        db.leases.update_one({"_id": "partition:3"}, {"$set": {"owner": "two"}})
+        held = leases.rebalance({})
+        assert 3 not in held and len(held) == schema.PARTITIONS - 1
+        assert db.leases.find_one({"_id": "partition:3"})["expires_at"] == soon
+        assert db.leases.find_one({"_id": "partition:4"})["expires_at"] > soon
+    finally:
+        client.close()
+
+
 def test_a_batch_counts_business_values_durations_and_activities_per_bucket():
     """What a dashboard chart reads back: count, sum, min, max, histogram, activity counts."""
     from mopq.collectors.counters import deltas_of, histogram_bin
