@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from typing import Any
 
@@ -80,14 +81,18 @@ class Collector(Background):
         super().stop(timeout)
 
     def run(self) -> None:
-        """The loop: rebalance leases, apply a batch, run the monitor when due."""
+        """Rebalance leases and apply batches; the monitor runs beside (``_monitor_loop``)."""
         schema.ensure_indexes(self.db)
         presence: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(),
                                     "started_at": time.time()}
         next_rebalance = 0.0
-        next_monitor = 0.0
         if settings().rings:
             self._bell = doorbell_for(self.db)
+        monitoring = None
+        if self.monitor is not None:
+            monitoring = threading.Thread(target=self._monitor_loop, name="mopq-monitor",
+                                          daemon=True)
+            monitoring.start()
         failures = 0
         try:
             while not self.stopping.is_set():
@@ -96,12 +101,8 @@ class Collector(Background):
                     rings = self._bell.rings([LOG]) if self._bell is not None else 0
                     if now >= next_rebalance:
                         self.partitions.rebalance(presence)
-                        self.holds_monitor = self._renew_monitor_lease()
                         next_rebalance = now + self.rebalance_interval
                     result = self.step()
-                    if self.holds_monitor and now >= next_monitor:
-                        self.run_monitor()
-                        next_monitor = now + self.monitor_interval
                     failures = 0
                     self.last_error = None
                     if result.lost_partitions:
@@ -115,6 +116,8 @@ class Collector(Background):
                     log.warning("mopq collector: %s; retrying in %.1f s", error, wait)
                     self.stopping.wait(wait)
         finally:
+            if monitoring is not None:
+                monitoring.join(self.rebalance_interval)
             try:
                 self.partitions.release_all()
                 if self.monitor is not None:
@@ -151,6 +154,34 @@ class Collector(Background):
         """
         ringer_for(self.db).ring(COUNTED)
 
+    def _monitor_loop(self) -> None:
+        """Hold the monitor lease (renewed every ``rebalance_interval``) and run a pass every
+        ``monitor_interval`` while holding it, in a thread of its own.
+
+        Why a thread: a pass sends tens of commands (lost leases, dead workers, the
+        outbox sweep, purges); run between two batches, it held back every count
+        waiting behind it by as long.
+        """
+        next_pass = 0.0
+        failures = 0
+        while not self.stopping.is_set():
+            wait = self.rebalance_interval
+            try:
+                self.holds_monitor = self._renew_monitor_lease()
+                if self.holds_monitor and time.monotonic() >= next_pass:
+                    self._monitor_pass()
+                    next_pass = time.monotonic() + self.monitor_interval
+                failures = 0
+            except PyMongoError as error:
+                failures += 1
+                wait = retry_delay(failures)
+                log.warning("mopq monitor: %s; retrying in %.1f s", error, wait)
+            except Exception:
+                failures += 1
+                wait = retry_delay(failures)
+                log.exception("mopq monitor: error in a pass; retrying in %.1f s", wait)
+            self.stopping.wait(wait)
+
     def _renew_monitor_lease(self) -> bool:
         if self.monitor is None:
             return False
@@ -161,8 +192,12 @@ class Collector(Background):
         """One monitor pass if this collector holds (or takes) the monitor lease."""
         if not self._renew_monitor_lease():
             return False
+        self._monitor_pass()
+        return True
+
+    def _monitor_pass(self) -> None:
+        assert self.monitor is not None
         self.monitor.run_once()
         self.monitor_passes += 1
         self.db[schema.LEASES].update_one({"_id": MONITOR_LEASE, "owner": self.id},
                                           {"$inc": {f"passes.{self.id.replace('.', '_')}": 1}})
-        return True

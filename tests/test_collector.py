@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -294,6 +295,36 @@ def test_three_collectors_share_partitions_and_one_monitor_acts(db_name, db):
                 process.wait()
     total = db.counters.find_one({"_id": counter_id("b:share:*", TOTAL, None)})
     assert total["count"] == 6_000
+
+
+def test_counting_goes_on_while_a_monitor_pass_runs(db_name, db):
+    """The monitor's passes run in a thread beside the batches. A pass sends tens of
+    commands; run between two batches, every count waited behind it. Here a pass is
+    held open until the count it must not block has been seen."""
+    collector = Collector(monitor_interval=0.1)
+    in_pass, release = threading.Event(), threading.Event()
+    real_pass = collector.monitor.run_once
+
+    def held_pass():
+        in_pass.set()
+        release.wait(60)
+        return real_pass()
+
+    collector.monitor.run_once = held_pass
+    collector.start()
+    try:
+        assert in_pass.wait(30), "the monitor never ran"
+        emit("beside", value=1)
+        assert flush(30)
+
+        def counted():
+            total = db.counters.find_one({"_id": counter_id("b:beside:*", TOTAL, None)})
+            return (total or {}).get("count") == 1
+        wait_until(counted, timeout=30, message="the event counted during the monitor's pass")
+        assert not release.is_set() and collector.monitor_passes == 0
+    finally:
+        release.set()
+        collector.stop(5)
 
 
 def test_a_killed_worker_is_marked_dead_and_its_message_comes_back_early(db_name, db,
