@@ -347,6 +347,15 @@ def test_an_idle_node_worker_sends_a_few_queries_a_second_and_still_picks_work_u
     assert process.wait(15) == 0
 
 
+def test_a_ring_that_led_to_a_node_claim_is_not_counted_as_one_that_found_nothing(
+        db_name, node_client):
+    """After 50 rings that find nothing in a second, a Node doorbell ignores the rest of
+    that second's rings; the look after handling a rung message (the queue empty again)
+    was counted as one, so past 50 messages a second each pickup waited for a poll."""
+    answer = run_node(node_client, "ring_claimed.js", {"queue": "rung", "count": 3})
+    assert answer["handled"] == 3 and answer["empty"] == 0, answer
+
+
 # -- leases, expiry and the format version ---------------------------------------------------
 
 

@@ -284,6 +284,7 @@ export class Worker {
       }
       errorMs = 0;
       if (message) {
+        rang = false; // the ring led to a claim: the next empty look is no wasted ring
         if (this.concurrency > 1) this.bell.ringLocally(this.names); // more may wait: wake a sibling
         await this.handle(index, message);
         continue;
