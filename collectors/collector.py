@@ -172,14 +172,11 @@ class Collector(Background):
                     self._monitor_pass()
                     next_pass = time.monotonic() + self.monitor_interval
                 failures = 0
-            except PyMongoError as error:
+            except Exception as error:  # the thread must outlive any one pass
                 failures += 1
                 wait = retry_delay(failures)
-                log.warning("mopq monitor: %s; retrying in %.1f s", error, wait)
-            except Exception:
-                failures += 1
-                wait = retry_delay(failures)
-                log.exception("mopq monitor: error in a pass; retrying in %.1f s", wait)
+                log.warning("mopq monitor: %s; retrying in %.1f s", error, wait,
+                            exc_info=not isinstance(error, PyMongoError))
             self.stopping.wait(wait)
 
     def _renew_monitor_lease(self) -> bool:
@@ -187,13 +184,6 @@ class Collector(Background):
             return False
         return leases.acquire(self.db, MONITOR_LEASE, self.id, self.lease_seconds,
                               {"kind": "monitor"}) is not None
-
-    def run_monitor(self) -> bool:
-        """One monitor pass if this collector holds (or takes) the monitor lease."""
-        if not self._renew_monitor_lease():
-            return False
-        self._monitor_pass()
-        return True
 
     def _monitor_pass(self) -> None:
         assert self.monitor is not None
