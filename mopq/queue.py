@@ -107,6 +107,22 @@ def claimable_filter(queues: list[str], routing_key: str | None,
     return query
 
 
+def first_claimable(db: Database, queues: list[str], routing_key: str | None
+                    ) -> str | None:
+    """The name of one of ``queues`` with a message claimable now, or None if none has one.
+
+    Sorted by visibility time, the order of the "queue_state_visible" index's
+    last key (schema): the first message walked in that order is claimable if
+    any is, so the engine reads one entry when there is work and, when there is
+    none, only the queues' inflight and delayed messages. (Unsorted, the
+    embedded engine scans the collection: with 20,000 instances waiting in
+    another queue, 8 ms to find nothing, against 0.14 ms sorted.)
+    """
+    found = db[schema.MESSAGES].find_one(claimable_filter(queues, routing_key, utcnow()),
+                                         {"queue": 1, "_id": 0}, sort=[("visible_at", 1)])
+    return None if found is None else found["queue"]
+
+
 def new_token() -> str:
     return secrets.token_hex(8)
 

@@ -92,7 +92,7 @@ from mopq.errors import InvalidInput, LeaseLost
 from mopq.history import checked_result
 from mopq.hosts import host_ip, listening_port
 from mopq.message import Message, acknowledge_all, release_all
-from mopq.queue import MAX_VISIBILITY_TIMEOUT, Backoff, Queue, claimable_filter
+from mopq.queue import MAX_VISIBILITY_TIMEOUT, Backoff, Queue, first_claimable
 
 log = logging.getLogger("mopq.worker")
 
@@ -211,6 +211,7 @@ class Worker:
         self._acks_closing = False
         # Queues found empty: name -> (its ring marker then, when); see _skippable.
         self._empty: dict[str, tuple[int, float]] = {}
+        self._looking_again = threading.Lock()  # one thread at a time: _look_again
         self._own_rings: collections.Counter[str] = collections.Counter()
         self._rings_lock = threading.Lock()
 
@@ -562,10 +563,13 @@ class Worker:
         """Look, in one query, whether the queues found empty that are due for another
         look (all of them if ``everywhere``) are empty still; return those that are.
 
-        Each would otherwise cost a candidate read of its own (a scan of the
-        collection on the embedded engine) to find, most often, nothing again.
-        Only queues that have not rung since are asked: one that rang is read.
-        Unless two or more are due, nothing is asked here.
+        Each would otherwise cost a candidate read of its own to find, most
+        often, nothing again. Only queues that have not rung since are asked:
+        one that rang is read.
+        Unless two or more are due, nothing is asked here; nor while another
+        thread of this worker asks (the due queues are then passed over, as
+        still empty, until its answer: one look per ``poll_interval`` is the
+        contract, not one per thread).
         """
         now = time.monotonic()
         due: dict[str, int] = {}
@@ -575,11 +579,15 @@ class Worker:
                 due[name] = marker
         if len(due) < 2:
             return set()
-        looked_at = time.monotonic()
-        found = self.db[schema.MESSAGES].find_one(
-            claimable_filter(list(due), self.routing_key, utcnow()), {"queue": 1})
+        if not self._looking_again.acquire(blocking=False):
+            return set(due)
+        try:
+            looked_at = time.monotonic()
+            found = first_claimable(self.db, list(due), self.routing_key)
+        finally:
+            self._looking_again.release()
         if found is not None:  # that one has work: read it; the others as usual
-            self._empty.pop(found["queue"], None)
+            self._empty.pop(found, None)
             return set()
         for name, marker in due.items():
             self._empty[name] = (marker, looked_at)

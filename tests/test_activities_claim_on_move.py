@@ -10,6 +10,7 @@ the kill test of tests/test_activities.py (its charge step is claimed on move).
 
 from __future__ import annotations
 
+import copy
 import threading
 
 from mopq import LeaseLost, Queue, policy, schema
@@ -28,12 +29,14 @@ def _stored(db, instance_id) -> dict:
 
 def test_the_worker_that_acknowledges_a_step_holds_the_next_and_no_one_else_gets_it(db):
     mismatches: list[str] = []
+    handled: list[tuple[object, dict]] = []  # each step's message and its document as run
 
     def step(name: str):
         def run(message):
             seen = {key: value for key, value in message.document.items() if key != "outbox"}
             if seen != _stored(db, message.id):  # the holder sees the instance as stored
                 mismatches.append(f"{message.body['key']} at {name}")
+            handled.append((message, copy.deepcopy(message.document)))
             return {"after": name, "previous": message.body["previous"]}
         return run
 
@@ -69,6 +72,10 @@ def test_the_worker_that_acknowledges_a_step_holds_the_next_and_no_one_else_gets
             competitor.join(10)
     assert others == [], f"steps taken by another consumer between two steps: {others}"
     assert mismatches == []
+    # Moving the instance on left each handled step's own document as its handler saw it.
+    assert len(handled) == 3 * len(keys)
+    changed = [message.body["key"] for message, seen in handled if message.document != seen]
+    assert changed == [], f"step documents changed after their acknowledgement: {changed}"
     wait_until(lambda: db[schema.HISTORY].count_documents({"sequence.key": {"$in": keys}})
                == len(keys), message="every instance in history")
     for key in keys:

