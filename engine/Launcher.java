@@ -68,10 +68,11 @@ public final class Launcher {
      * (Java deserialization of the stored documents) under the store's lock, so
      * every commit waits for the step. JFR on the engine of `make bench`'s mopq
      * row showed commits blocked on that lock for 11 s in 55 s. With 256 the same
-     * work is done in steps a quarter the size: write -> handler start p99 21-31
-     * ms and task done -> visible p99 0.09-0.12 s in four runs, against 36-84 ms
+     * work is done in steps a quarter the size: write -> handler start p99 21-42
+     * ms and task done -> visible p99 0.09-0.12 s in six runs, against 36-84 ms
      * and 0.24-0.63 s in seven with 1,024 (docs/BENCHMARKS.md, "H2 housekeeping in
-     * smaller steps"); the file stayed bounded (37-83 MB against 40-58 MB). It
+     * smaller steps"; 128 did no better); the file stayed bounded (37-92 MB against
+     * 40-58 MB). It
      * changes nothing for durability: Durable commits every write itself.
      */
     static final int UNSAVED_BUFFER_KB = 256;
