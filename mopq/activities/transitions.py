@@ -197,14 +197,7 @@ def _whole_sequence(update: dict[str, Any], sequence: dict[str, Any]) -> dict[st
     for operator in ("$set", "$unset", "$push"):
         fields = changed.get(operator, {})
         for path in [path for path in fields if path.startswith("sequence.")]:
-            parent, name = _parent(whole, path, copied)
-            value = fields.pop(path)
-            if operator == "$set":
-                parent[name] = value
-            elif operator == "$unset":
-                parent.pop(name, None)
-            else:
-                parent[name] = [*parent.get(name, []), value]
+            _apply(whole, operator, path, fields.pop(path), copied)
     changed.setdefault("$set", {})["sequence"] = whole["sequence"]
     return {operator: fields for operator, fields in changed.items() if fields}
 
@@ -299,15 +292,25 @@ def _after(document: dict[str, Any], update: dict[str, Any],
     after = {key: value for key, value in document.items() if key != "outbox"}
     copied = {id(after)}
     for path, value in changes["set"].items():
-        parent, name = _parent(after, path, copied)
-        parent[name] = value
+        _apply(after, "$set", path, value, copied)
     for path in update.get("$unset", {}):
-        parent, name = _parent(after, path, copied)
-        parent.pop(name, None)
+        _apply(after, "$unset", path, None, copied)
     for path, value in changes["push"].items():
-        parent, name = _parent(after, path, copied)
-        parent[name] = [*parent.get(name, []), value]
+        _apply(after, "$push", path, value, copied)
     return after
+
+
+def _apply(document: dict[str, Any], operator: str, path: str, value: Any,
+           copied: set[int]) -> None:
+    """Make one ``$set``, ``$unset`` or ``$push`` of ``path`` to ``document`` as the engine
+    would, copying the containers on the way first (``_parent``)."""
+    parent, name = _parent(document, path, copied)
+    if operator == "$set":
+        parent[name] = value
+    elif operator == "$unset":
+        parent.pop(name, None)
+    else:
+        parent[name] = [*parent.get(name, []), value]
 
 
 def _parent(document: dict[str, Any], path: str, copied: set[int]) -> tuple[Any, Any]:
