@@ -61,22 +61,6 @@ public final class Launcher {
      */
     static final int AUTO_COMMIT_DELAY_MS = 100;
 
-    /**
-     * H2's unsaved-memory budget (KB; its default is 1,024), which also sizes each
-     * step of the housekeeping above: while the store is busy, one step rewrites
-     * up to a quarter of it of live pages from sparse chunks, reading them back
-     * (Java deserialization of the stored documents) under the store's lock, so
-     * every commit waits for the step. JFR on the engine of `make bench`'s mopq
-     * row showed commits blocked on that lock for 11 s in 55 s. With 256 the same
-     * work is done in steps a quarter the size: write -> handler start p99 21-42
-     * ms and task done -> visible p99 0.09-0.12 s in six runs, against 36-84 ms
-     * and 0.24-0.63 s in seven with 1,024 (docs/BENCHMARKS.md, "H2 housekeeping in
-     * smaller steps"; 128 did no better); the file stayed bounded (37-92 MB against
-     * 40-58 MB). It
-     * changes nothing for durability: Durable commits every write itself.
-     */
-    static final int UNSAVED_BUFFER_KB = 256;
-
     static final String ACK_BEFORE_COMMIT = "MOPQ_ENGINE_ACK_BEFORE_COMMIT";
 
     public static void main(String[] args) throws Exception {
@@ -108,7 +92,6 @@ public final class Launcher {
             }
             MVStore store = new MVStore.Builder()
                     .fileName(new File(dir, "mopq.mv.db").getPath())
-                    .autoCommitBufferSize(UNSAVED_BUFFER_KB)
                     .open();
             store.setAutoCommitDelay(AUTO_COMMIT_DELAY_MS);
             backend = ackBeforeCommit ? new IndexFirst.H2(store) : new Durable(store);
