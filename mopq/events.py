@@ -11,7 +11,8 @@ applied and deleted, the collector's receipts skip it.
 A transition is unique given the message id and the lease token it ended or
 began (one claim per token; one of ack/fail/reclaim ends a token), or the
 message id alone for things that happen once in a message's life (written,
-expired, removed), or the operator-retry nonce ``epoch``.
+expired, removed), or the operator-retry nonce ``epoch``; a claim that let the
+engine choose its message is named by a fresh ObjectId of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from typing import Any
+
+from bson import ObjectId
 
 from mopq.schema import (
     ACKED,
@@ -77,6 +80,18 @@ def written_entry(message_id: Any, at: dt.datetime, delayed: bool) -> dict[str, 
     """
     return {"id": f"{message_id}:{_SUFFIX[WRITTEN]}", "kind": WRITTEN, "at": at,
             "delayed": delayed}
+
+
+def first_claim_entry(at: dt.datetime, worker: str | None) -> dict[str, Any]:
+    """The "claimed" entry of a claim that chose its message in the engine (FORMAT §4.3).
+
+    Such a claim (one sorted ``findAndModify``) cannot know the message's id
+    before its update, so the id cannot name the message: a fresh ObjectId,
+    unique on its own, names the claim instead. The message fields are left
+    out, as in :func:`written_entry`, and rebuilt from the document.
+    """
+    return {"id": f"{ObjectId()}:{_SUFFIX[CLAIMED]}", "kind": CLAIMED, "at": at,
+            "worker": worker}
 
 
 def expanded(entry: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:

@@ -1,25 +1,28 @@
 """``Queue``: write messages, claim them under a lease.
 
-How a claim works, and why: on MongoDB a claim could be one sorted
-``find_one_and_update``, but the embedded engine scans the whole collection
-for every query not on ``_id`` (docs/ENGINE.md), so a sorted claim costs
-O(backlog) each time. Instead a queue reads a batch of candidate ids once
-(sorted by priority, then age), keeps them for a short while, and takes each
-with a compare-and-set update on ``_id`` whose filter re-checks that the
-message is still claimable *in the state the candidate was read in*. Two
-consumers racing for one candidate: one update matches, the other matches
-nothing and moves on. So no message is ever held by two consumers at once,
-while most claims cost one update by ``_id``.
+How a claim works, and why. One message at a time (``read()``, a worker
+that has not learnt its pace, the HTTP queue's claims), the engine picks it:
+one ``find_one_and_update`` of the queue's first pending message, highest
+priority then oldest, answered from the "claim" index (on MongoDB, and on the
+embedded engine through its ordered index, docs/ENGINE.md). Consumers in
+other processes then never try a message another just took, and a claim
+after a quiet spell is one round trip. An expired lease is not claimed that
+way (its event needs the old token, which only a read gives): when no
+pending message is claimable, a candidate read follows.
 
-The order is therefore "highest priority, then oldest" as of the last
-candidate read, which is at most ``CANDIDATE_TTL_SECONDS`` old, or ten times
-as long as the read took when reads are slow (a large backlog on the
-embedded engine: then more candidates are read at once). A message written
-with a higher priority after that read waits at most that long to jump ahead.
-Under contention (a claim lost to another consumer) a queue tries its
-remaining candidates in random order within each priority, so consumers stop
-colliding on the same few messages; order within a priority is then only
-roughly oldest first.
+Several at once, a queue reads a batch of candidate ids (same order), keeps
+them for a short while, and takes them with compare-and-set updates on
+``_id`` whose filter re-checks that each message is still claimable *in the
+state the candidate was read in*, all in one ``update`` command. Two
+consumers racing for one candidate: one update matches, the other matches
+nothing and moves on. So no message is ever held by two consumers at once.
+
+Candidates are at most ``CANDIDATE_TTL_SECONDS`` old, or ten times as long
+as the read took when reads are slow (a large backlog on the plain
+engine: then more candidates are read at once). Under contention (a claim
+lost to another consumer) a queue tries its remaining candidates in random
+order within each priority, so consumers stop colliding on the same few
+messages; order within a priority is then only roughly oldest first.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from mopq.errors import (
     MessageNotFound,
     ResultTimeout,
 )
-from mopq.events import message_event, written_entry
+from mopq.events import first_claim_entry, message_event, written_entry
 from mopq.message import Message
 from mopq.object_ids import object_ids
 from mopq.policy import PolicyCache, QueueRecord, define
@@ -63,6 +66,8 @@ CANDIDATE_TTL_SECONDS = 1.0
 CANDIDATE_FIELDS = {"_id": 1, "queue": 1, "routing_key": 1, "activity": 1, "state": 1,
                     "lease_token": 1, "expire_at": 1, "priority": 1}
 MIN_CANDIDATES = 128
+# Claim order: highest priority, then oldest (the "claim" index's last keys, schema).
+CLAIM_ORDER = [("priority", -1), ("_id", 1)]
 MAX_LIMIT = 1000
 MAX_VISIBILITY_TIMEOUT = 12 * 3600
 MAX_PRIORITY = 2**31 - 1
@@ -450,7 +455,7 @@ class Queue:
                 cursor = (self.messages
                           .find(self._candidate_filter(routing_key, utcnow()),
                                 CANDIDATE_FIELDS)
-                          .sort([("priority", -1), ("_id", 1)])
+                          .sort(CLAIM_ORDER)
                           .limit(max(size, want * 4)))
                 candidates.extend(cursor)
                 self._found_none[routing_key] = not candidates
@@ -551,6 +556,7 @@ class Queue:
         if record.paused is not None or self.throttled_for() > 0:
             return claimed
         rescanned = read_here = False
+        first_in_order = True
         while len(claimed) < limit:
             if limit - len(claimed) > 1 and record.rate_limit() is None:
                 if read_here and not self._candidates.get(routing_key):
@@ -574,6 +580,23 @@ class Queue:
                 if lost:
                     self._spread_candidates(routing_key)
                 continue
+            if first_in_order:
+                slot = self._slot(record)
+                if slot is False:
+                    break
+                message = self._claim_first(routing_key, timeout,
+                                            slot if isinstance(slot, dt.datetime) else None)
+                if message is not None:
+                    self._found_none[routing_key] = False
+                    claimed.append(message)
+                    continue
+                if slot is not True:
+                    rate_limit.give_back(self.db, self.name, record.rate_limit(), slot)
+                # No pending message: look for expired leases (and expired messages)
+                # among freshly read candidates.
+                first_in_order = False
+                self._forget_candidates(routing_key)
+                rescanned = True
             candidate, fresh = self._next_candidate(routing_key, limit - len(claimed))
             if candidate is None:
                 if rescanned or fresh:  # the candidates were just read: there are none
@@ -643,13 +666,42 @@ class Queue:
             events.append(message_event(schema.RECLAIMED, candidate, now,
                                         candidate.get("lease_token"), reason="lease expired"))
         events.append(message_event(schema.CLAIMED, candidate, now, token, worker=self.worker))
-        update = {"$set": {"state": schema.INFLIGHT, "lease_token": token,
-                           "leased_by": self.worker, "claimed_at": now, "updated_at": now,
-                           "visibility_timeout": timeout,
-                           "visible_at": now + dt.timedelta(seconds=timeout)},
-                  "$inc": {"attempts": 1},
-                  "$push": {"outbox": {"$each": events}}}
-        return query, update, events
+        return query, self._lease_update(token, timeout, now, events), events
+
+    def _lease_update(self, token: str, timeout: float, now: dt.datetime,
+                      events: list[dict[str, Any]]) -> dict[str, Any]:
+        """The update of a claim under ``token``, pushing ``events`` (FORMAT §4.3)."""
+        return {"$set": {"state": schema.INFLIGHT, "lease_token": token,
+                         "leased_by": self.worker, "claimed_at": now, "updated_at": now,
+                         "visibility_timeout": timeout,
+                         "visible_at": now + dt.timedelta(seconds=timeout)},
+                "$inc": {"attempts": 1},
+                "$push": {"outbox": {"$each": events}}}
+
+    def _claim_first(self, routing_key: str | None, timeout: float,
+                     slot_taken_at: dt.datetime | None = None) -> Message | None:
+        """Claim the first pending message in claim order in one sorted ``findAndModify``,
+        or None if no pending message is claimable now (FORMAT §4.3, "The first in order").
+
+        The engine picks the message, so consumers in other processes never lose
+        a race for a candidate they read, and a claim after a quiet spell costs
+        one round trip instead of a candidate read and a claim. Pending only: an
+        expired lease's reclaim needs the old token in its event, which only a
+        candidate read gives (``_read_now`` falls back to one).
+        """
+        now = slot_taken_at or utcnow()
+        query: dict[str, Any] = {"queue": self.name, "state": schema.PENDING,
+                                 "visible_at": {"$lte": now}, "expire_at": {"$gt": now}}
+        if routing_key is not None:
+            query["routing_key"] = routing_key
+        entry = first_claim_entry(now, self.worker)
+        document = self.messages.find_one_and_update(
+            query, self._lease_update(new_token(), timeout, now, [entry]),
+            sort=CLAIM_ORDER, return_document=ReturnDocument.AFTER)
+        if document is None:
+            return None
+        self.publisher.add_outbox(Outbox(document["_id"], schema.INFLIGHT, [entry], document))
+        return Message(self, document)
 
     def _claim_many(self, candidates: list[dict[str, Any]],
                     timeout: float) -> tuple[list[Message], int]:

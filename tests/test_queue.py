@@ -8,6 +8,7 @@ import time
 from itertools import pairwise
 
 import pytest
+from pymongo import MongoClient, monitoring
 
 from mopq import Envelope, LeaseLost, Queue, admin, exponential_backoff, flush, maintenance, schema
 from tests.helpers import wait_until
@@ -57,6 +58,77 @@ def test_one_process_messages_are_claimed_in_the_order_written_one_by_one_or_in_
     queue.write({"n": 3})
     queue.write_many([{"n": 4}])
     assert [m.body["n"] for m in queue.read(limit=5)] == [0, 1, 2, 3, 4]
+
+
+class _Claims(monitoring.CommandListener):
+    """The commands one client sends, and its claims (a findAndModify that counts an attempt)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.everything = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.everything += 1
+        if event.command_name.lower() == "findandmodify" \
+                and "attempts" in (event.command.get("update") or {}).get("$inc", {}):
+            self.sent += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_consumers_in_two_processes_take_turns_without_losing_a_claim_in_strict_order(
+        engine_uri, db_name, db):
+    # Each consumer has its own client, as two processes (two gunicorn workers serving
+    # the HTTP queue, two worker processes) would: a claim from a candidate list read
+    # by one would often find the message already taken by the other.
+    queue = Queue("turns")
+    queue.write_many([Envelope({"n": n}, priority=n % 3) for n in range(30)])
+    expected = sorted(range(30), key=lambda n: (-(n % 3), n))
+    listeners = [_Claims(), _Claims()]
+    clients = [MongoClient(engine_uri, event_listeners=[listener]) for listener in listeners]
+    try:
+        consumers = [Queue("turns", db=client[db_name]) for client in clients]
+        got = []
+        for turn in range(30):
+            [message] = consumers[turn % 2].read()
+            got.append(message.body["n"])
+            message.delete()
+        assert got == expected
+        assert [listener.sent for listener in listeners] == [15, 15], \
+            "each claim should be one findAndModify that found its message"
+        assert consumers[0].read() == [] and consumers[0].found_none()
+        assert flush(10)
+    finally:
+        for client in clients:
+            client.close()
+    claimed = list(db.events.find({"queue": "turns", "kind": "claimed"}))
+    assert len(claimed) == 30 and len({e["message"] for e in claimed}) == 30
+    assert all(0 <= e["partition"] < schema.PARTITIONS and e["worker"] is None for e in claimed)
+    assert db.events.count_documents({"queue": "turns", "kind": "acked"}) == 30
+
+
+def test_a_message_written_after_the_queue_was_found_empty_is_claimed_in_one_command(
+        engine_uri, db_name):
+    # Pickup after a quiet spell: the ring wakes the consumer, whose claim is then the
+    # whole delay between the write and the handler; one round trip, not two.
+    listener = _Claims()
+    client = MongoClient(engine_uri, event_listeners=[listener])
+    try:
+        consumer = Queue("quiet", db=client[db_name])
+        assert consumer.read() == [] and consumer.found_none()
+        Queue("quiet").write({"n": 1})
+        before = listener.everything
+        [message] = consumer.read()
+        assert message.body == {"n": 1}
+        assert listener.everything - before == 1, "a candidate read and a claim were sent"
+        message.delete()
+        assert flush(10)
+    finally:
+        client.close()
 
 
 def test_message_ids_are_distinct_ordered_and_differ_after_a_fork():
