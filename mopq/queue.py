@@ -66,8 +66,6 @@ CANDIDATE_TTL_SECONDS = 1.0
 CANDIDATE_FIELDS = {"_id": 1, "queue": 1, "routing_key": 1, "activity": 1, "state": 1,
                     "lease_token": 1, "expire_at": 1, "priority": 1}
 MIN_CANDIDATES = 128
-# Claim order: highest priority, then oldest (the "claim" index's last keys, schema).
-CLAIM_ORDER = [("priority", -1), ("_id", 1)]
 MAX_LIMIT = 1000
 MAX_VISIBILITY_TIMEOUT = 12 * 3600
 MAX_PRIORITY = 2**31 - 1
@@ -455,7 +453,7 @@ class Queue:
                 cursor = (self.messages
                           .find(self._candidate_filter(routing_key, utcnow()),
                                 CANDIDATE_FIELDS)
-                          .sort(CLAIM_ORDER)
+                          .sort(schema.CLAIM_ORDER)
                           .limit(max(size, want * 4)))
                 candidates.extend(cursor)
                 self._found_none[routing_key] = not candidates
@@ -697,7 +695,7 @@ class Queue:
         entry = first_claim_entry(now, self.worker)
         document = self.messages.find_one_and_update(
             query, self._lease_update(new_token(), timeout, now, [entry]),
-            sort=CLAIM_ORDER, return_document=ReturnDocument.AFTER)
+            sort=schema.CLAIM_ORDER, return_document=ReturnDocument.AFTER)
         if document is None:
             return None
         self.publisher.add_outbox(Outbox(document["_id"], schema.INFLIGHT, [entry], document))

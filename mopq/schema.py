@@ -173,6 +173,10 @@ def partition_of(key: str) -> int:
     return zlib.crc32(key.encode()) % PARTITIONS
 
 
+# Claim order: highest priority, then oldest; the "claim" index's last keys.
+CLAIM_ORDER = [("priority", DESCENDING), ("_id", ASCENDING)]
+
+
 @dataclass(frozen=True)
 class CollectionIndexes:
     collection: str
@@ -183,8 +187,7 @@ INDEXES: tuple[CollectionIndexes, ...] = (
     CollectionIndexes(MESSAGES, (
         # Claim: candidates of one queue, claimable state, visible now,
         # highest priority then oldest (Queue.read).
-        IndexModel([("queue", ASCENDING), ("state", ASCENDING), ("priority", DESCENDING),
-                    ("_id", ASCENDING)], name="claim"),
+        IndexModel([("queue", ASCENDING), ("state", ASCENDING), *CLAIM_ORDER], name="claim"),
         # Queue depth and the dashboard's per-state counts; expired-lease and
         # delayed lookups by visibility time (stats, maintenance.sweep).
         IndexModel([("queue", ASCENDING), ("state", ASCENDING), ("visible_at", ASCENDING)],
