@@ -6,7 +6,8 @@ sends the engine a candidate read of each empty queue every time it runs out
 of messages claimed ahead; it looks there about once per ``poll_interval``,
 as an idle worker does. Pickup is not slower: a write from another process
 rings the worker, which reads that queue at once, and a delayed message that
-comes due (which rings no bell) is found within ``poll_interval``.
+comes due (which rings no bell) is found within ``poll_interval``. And the
+claim after such a ring is one round trip: no candidate read before it.
 """
 
 from __future__ import annotations
@@ -122,3 +123,42 @@ def test_an_idle_worker_looks_in_all_its_empty_queues_with_one_query(db_name):
     assert 0.5 <= report["per_look"] <= 1.5, report  # it does look, once per look
     # A message that came due in one of them is still found by the next look.
     assert report["late"] is not None and report["late"] < poll + 0.5, report
+
+
+PICKUP_WORKER = """
+import json, sys, time
+from tests.commands_counted import Counter  # before mopq makes its client
+from mopq import Queue, Worker
+
+handled = []
+queue = Queue("pickups")
+worker = Worker(["pickups"], lambda m: handled.append(m.body["n"]), concurrency=1,
+                poll_interval=30, heartbeat_interval=5)
+worker.start()
+deadline = time.monotonic() + 60
+queue.write({"n": 0})  # the worker learns its pace: it would now claim ahead
+while not handled and time.monotonic() < deadline:
+    time.sleep(0.01)
+time.sleep(0.3)  # and finds the queue empty again
+before = Counter.candidate_reads["pickups"]
+for n in range(1, 6):
+    queue.write({"n": n})
+    while len(handled) <= n and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.2)
+reads = Counter.candidate_reads["pickups"] - before
+worker.stop(timeout=30)
+print(json.dumps({"handled": handled, "reads": reads}))
+"""
+
+
+def test_a_worker_that_found_its_queue_empty_picks_up_a_write_without_a_candidate_read(db_name):
+    # What the user notices is pickup latency: the claim after the ring is then one
+    # round trip. The one candidate read per pickup left is the look after the
+    # handler, which finds the queue empty again.
+    result = subprocess.run([sys.executable, "-c", PICKUP_WORKER], capture_output=True,
+                            text=True, timeout=120, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["handled"] == [0, 1, 2, 3, 4, 5], report
+    assert report["reads"] <= 5, report  # 10 when the pickup read candidates too
