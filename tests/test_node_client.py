@@ -371,6 +371,20 @@ def test_node_is_refused_after_its_lease_and_a_pending_message_past_expiry_is_no
     assert (row["done"], row["expired"]) == (1, 1) and conserved(row), row
 
 
+def test_node_consumers_in_two_processes_take_turns_in_order_without_losing_a_claim(
+        db_name, db, node_client):
+    Queue("node-turns").write_many([Envelope({"n": n}, priority=n % 3) for n in range(20)])
+    answer = run_node(node_client, "turns.js", {"queue": "node-turns", "count": 20})
+    assert answer["got"] == sorted(range(20), key=lambda n: (-(n % 3), n))
+    assert answer["claims"] == [10, 10], "a claim command found its message already taken"
+    assert answer["candidateReads"] == [0, 0], "a claim cost a candidate read and a claim"
+    assert flush(10)
+    assert db[schema.MESSAGES].count_documents({}) == 0, "finished messages were left behind"
+    drain(db)
+    row = queue_row(db, "node-turns")
+    assert (row["written"], row["claimed"], row["done"]) == (20, 20, 20) and conserved(row), row
+
+
 def test_node_refuses_a_database_of_a_newer_format_and_writes_nothing(db_name, db, node_client):
     db[schema.SETTINGS].insert_one({"_id": schema.FORMAT_DOCUMENT,
                                     "version": schema.FORMAT_VERSION + 1})

@@ -46,11 +46,14 @@ export const MAX_LOG_LINE_CHARS = 2000;
 export const MAX_RESULT_BYTES = 64 * 1024;
 export const DUPLICATE_KEY = 11000;
 
+// Claim order: highest priority, then oldest; the claim index's last keys.
+export const CLAIM_ORDER = { priority: -1, _id: 1 };
+
 // The indexes of §10, exactly as the Python library names them (a client that creates
 // them must use the same names and keys, or the server refuses the second definition).
 export const INDEXES = {
   [MESSAGES]: [
-    { key: { queue: 1, state: 1, priority: -1, _id: 1 }, name: 'claim' },
+    { key: { queue: 1, state: 1, ...CLAIM_ORDER }, name: 'claim' },
     { key: { queue: 1, state: 1, visible_at: 1 }, name: 'queue_state_visible' },
     { key: { dedupe: 1 }, name: 'dedupe', unique: true, sparse: true },
     { key: { expire_at: 1 }, name: 'expire_at', sparse: true },

@@ -2,7 +2,7 @@
 
 import { BSON, Double, MongoServerError, ObjectId } from 'mongodb';
 import {
-  DEFAULT_MAX_BODY_BYTES, DUPLICATE_KEY, EXPIRED, INFLIGHT, InvalidInput, MESSAGES, NEVER, PENDING,
+  CLAIM_ORDER, DEFAULT_MAX_BODY_BYTES, DUPLICATE_KEY, EXPIRED, INFLIGHT, InvalidInput, MESSAGES, NEVER, PENDING,
   body as checkedBody, exponentialBackoff, integer, messageEvent, newToken, nonNegative,
   optionalKey, queueName,
 } from './format.js';
@@ -52,6 +52,7 @@ export class Queue {
     this.backoff = backoff ?? exponentialBackoff();
     this.maxBodyBytes = integer('maxBodyBytes', maxBodyBytes, 1, 15 * 1024 * 1024);
     this.worker = worker;
+    this.foundNone = new Map(); // routing key -> the last candidate read found nothing
   }
 
   get messages() {
@@ -171,7 +172,7 @@ export class Queue {
 
   async candidates(routingKey, size) {
     return this.messages.find(this.candidateFilter(routingKey, new Date()), { projection: CANDIDATE_FIELDS })
-      .sort({ priority: -1, _id: 1 }).limit(size).toArray();
+      .sort(CLAIM_ORDER).limit(size).toArray();
   }
 
   // Claim up to `limit` visible messages, each hidden for `visibilityTimeout` seconds.
@@ -183,8 +184,17 @@ export class Queue {
     }
     integer('limit', limit, 1, MAX_LIMIT);
     const claimed = [];
+    // Unless the last look found the queue empty (an idle look then costs one candidate read,
+    // not a claim that finds nothing and a read), the engine picks each message.
+    while (!this.foundNone.get(routingKey) && claimed.length < limit) {
+      const message = await this.claimFirst(routingKey, timeout);
+      if (!message) break;
+      claimed.push(message);
+    }
+    // Candidates: what is left, expired leases, and what is due to expire.
     for (let round = 0; round < CLAIM_ROUNDS && claimed.length < limit; round += 1) {
       let candidates = await this.candidates(routingKey, Math.max(16, (limit - claimed.length) * 4));
+      if (round === 0) this.foundNone.set(routingKey, !claimed.length && !candidates.length);
       let lost = false;
       while (candidates.length && claimed.length < limit) {
         const message = await this.claim(candidates.shift(), timeout);
@@ -198,6 +208,32 @@ export class Queue {
       if (!lost) break; // every candidate there was is taken, or the limit is reached
     }
     return claimed;
+  }
+
+  // The first pending message in claim order, in one sorted findOneAndUpdate (§4.3, "The first
+  // in order"): consumers in other processes never lose a race for it. Null when none is pending.
+  // Its claimed event is named by a fresh ObjectId (§5.2): the message's id is not known before.
+  async claimFirst(routingKey, timeout) {
+    const now = new Date();
+    const filter = { queue: this.name, state: PENDING, visible_at: { $lte: now }, expire_at: { $gt: now } };
+    if (routingKey !== null) filter.routing_key = routingKey;
+    const entry = { id: `${new ObjectId().toHexString()}:c`, kind: 'claimed', at: now, worker: this.worker };
+    const document = await this.messages.findOneAndUpdate(filter, this.leaseUpdate(newToken(), timeout, now, [entry]),
+      { sort: CLAIM_ORDER, returnDocument: 'after' });
+    if (!document) return null;
+    const event = { ...messageEvent('claimed', document, now, null, { worker: this.worker }), id: entry.id };
+    this.publisher.addOutbox({ messageId: document._id, state: INFLIGHT, events: [event] });
+    return new Message(this, document);
+  }
+
+  // The update of a claim under `token`, pushing `events` (§4.3).
+  leaseUpdate(token, timeout, now, events) {
+    return {
+      $set: { state: INFLIGHT, lease_token: token, leased_by: this.worker, claimed_at: now, updated_at: now,
+        visibility_timeout: new Double(timeout), visible_at: new Date(now.getTime() + timeout * 1000) },
+      $inc: { attempts: 1 },
+      $push: { outbox: { $each: events } },
+    };
   }
 
   // One compare-and-set on the candidate as it was read: null if another consumer won.
@@ -218,12 +254,8 @@ export class Queue {
       filter.expire_at = { $gt: now };
     }
     events.push(messageEvent('claimed', candidate, now, token, { worker: this.worker }));
-    const document = await this.messages.findOneAndUpdate(filter, {
-      $set: { state: INFLIGHT, lease_token: token, leased_by: this.worker, claimed_at: now, updated_at: now,
-        visibility_timeout: new Double(timeout), visible_at: new Date(now.getTime() + timeout * 1000) },
-      $inc: { attempts: 1 },
-      $push: { outbox: { $each: events } },
-    }, { returnDocument: 'after' });
+    const document = await this.messages.findOneAndUpdate(filter, this.leaseUpdate(token, timeout, now, events),
+      { returnDocument: 'after' });
     if (!document) return null;
     this.publisher.addOutbox({ messageId: document._id, state: INFLIGHT, events });
     return new Message(this, document);
