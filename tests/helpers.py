@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -50,3 +54,12 @@ def conserved(row: dict) -> bool:
     """The conservation law of one queue's stats row (DESIGN.md invariant 3)."""
     return row["written"] == sum(row[field] for field in (
         "done", "expired", "removed", "dead", "pending", "inflight", "delayed"))
+
+
+def run_script(script: str, *args: str, timeout: float = 120) -> dict:
+    """Run ``script`` in a child Python (this interpreter, this environment) and return
+    the JSON of its last line of output; the child must exit 0."""
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                            text=True, timeout=timeout, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -10,7 +10,6 @@ engine at most 5 queries a second, forged rings included.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import statistics
@@ -21,6 +20,7 @@ import time
 
 from mopq import Queue
 from mopq.doorbell import EMPTY_RING_GAP_SECONDS
+from tests.helpers import run_script
 
 WRITER = """
 import sys, time
@@ -111,10 +111,7 @@ print(json.dumps({"quiet": quiet, "flooded": flooded}))
 
 
 def test_an_idle_worker_sends_at_most_five_queries_a_second(db_name):
-    result = subprocess.run([sys.executable, "-c", IDLE_WORKER], capture_output=True,
-                            text=True, timeout=120, env=dict(os.environ))
-    assert result.returncode == 0, result.stderr[-2000:]
-    rates = json.loads(result.stdout.strip().splitlines()[-1])
+    rates = run_script(IDLE_WORKER)
     assert rates["quiet"] <= 5, rates
     # 2,000 forged rings in a burst: a ring that found nothing makes the next one wait.
     assert rates["flooded"] <= 5 + 2 / EMPTY_RING_GAP_SECONDS, rates

@@ -20,7 +20,7 @@ import time
 
 from mopq import Queue
 from mopq.doorbell import ringer_for
-from tests.helpers import wait_until
+from tests.helpers import run_script, wait_until
 
 POLL_SECONDS = 3.0
 BACKLOG = 600
@@ -115,10 +115,7 @@ print(json.dumps({"per_look": per_look, "late": handled[0] - due_at if handled e
 
 def test_an_idle_worker_looks_in_all_its_empty_queues_with_one_query(db_name):
     poll = 0.2
-    result = subprocess.run([sys.executable, "-c", IDLE_WORKER, str(poll)],
-                            capture_output=True, text=True, timeout=120, env=dict(os.environ))
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_script(IDLE_WORKER, str(poll))
     # One candidate read per queue and look (4) without it; one query for all four now.
     assert 0.5 <= report["per_look"] <= 1.5, report  # it does look, once per look
     # A message that came due in one of them is still found by the next look.
@@ -156,9 +153,6 @@ def test_a_worker_that_found_its_queue_empty_picks_up_a_write_without_a_candidat
     # What the user notices is pickup latency: the claim after the ring is then one
     # round trip. The one candidate read per pickup left is the look after the
     # handler, which finds the queue empty again.
-    result = subprocess.run([sys.executable, "-c", PICKUP_WORKER], capture_output=True,
-                            text=True, timeout=120, env=dict(os.environ))
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_script(PICKUP_WORKER)
     assert report["handled"] == [0, 1, 2, 3, 4, 5], report
     assert report["reads"] <= 5, report  # 10 when the pickup read candidates too
