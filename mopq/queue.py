@@ -688,10 +688,8 @@ class Queue:
         candidate read gives (``_read_now`` falls back to one).
         """
         now = slot_taken_at or utcnow()
-        query: dict[str, Any] = {"queue": self.name, "state": schema.PENDING,
-                                 "visible_at": {"$lte": now}, "expire_at": {"$gt": now}}
-        if routing_key is not None:
-            query["routing_key"] = routing_key
+        query = {**self._candidate_filter(routing_key, now), "state": schema.PENDING,
+                 "expire_at": {"$gt": now}}
         entry = first_claim_entry(now, self.worker)
         document = self.messages.find_one_and_update(
             query, self._lease_update(new_token(), timeout, now, [entry]),

@@ -215,8 +215,7 @@ export class Queue {
   // Its claimed event is named by a fresh ObjectId (§5.2): the message's id is not known before.
   async claimFirst(routingKey, timeout) {
     const now = new Date();
-    const filter = { queue: this.name, state: PENDING, visible_at: { $lte: now }, expire_at: { $gt: now } };
-    if (routingKey !== null) filter.routing_key = routingKey;
+    const filter = { ...this.candidateFilter(routingKey, now), state: PENDING, expire_at: { $gt: now } };
     const entry = { id: `${new ObjectId().toHexString()}:c`, kind: 'claimed', at: now, worker: this.worker };
     const document = await this.messages.findOneAndUpdate(filter, this.leaseUpdate(newToken(), timeout, now, [entry]),
       { sort: CLAIM_ORDER, returnDocument: 'after' });
