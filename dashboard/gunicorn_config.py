@@ -1,7 +1,9 @@
 """gunicorn settings for the dashboard: ``mopq serve``, or ``gunicorn -c gunicorn.conf.py app:app``.
 
 Flask-SocketIO runs in ``threading`` mode with simple-websocket, so the
-worker is gunicorn's threaded worker (gthread); each worker process keeps its
+worker is gunicorn's threaded worker (gthread), in the variant of
+``dashboard.gunicorn_worker`` that serves a busy keep-alive connection's next
+request on the thread that answered the last one; each worker process keeps its
 own websocket connections and reads MongoDB itself, so more workers only need
 clients to use the websocket transport (the dashboard's own JS does; see
 docs/STACK.md).
@@ -14,7 +16,7 @@ from mopq.dashboard.settings import DashboardSettings
 
 current = DashboardSettings.from_env()
 bind = current.bind
-worker_class = "gthread"
+worker_class = "mopq.dashboard.gunicorn_worker.LingeringThreadWorker"
 workers = current.web_workers
 threads = current.web_threads  # each open live page holds one
 timeout = 60
