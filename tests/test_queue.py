@@ -448,6 +448,33 @@ def test_flush_publishes_at_once_instead_of_letting_a_batch_gather(db, monkeypat
     assert db[schema.EVENTS].count_documents({"kind": "written"}) == 5
 
 
+def test_events_after_a_quiet_spell_go_out_at_once_and_batches_stay_apart(db, monkeypatch):
+    """The publisher's pause bounds how often it publishes; it used to delay the first
+    event after a quiet spell by the whole pause too (issue 16: seeing a task done)."""
+    from mopq import publisher
+
+    monkeypatch.setattr(publisher, "GATHER_SECONDS", 1.0)
+    queue = Queue("quiet", db=db)
+    events = db[schema.EVENTS]
+
+    def published(message_id: object) -> object:
+        return events.find_one({"message": str(message_id)})
+
+    first = queue.write({"n": 0})
+    wait_until(lambda: published(first), timeout=5.0, interval=0.01,
+               message="the first event (the publisher's thread starts with it)")
+    time.sleep(1.1)  # the quiet spell under test: longer than the pause
+    after_quiet = queue.write({"n": 1})
+    wait_until(lambda: published(after_quiet), timeout=0.5, interval=0.01,
+               message="the event after a quiet spell, well before the 1 s pause")
+    seen = time.monotonic()
+    following = queue.write({"n": 2})
+    time.sleep(0.3)  # within 1 s of the last batch: this one gathers
+    if time.monotonic() - seen < 0.8:
+        assert published(following) is None
+    wait_until(lambda: published(following), timeout=5.0, message="the next batch")
+
+
 def test_the_stored_written_entry_expands_to_the_full_event():
     """write_many stores a short "written" entry; the business log must get the same event."""
     from bson import ObjectId
