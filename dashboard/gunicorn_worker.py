@@ -5,9 +5,10 @@ thread that answered gives the connection back to the main thread's poller
 (a wake-up through a pipe, a register), and when the next request arrives the
 poller unregisters it and submits it to the pool again. A queue client sends
 its next request (the claim after the write, the acknowledgement after the
-claim) within a millisecond or two, so those handoffs, and the GIL handoffs
-between the threads that make them, cost each request about as much CPU as
-gunicorn's own parsing (docs/BENCHMARKS.md, "The queue API's worker").
+claim) within a millisecond or two, so it pays those handoffs, and the GIL
+handoffs between the threads that make them, on every request: in a profile
+of gthread serving a trivial app they took more samples than parsing the
+request (docs/BENCHMARKS.md, "The queue API's worker").
 
 This worker lets the thread that answered wait up to ``LINGER_SECONDS`` for
 that connection's next request and serve it itself. A connection that stays
