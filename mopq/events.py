@@ -90,7 +90,7 @@ def first_claim_entry(at: dt.datetime, worker: str | None) -> dict[str, Any]:
     unique on its own, names the claim instead. The message fields are left
     out, as in :func:`written_entry`, and rebuilt from the document.
     """
-    return {"id": f"{ObjectId()}:{_SUFFIX[CLAIMED]}", "kind": CLAIMED, "at": at,
+    return {"id": event_id(CLAIMED, str(ObjectId())), "kind": CLAIMED, "at": at,
             "worker": worker}
 
 

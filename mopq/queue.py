@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from bson import ObjectId
@@ -579,17 +580,13 @@ class Queue:
                     self._spread_candidates(routing_key)
                 continue
             if first_in_order:
-                slot = self._slot(record)
-                if slot is False:
+                message = self._in_slot(record, partial(self._claim_first, routing_key, timeout))
+                if message is False:
                     break
-                message = self._claim_first(routing_key, timeout,
-                                            slot if isinstance(slot, dt.datetime) else None)
                 if message is not None:
                     self._found_none[routing_key] = False
                     claimed.append(message)
                     continue
-                if slot is not True:
-                    rate_limit.give_back(self.db, self.name, record.rate_limit(), slot)
                 # No pending message: look for expired leases (and expired messages)
                 # among freshly read candidates.
                 first_in_order = False
@@ -602,19 +599,31 @@ class Queue:
                 self._forget_candidates(routing_key)
                 rescanned = True
                 continue
-            slot = self._slot(record)
-            if slot is False:
+            message = self._in_slot(record, partial(self._claim, candidate, timeout))
+            if message is False:
                 self._undo_next(routing_key, candidate)
                 break
-            message = self._claim(candidate, timeout,
-                                  slot if isinstance(slot, dt.datetime) else None)
             if message is not None:
                 claimed.append(message)
                 continue
             self._spread_candidates(routing_key)
-            if slot is not True:  # lost the race: the slot goes back to others
-                rate_limit.give_back(self.db, self.name, record.rate_limit(), slot)
         return claimed
+
+    def _in_slot(self, record: QueueRecord,
+                 claim: Callable[[dt.datetime | None], Message | None]) -> Message | bool | None:
+        """``claim`` in one slot of the queue's rate limit: its message; None if it took
+        none (the slot goes back to others); False, without trying, if no slot is free.
+
+        ``claim`` is given when the slot was taken (None without a rate limit), so
+        its ``claimed_at`` falls in that slot's window.
+        """
+        slot = self._slot(record)
+        if slot is False:
+            return False
+        message = claim(slot if isinstance(slot, dt.datetime) else None)
+        if message is None and slot is not True:
+            rate_limit.give_back(self.db, self.name, record.rate_limit(), slot)
+        return message
 
     def _slot(self, record: QueueRecord) -> dt.datetime | bool:
         """A slot of the queue's rate limit for one claim: when it was taken, or False.

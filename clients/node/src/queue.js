@@ -3,7 +3,7 @@
 import { BSON, Double, MongoServerError, ObjectId } from 'mongodb';
 import {
   CLAIM_ORDER, DEFAULT_MAX_BODY_BYTES, DUPLICATE_KEY, EXPIRED, INFLIGHT, InvalidInput, MESSAGES, NEVER, PENDING,
-  body as checkedBody, exponentialBackoff, integer, messageEvent, newToken, nonNegative,
+  body as checkedBody, eventId, exponentialBackoff, integer, messageEvent, newToken, nonNegative,
   optionalKey, queueName,
 } from './format.js';
 import { Message } from './message.js';
@@ -216,7 +216,7 @@ export class Queue {
   async claimFirst(routingKey, timeout) {
     const now = new Date();
     const filter = { ...this.candidateFilter(routingKey, now), state: PENDING, expire_at: { $gt: now } };
-    const entry = { id: `${new ObjectId().toHexString()}:c`, kind: 'claimed', at: now, worker: this.worker };
+    const entry = { id: eventId('claimed', new ObjectId().toHexString()), kind: 'claimed', at: now, worker: this.worker };
     const document = await this.messages.findOneAndUpdate(filter, this.leaseUpdate(newToken(), timeout, now, [entry]),
       { sort: CLAIM_ORDER, returnDocument: 'after' });
     if (!document) return null;
