@@ -207,7 +207,7 @@ class Tallies:
         tally = self.transitions.get(key)
         if tally is None:
             tally = self.transitions[key] = TransitionTally(0, set())
-        tally.count += 1
+        tally.count += event.get("count", 1)  # a write intent's event counts its batch
         tally.partitions.add(partition)
         if kind == schema.ACKED and event.get("duration") is not None:
             self.add_duration(queue, event.get("routing_key") or "", float(event["duration"]),

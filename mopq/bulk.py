@@ -8,7 +8,12 @@ its error here, so "duplicate: fine, anything else: raise" is written once.
 
 from __future__ import annotations
 
+from typing import Any
+
+from pymongo.database import Database
 from pymongo.errors import BulkWriteError
+
+from mopq import schema
 
 DUPLICATE_KEY = 11000
 
@@ -20,3 +25,13 @@ def duplicates_only(error: BulkWriteError) -> list[int]:
             failure.get("code") != DUPLICATE_KEY for failure in failures):
         raise error
     return [failure["index"] for failure in failures]
+
+
+def insert_events(db: Database, documents: list[dict[str, Any]]) -> None:
+    """Insert event documents, treating an already-present id as success."""
+    if not documents:
+        return
+    try:
+        db[schema.EVENTS].insert_many(documents, ordered=False)
+    except BulkWriteError as error:
+        duplicates_only(error)

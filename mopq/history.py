@@ -70,7 +70,7 @@ def archive(db: Database, message_ids: list[Any]) -> int:
     if not message_ids:
         return 0
     done = list(db[schema.MESSAGES].find({"_id": {"$in": message_ids}, "state": schema.DONE},
-                                         {"outbox": 0, "dedupe": 0}))
+                                         {"outbox": 0, "dedupe": 0, "batch": 0}))
     if done:
         try:
             db[schema.HISTORY].insert_many([history_document(m) for m in done], ordered=False)

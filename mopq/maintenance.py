@@ -7,6 +7,8 @@ compare-and-set on one message:
 * pending messages past ``expire_at`` become ``expired`` (and are counted);
 * inflight messages whose lease ran out go back to ``pending`` (``reclaimed``),
   so stats show them waiting rather than held (a claim would take them anyway);
+* write intents that a crashed process left open are counted message by
+  message (``mopq.write_intents``);
 * outboxes that a crashed process left unpublished are published, and
   finished messages whose publication was cut short are deleted (a done one
   copied into history first);
@@ -25,7 +27,7 @@ from typing import Any
 
 from pymongo.database import Database
 
-from mopq import history, schema
+from mopq import history, schema, write_intents
 from mopq.activities.recovery import Recovered, recover
 from mopq.clock import utcnow
 from mopq.doorbell import ringer_for
@@ -42,6 +44,7 @@ class SweepResult:
     expired: int = 0
     reclaimed: int = 0
     republished: int = 0
+    counted_one_by_one: int = 0  # messages of write intents their writers left open
     activities: Recovered | None = None
 
 
@@ -115,9 +118,14 @@ def republish_outboxes(db: Database, now: dt.datetime | None = None,
     ).limit(SWEEP_BATCH))
     history.archive(db, [d["_id"] for d in documents
                          if not d.get("outbox") and d["state"] == schema.DONE])
-    for document in documents:
-        if not document.get("outbox") and document["state"] in schema.TERMINAL_STATES:
-            db[schema.MESSAGES].delete_one({"_id": document["_id"], "state": document["state"]})
+    finished = [d["_id"] for d in documents
+                if not d.get("outbox") and d["state"] in schema.TERMINAL_STATES]
+    if finished:
+        db[schema.MESSAGES].delete_many({"_id": {"$in": finished},
+                                         "state": {"$in": list(schema.TERMINAL_STATES)},
+                                         "outbox.0": {"$exists": False},
+                                         **write_intents.not_held()})
+        write_intents.release(db, finished)
     publish_outboxes(db, [Outbox(d["_id"], d["state"],
                                  [expanded(entry, d) for entry in d.get("outbox", [])])
                           for d in documents], republished=True)
@@ -136,6 +144,7 @@ def sweep(db: Database, now: dt.datetime | None = None) -> SweepResult:
     return SweepResult(
         expired=expire_messages(db, now),
         reclaimed=reclaim_expired_leases(db, now),
+        counted_one_by_one=write_intents.sweep(db, now or utcnow()),
         republished=republish_outboxes(db, now),
         activities=recover(db, now),  # what a crashed process left of an activity's move
     )

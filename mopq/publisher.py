@@ -34,8 +34,8 @@ from pymongo import DeleteMany, DeleteOne, UpdateMany
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, InvalidOperation, OperationFailure, PyMongoError
 
-from mopq import history, schema
-from mopq.bulk import duplicates_only
+from mopq import history, schema, write_intents
+from mopq.bulk import insert_events
 from mopq.clock import utcnow
 from mopq.doorbell import LOG, ringer_for
 from mopq.events import as_document, business_event, expanded
@@ -87,16 +87,6 @@ class Outbox(NamedTuple):
         return Outbox(self.message_id, self.state, [expanded(e, message) for e in self.events])
 
 
-def insert_events(db: Database, documents: list[dict[str, Any]]) -> None:
-    """Insert event documents, treating an already-present id as success."""
-    if not documents:
-        return
-    try:
-        db[schema.EVENTS].insert_many(documents, ordered=False)
-    except BulkWriteError as error:
-        duplicates_only(error)
-
-
 def _merged(outboxes: list[Outbox]) -> list[Outbox]:
     """One outbox per message: its events in order, and the state of its last transition.
 
@@ -119,8 +109,12 @@ def _merged(outboxes: list[Outbox]) -> list[Outbox]:
 
 
 def publish_outboxes(db: Database, outboxes: list[Outbox], republished: bool = False,
-                     inserted: Callable[[], None] | None = None) -> None:
+                     inserted: Callable[[], None] | None = None) -> list[Any]:
     """Publish the events of ``outboxes``, then clear them from their messages.
+
+    Returns the finished messages left undeleted because their write intent may
+    still count them (``mopq.write_intents``): try them again later with
+    ``write_intents.release``.
 
     ``republished`` marks events that may have been published before (a retry
     after an error, or a sweep): collectors check those against their receipts.
@@ -130,7 +124,7 @@ def publish_outboxes(db: Database, outboxes: list[Outbox], republished: bool = F
     """
     outboxes = _merged(outboxes)
     if not outboxes:
-        return
+        return []
     documents = [as_document(e) for outbox in outboxes for e in outbox.events]
     # The sweep may already have published an event this old (it takes outboxes a few
     # seconds old), and a collector applied and deleted it: a copy not flagged would be
@@ -151,13 +145,14 @@ def publish_outboxes(db: Database, outboxes: list[Outbox], republished: bool = F
         ids = [[e["id"] for e in outbox.events] for outbox in finished]
         removed = messages.bulk_write([
             DeleteOne({"_id": outbox.message_id, "state": outbox.state,
-                       "outbox": {"$size": len(event_ids)}, "outbox.id": {"$all": event_ids}})
+                       "outbox": {"$size": len(event_ids)}, "outbox.id": {"$all": event_ids},
+                       **write_intents.not_held()})
             for outbox, event_ids in zip(finished, ids, strict=True)], ordered=False)
         if removed.deleted_count == len(finished):
             outboxes = [outbox for outbox in outboxes
                         if outbox.state not in schema.TERMINAL_STATES]
             if not outboxes:
-                return
+                return []
     # Every pull, then every delete, in one ordered bulk write, so each
     # message's pull runs before its delete. Each statement covers a group of
     # messages (``_id: {$in}``): pulling any id of the group from any of its
@@ -185,8 +180,27 @@ def publish_outboxes(db: Database, outboxes: list[Outbox], republished: bool = F
                              [o.message_id for o in group if o.state != schema.DONE])):
             if ids:
                 writes.append(DeleteMany({"_id": {"$in": ids}, "state": {"$in": states},
-                                          "outbox.0": {"$exists": False}}))
+                                          "outbox.0": {"$exists": False},
+                                          **write_intents.not_held()}))
     messages.bulk_write(writes, ordered=True)
+    return write_intents.release(db, [outbox.message_id for outbox in finished])
+
+
+def publish_batch(db: Database, batch: write_intents.WrittenBatch, republished: bool = False,
+                  inserted: Callable[[], None] | None = None) -> None:
+    """Publish the "written" events of one write intent (``mopq.write_intents``, step 2).
+
+    Nothing is published if the sweep took the intent first: it counts those
+    messages one by one.
+    """
+    if not write_intents.take(db, batch):
+        return
+    late = utcnow() - dt.timedelta(seconds=write_intents.LATE_SECONDS) > batch.at
+    insert_events(db, write_intents.batch_events(
+        batch, republished=republished or batch.republished or late))
+    if inserted is not None:
+        inserted()
+    write_intents.finish(db, batch.intent_id)
 
 
 class Publisher:
@@ -199,6 +213,10 @@ class Publisher:
         self._dropped_unreported = 0
         self._business: collections.deque[dict[str, Any]] = collections.deque()
         self._outboxes: collections.deque[Outbox] = collections.deque()
+        self._batches: collections.deque[write_intents.WrittenBatch] = collections.deque()
+        # Finished messages a write intent still held when they were published.
+        self._held: list[Any] = []
+        self._held_tried = 0.0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._idle = threading.Event()
@@ -228,6 +246,16 @@ class Publisher:
         self._ensure_thread()
         self._wake.set()
 
+    def add_batch(self, batch: write_intents.WrittenBatch) -> None:
+        """A write intent whose messages were inserted: publish its batch events."""
+        with self._lock:
+            if self._retired:  # its client is closed; the sweep counts the messages
+                return
+            self._batches.append(batch)
+            self._idle.clear()
+        self._ensure_thread()
+        self._wake.set()
+
     def add_business(self, event: dict[str, Any]) -> None:
         with self._lock:
             if self._retired:  # its client is closed: nothing can be sent any more
@@ -244,7 +272,7 @@ class Publisher:
 
     def pending(self) -> int:
         with self._lock:
-            return len(self._business) + len(self._outboxes)
+            return len(self._business) + len(self._outboxes) + len(self._batches)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything buffered is published; False if the deadline passed."""
@@ -268,7 +296,7 @@ class Publisher:
 
     def _idle_if_empty(self) -> bool:
         with self._lock:
-            if self._outboxes or self._business:
+            if self._outboxes or self._business or self._batches:
                 return False
             self._idle.set()
             self._hurry.clear()
@@ -289,6 +317,7 @@ class Publisher:
             outboxes_left = len(outboxes) + len(self._outboxes)
             self._business.clear()
             self._outboxes.clear()
+            self._batches.clear()
             self.dropped += business_lost
             self._retired = True
             self.last_error = str(error)
@@ -305,11 +334,27 @@ class Publisher:
         with self._lock:
             return len(self._outboxes) >= BATCH or len(self._business) >= BATCH
 
-    def _take(self) -> tuple[list[Outbox], list[dict[str, Any]]]:
+    def _take(self) -> tuple[list[Outbox], list[dict[str, Any]], list[write_intents.WrittenBatch]]:
         with self._lock:
             outboxes = [self._outboxes.popleft() for _ in range(min(BATCH, len(self._outboxes)))]
             business = [self._business.popleft() for _ in range(min(BATCH, len(self._business)))]
-            return outboxes, business
+            batches = list(self._batches)
+            self._batches.clear()
+            return outboxes, business, batches
+
+    def _hold(self, message_ids: list[Any]) -> None:
+        """Keep finished messages an intent held, to delete them once it is gone."""
+        self._held.extend(message_ids)
+        del self._held[:-MAX_PENDING_OUTBOXES]  # beyond that, the sweep deletes them
+
+    def _release_held(self) -> None:
+        if not self._held or time.monotonic() - self._held_tried < IDLE_WAIT_SECONDS:
+            return
+        self._held_tried = time.monotonic()
+        try:
+            self._held = write_intents.release(self.db, self._held)
+        except PyMongoError as error:  # kept: tried again on the next round
+            log.debug("mopq: cannot delete finished messages yet (%s)", error)
 
     def _ring_collectors(self) -> None:
         """Wake the collectors waiting for events: these are in the log now."""
@@ -326,13 +371,16 @@ class Publisher:
         with self._lock:
             self._dropped_unreported -= dropped
 
-    def _give_back(self, outboxes: list[Outbox], business: list[dict[str, Any]]) -> None:
+    def _give_back(self, outboxes: list[Outbox], business: list[dict[str, Any]],
+                   batches: list[write_intents.WrittenBatch]) -> None:
         # The failed attempt may have inserted some of them: mark them as possible repeats.
         for event in business:
             event["republished"] = True
         outboxes = [Outbox(o.message_id, o.state, [dict(e, republished=True) for e in o.events],
                            o.source) for o in outboxes]
+        batches = [batch._replace(republished=True) for batch in batches]
         with self._lock:
+            self._batches.extendleft(reversed(batches))
             self._outboxes.extendleft(reversed(outboxes))
             self._business.extendleft(reversed(business))
             while len(self._business) > self.max_buffered:
@@ -343,10 +391,11 @@ class Publisher:
     def _run(self) -> None:
         wait = 0.1
         while not self._retired:
-            outboxes, business = self._take()
-            if outboxes or business:
+            outboxes, business, batches = self._take()
+            if outboxes or business or batches:
                 self._batch_started = time.monotonic()
             else:
+                self._release_held()
                 self._idle_if_empty()
                 self._wake.wait(IDLE_WAIT_SECONDS)
                 self._wake.clear()
@@ -354,18 +403,25 @@ class Publisher:
                 continue
             try:
                 try:
-                    publish_outboxes(self.db, outboxes, inserted=self._ring_collectors)
+                    for batch in list(batches):
+                        publish_batch(self.db, batch, inserted=self._ring_collectors)
+                        batches.remove(batch)
+                    self._hold(publish_outboxes(self.db, outboxes,
+                                                inserted=self._ring_collectors))
                 except (BulkWriteError, OperationFailure) as refused:
                     # The server answered, but refused: retrying the same writes may
-                    # never succeed. Their events stay in the messages' outboxes, so
-                    # give up on this copy; the sweep publishes them from there.
+                    # never succeed. Their events stay in the messages' outboxes (or
+                    # their write intents), so give up on this copy; the sweep
+                    # publishes them from there.
                     self._outbox_refusals += 1
                     if self._outbox_refusals < MAX_OUTBOX_REFUSALS:
                         raise
-                    log.error("mopq: the server refuses to publish %d outbox(es) (%s); "
-                              "leaving them to the sweep", len(outboxes), refused)
+                    log.error("mopq: the server refuses to publish %d outbox(es) and %d "
+                              "write intent(s) (%s); leaving them to the sweep",
+                              len(outboxes), len(batches), refused)
                 self._outbox_refusals = 0
-                outboxes = []
+                outboxes, batches = [], []
+                self._release_held()
                 if business:
                     insert_events(self.db, [as_document(event) for event in business])
                     business = []
@@ -388,12 +444,12 @@ class Publisher:
                 self.last_error = str(error)
                 log.warning("mopq: cannot publish events yet (%s); retrying in %.1f s",
                             error, wait)
-                self._give_back(outboxes, business)
+                self._give_back(outboxes, business, batches)
                 time.sleep(wait)
                 wait = min(wait * 2, RETRY_WAIT_MAX_SECONDS)
             except Exception:  # never let the thread die: events would pile up silently
                 log.exception("mopq: publisher error; events are retried")
-                self._give_back(outboxes, business)
+                self._give_back(outboxes, business, batches)
                 time.sleep(wait)
 
 

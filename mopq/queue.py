@@ -44,7 +44,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from mopq import admin, history, rate_limit, schema, validation
+from mopq import admin, history, rate_limit, schema, validation, write_intents
 from mopq.bulk import duplicates_only
 from mopq.clock import utcnow
 from mopq.connection import get_database, prepared
@@ -261,9 +261,9 @@ class Queue:
         source = {"queue": self.name, "routing_key": fields["routing_key"], "activity": activity}
         return _Options(fields, delay_seconds > 0, now, source)
 
-    def _document(self, body: Mapping[str, Any], options: _Options, dedupe_key: str | None,
-                  message_id: ObjectId) -> tuple[dict[str, Any], Outbox]:
-        """The message document, its outbox holding the "written" event, and that outbox."""
+    def _message(self, body: Mapping[str, Any], options: _Options, dedupe_key: str | None,
+                 message_id: ObjectId) -> dict[str, Any]:
+        """The checked message document, without the record of its "written" event."""
         document: dict[str, Any] = {"_id": message_id,
                                     "body": validation.body(body, self.max_body_bytes),
                                     **options.fields}
@@ -271,9 +271,20 @@ class Queue:
             dedupe_key = validation.optional_key("dedupe_key", dedupe_key)
             document["dedupe_key"] = dedupe_key
             document["dedupe"] = f"{self.name}\x00{dedupe_key}"
-        outbox = [written_entry(message_id, options.now, options.delayed)]
+        return document
+
+    @staticmethod
+    def _with_outbox(document: dict[str, Any], options: _Options) -> Outbox:
+        """Put the "written" event in the document's outbox; return that outbox."""
+        outbox = [written_entry(document["_id"], options.now, options.delayed)]
         document["outbox"] = outbox
-        return document, Outbox(message_id, schema.PENDING, outbox, options.source)
+        return Outbox(document["_id"], schema.PENDING, outbox, options.source)
+
+    def _document(self, body: Mapping[str, Any], options: _Options, dedupe_key: str | None,
+                  message_id: ObjectId) -> tuple[dict[str, Any], Outbox]:
+        """The message document, its outbox holding the "written" event, and that outbox."""
+        document = self._message(body, options, dedupe_key, message_id)
+        return document, self._with_outbox(document, options)
 
     def write(self, body: Mapping[str, Any], routing_key: str | None = None,
               expire: float | None = None, delay: float = 0, priority: int = 0,
@@ -391,11 +402,11 @@ class Queue:
         now = utcnow()
         shared = self._options(routing_key, expire, delay, priority, activity, now)
         options_of: dict[tuple[Any, ...], _Options] = {}
-        made: list[tuple[dict[str, Any], Outbox]] = []
+        made: list[tuple[dict[str, Any], _Options]] = []
         items = list(bodies)
         for item, message_id in zip(items, object_ids(len(items)), strict=True):
             if not isinstance(item, Envelope):
-                made.append(self._document(item, shared, None, message_id))
+                made.append((self._message(item, shared, None, message_id), shared))
                 continue
             own = (item.routing_key if item.routing_key is not None else routing_key,
                    item.expire if item.expire is not None else expire,
@@ -410,23 +421,59 @@ class Queue:
             if options is None:
                 options = self._options(*own, now)
                 options_of[key] = options
-            made.append(self._document(item.body, options, item.dedupe_key, message_id))
+            made.append((self._message(item.body, options, item.dedupe_key, message_id),
+                         options))
         if not made:
             return []
         documents = [document for document, _ in made]
         ids = [document["_id"] for document in documents]
+        # A large batch is counted by its write intent's events (mopq.write_intents);
+        # a small one by the "written" event in each message's outbox.
+        intent_id = None
+        if len(made) >= write_intents.MIN_MESSAGES:
+            intent_id = write_intents.open_intent(self.db, self.name, now)
+            for document in documents:
+                document[write_intents.BATCH_FIELD] = intent_id
+            outboxes = []
+        else:
+            outboxes = [self._with_outbox(document, options) for document, options in made]
         try:
             self.messages.insert_many(documents, ordered=False)
             inserted = made
         except BulkWriteError as error:
             duplicate_indexes = set(duplicates_only(error))
             inserted = [pair for i, pair in enumerate(made) if i not in duplicate_indexes]
+            outboxes = [outbox for i, outbox in enumerate(outboxes) if i not in duplicate_indexes]
             for index in sorted(duplicate_indexes):
-                ids[index] = self._insert_one(*made[index])
-        self.publisher.add_outboxes([outbox for _, outbox in inserted])
+                document, options = made[index]
+                document.pop(write_intents.BATCH_FIELD, None)
+                ids[index] = self._insert_one(document, self._with_outbox(document, options))
+        if intent_id is None:
+            self.publisher.add_outboxes(outboxes)
+        else:
+            self.publisher.add_batch(self._written_batch(intent_id, now, inserted))
         if any(document["visible_at"] <= document["created_at"] for document, _ in inserted):
             ringer_for(self.db).ring(self.name)
         return ids
+
+    def _written_batch(self, intent_id: ObjectId, now: dt.datetime,
+                       inserted: list[tuple[dict[str, Any], _Options]]
+                       ) -> write_intents.WrittenBatch:
+        """What the inserted messages of an intent count: how many per group."""
+        per_options: dict[int, list[Any]] = {}
+        for _, options in inserted:
+            entry = per_options.get(id(options))
+            if entry is None:
+                per_options[id(options)] = [options, 1]
+            else:
+                entry[1] += 1
+        counts: collections.Counter[tuple[str | None, str | None, bool]] = collections.Counter()
+        for options, count in per_options.values():
+            counts[(options.source["routing_key"], options.source["activity"],
+                    options.delayed)] += count
+        return write_intents.WrittenBatch(
+            intent_id, self.name, now,
+            [write_intents.Group(*key, count) for key, count in counts.items()])
 
     # -- claiming ------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ atomic update of it)::
      once,               # the same, written by Queue.write_once (kept into history)
      dedupe_key, activity, last_error, traceback, errors: [...], dead_at,
      progress: {fraction, note, at}, log: [line, ...],
-     outbox: [event, ...]}   # events of its transitions not yet published
+     outbox: [event, ...],   # events of its transitions not yet published
+     batch}              # its write intent's id, while that may still count it
 
 ``events`` — the business log, a queue of events that collectors apply to the
 counters and then delete; ``_id`` is deterministic (see ``mopq.events``)::
@@ -39,6 +40,12 @@ start, rewritten every heartbeat, "stopped" on a clean stop)::
      stopped_at,
      control: {command, at, by},  # what an admin asked of it (mopq.control)
      zombie_reason, checked_at}   # written by the monitor
+
+``write_intents`` — one document per large ``write_many`` whose "written"
+events are not published yet (``mopq.write_intents`` has why and the rules)::
+
+    {_id: ObjectId, state: "open" | "publishing" | "swept", queue, at,
+     groups: [{routing_key, activity, delayed, count}, ...], swept_at}
 
 ``history`` — acknowledged messages, kept for a while with their result
 (``mopq.history`` has the shape).
@@ -109,6 +116,7 @@ SCHEDULES = "schedules"
 ACTIVITIES = "activities"
 QUEUES = "queues"
 RATE_WINDOWS = "rate_windows"
+WRITE_INTENTS = "write_intents"
 
 # Message states. ``done``, ``expired`` and ``removed`` are terminal: the
 # document stays only until its outbox is published, then it is deleted.
@@ -198,6 +206,8 @@ INDEXES: tuple[CollectionIndexes, ...] = (
         IndexModel([("expire_at", ASCENDING)], name="expire_at", sparse=True),
         # maintenance.sweep: outboxes a crashed process left unpublished.
         IndexModel([("outbox.id", ASCENDING)], name="outbox", sparse=True),
+        # Sweep: the messages of a write intent whose writer died (mopq.write_intents).
+        IndexModel([("batch", ASCENDING)], name="batch", sparse=True),
         # Monitor: the inflight messages of a dead worker.
         IndexModel([("leased_by", ASCENDING)], name="leased_by", sparse=True),
         # Activities page: progress of one activity.

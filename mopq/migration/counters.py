@@ -382,10 +382,16 @@ def not_carried(db: Database, target_id: str | None,
             if not queues:
                 found[f"business {event.get('name')}"] += 1
         elif not queues or event.get("queue") in queues:
-            found[f"{event.get('queue')} {event.get('kind')}"] += 1
+            found[f"{event.get('queue')} {event.get('kind')}"] += event.get("count", 1)
 
-    for event in db[schema.EVENTS].find({}, {"kind": 1, "queue": 1, "name": 1}):
+    for event in db[schema.EVENTS].find({}, {"kind": 1, "queue": 1, "name": 1, "count": 1}):
         note(event, event["_id"])
+    # Messages whose write intent has not published their batch's events yet.
+    intents = [d["_id"] for d in db[schema.WRITE_INTENTS].find({}, {"_id": 1})]
+    if intents:
+        for doc in db[MESSAGES.collection].find({"batch": {"$in": intents},
+                                                 **MESSAGES.of_queues(queues)}, {"queue": 1}):
+            note({"kind": schema.WRITTEN, "queue": doc.get("queue")}, None)
     query = {"outbox.0": {"$exists": True}, **MESSAGES.of_queues(queues)}
     for doc in db[MESSAGES.collection].find(query, {"queue": 1, "outbox.id": 1,
                                                     "outbox.kind": 1}):

@@ -118,13 +118,15 @@ export async function publishOutboxes(db, outboxes) {
       update: { $pull: { outbox: { id: { $in: outbox.events.map((event) => event.id) } } } },
     },
   }));
-  // A done message goes only by a publisher that copied it into history (above).
+  // A done message goes only by a publisher that copied it into history (above). One
+  // still carrying a write intent's `batch` is left to the sweep (FORMAT §6.4).
   const deletes = batch.map((outbox) => ({
     deleteOne: {
       filter: {
         _id: outbox.messageId,
         state: { $in: outbox.state === DONE ? [DONE, EXPIRED, REMOVED] : [EXPIRED, REMOVED] },
         'outbox.0': { $exists: false },
+        batch: { $exists: false },
       },
     },
   }));
