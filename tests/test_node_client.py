@@ -23,7 +23,17 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
-from mopq import Envelope, MessageDead, Queue, Worker, control, flush, schema
+from mopq import (
+    Envelope,
+    MessageDead,
+    Queue,
+    Worker,
+    control,
+    flush,
+    maintenance,
+    schema,
+    write_intents,
+)
 from mopq.collectors.counters import TOTAL, counter_id
 from mopq.collectors.monitor import Monitor
 from mopq.collectors.series import metric
@@ -392,6 +402,25 @@ def test_node_refuses_a_database_of_a_newer_format_and_writes_nothing(db_name, d
     assert answer["error"] == "FormatMismatch" and "format 2" in answer["message"]
     assert db[schema.MESSAGES].count_documents({}) == 0
     assert db[schema.EVENTS].count_documents({}) == 0
+
+
+def test_node_leaves_what_it_finished_of_a_python_write_intent_to_the_sweep(
+        db_name, db, node_client):
+    """A large Python batch carries its write intent; Node acks its messages but does not
+    delete them (FORMAT §6.4 rule 6); the sweep does, and the counts stay exact."""
+    count = write_intents.MIN_MESSAGES
+    Queue("batched").write_many([{"n": n} for n in range(count)])
+    assert flush(10)
+    answer = run_node(node_client, "consume.js", {"queue": "batched", "settle": count})
+    assert answer["settled"] == count
+    assert db[schema.MESSAGES].count_documents({"state": schema.DONE}) == count
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=maintenance.OUTBOX_GRACE_SECONDS + 1)
+    maintenance.sweep(db, later)
+    assert db[schema.MESSAGES].count_documents({}) == 0
+    assert db[schema.HISTORY].count_documents({}) == count
+    drain(db)
+    row = queue_row(db, "batched")
+    assert (row["written"], row["done"]) == (count, count) and conserved(row), row
 
 
 def test_python_and_node_writers_share_a_queue_that_a_node_consumer_drains(
