@@ -17,12 +17,14 @@ a fresh database:
    no business log would store (the same bodies and fields, no outbox),
    documents built inside the timing, into a collection with no index but
    ``_id``; until 2026-11-26 this was the baseline. The gap between the two
-   baselines is what the engine pays for mopq's outbox (the "written" event
-   stored with the message, see DESIGN.md) and for its indexes. Issue 16's
-   0.5x goal is on write_many + flush against the same raw insert_many, and
-   a breakdown follows: the time of each command of one write_many + flush
-   (messages insert, events insert, the outbox pulls, the deletes), summed
-   by command and collection, and what is left (client side, waits).
+   baselines is what the engine pays for mopq's indexes and the write intent's
+   id in each message (a batch this large is counted by a write intent,
+   docs/FORMAT.md §6.4; until 2026-12-04 it was the "written" event in each
+   message's outbox). Issue 16's 0.5x goal is on write_many + flush against
+   the same raw insert_many, and a breakdown follows: the time of each command
+   of one write_many + flush (messages insert, the intent's writes, the
+   events insert), summed by command and collection, and what is left
+   (client side, waits).
 2. claim+ack: ``q.read(limit=1)`` + ``m.delete()`` vs a raw
    ``find_one_and_update`` (filter on state, set state and lease) +
    ``delete_one`` loop. The 0.5x goal is compared on the loop; the loop plus a
@@ -378,8 +380,8 @@ def part_write(bench: Bench, size: dict, rounds: int, uri: str) -> None:
     print(f"\n1. write {size['write']:,} messages ({rounds} rounds)", flush=True)
     write_rounds = [bench.write(size["write"]) for _ in range(rounds)]
     w = best(write_rounds)
-    print(f"   document size: mopq {w['written_size']} B as written (its outbox holds "
-          f"the 'written' event), {w['mopq_size']} B once published; "
+    print(f"   document size: mopq {w['written_size']} B as written (with its write "
+          f"intent's id, no outbox: docs/FORMAT.md §6.4), {w['mopq_size']} B once published; "
           f"hand-written queue {w['raw_size']} B")
     print(f"   {'':48}{'best msg/s':>11}{'vs raw':>9}")
     print(f"   {'raw insert_many of the same documents':48}{w['raw']:>11,.0f}")
