@@ -318,11 +318,15 @@ def apply_batch(db: Database, owner: str, leases: dict[int, dict[str, Any]],
     if journaled.matched_count == len(journals):
         written = set(journals)
     else:  # some lease was lost meanwhile: find out which journals were written
+        # By receipt, not by seq: a journal left by an earlier batch whose last step
+        # was cut short (an engine killed mid-batch) can carry the same seq, and
+        # taking it for this batch's would apply this batch under marks its
+        # counters already hold, so its events would be deleted uncounted.
         written = {doc["partition"] for doc in db[schema.LEASES].find(
             {"_id": {"$in": [partition_lease_id(p) for p in partitions]}, "owner": owner,
-             "journal.seq": {"$in": sorted({j["seq"] for j in journals.values()})}},
-            {"partition": 1, "journal.seq": 1})
-            if doc["journal"]["seq"] == journals[doc["partition"]]["seq"]}
+             "journal.receipt": {"$in": [j["receipt"] for j in journals.values()]}},
+            {"partition": 1, "journal.receipt": 1})
+            if doc["journal"]["receipt"] == journals[doc["partition"]]["receipt"]}
     lost = tuple(p for p in partitions if p not in written)
     for partition in lost:
         leases.pop(partition, None)

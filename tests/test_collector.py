@@ -533,3 +533,37 @@ def test_a_late_first_publication_after_the_sweep_is_not_counted_twice(db_name, 
     while collector.step().applied:
         pass
     assert totals(db, "late") == {"written": 1}
+
+
+def test_a_journal_whose_clearing_was_lost_is_not_taken_for_the_next_batch(db_name, db):
+    """make chaos found it after an engine kill -9: a batch was applied to its counters
+    but the engine lost its last step (clearing the journal, seq + 1) and the collector
+    its answer, so the collector still took seq + 1 for its next batch. Its journal write
+    failed (a journal was there) and the collector, looking for its own journal by seq,
+    found the old one, applied the new batch under marks the counters already held and
+    deleted its events uncounted (done 1798 of 1799)."""
+    assert emit("tick", 1)
+    assert flush(10)
+    partition = db.events.find_one()["partition"]
+    leases = PartitionLeases(db, "A", seconds=60).rebalance({})
+    assert apply_batch(db, "A", {partition: leases[partition]}).applied == 1
+    lease_id = f"partition:{partition}"
+    applied = db.leases.find_one({"_id": lease_id})["seq"]
+    receipt = db.receipts.find_one({"partition": partition, "seq": applied})["_id"]
+    # The engine kept the batch but not its last step; A never saw that step answered.
+    db.leases.update_one({"_id": lease_id}, {"$set": {"seq": applied - 1, "journal": {
+        "seq": applied, "receipt": receipt}}})
+    stale = {partition: {**leases[partition], "seq": applied - 1}}
+
+    from mopq.events import as_document, business_event
+    event = as_document(business_event("tick", 1, {}, dt.datetime.now(dt.UTC)))
+    db.events.insert_one({**event, "_id": "the next tick", "partition": partition})
+    lost = apply_batch(db, "A", stale)
+    assert lost.applied == 0 and lost.lost_partitions == (partition,)
+    assert db.events.count_documents({}) == 1  # still waiting, not deleted uncounted
+
+    db.leases.update_one({"_id": lease_id},  # A is gone; another collector takes over
+                         {"$set": {"expires_at": dt.datetime(2000, 1, 1, tzinfo=dt.UTC)}})
+    _drain(db, Collector(monitor=False))  # replays the old journal, then applies the tick
+    total = db.counters.find_one({"_id": counter_id("b:tick:*", TOTAL, None)})
+    assert total["count"] == 2
