@@ -195,7 +195,8 @@ def publish_batch(db: Database, batch: write_intents.WrittenBatch, republished: 
     """
     if not write_intents.take(db, batch):
         return
-    late = utcnow() - dt.timedelta(seconds=write_intents.LATE_SECONDS) > batch.at
+    # As for outboxes: the sweep takes an intent left publishing once it is a few seconds old.
+    late = utcnow() - dt.timedelta(seconds=LATE_SECONDS) > batch.at
     insert_events(db, write_intents.batch_events(
         batch, republished=republished or batch.republished or late))
     if inserted is not None:

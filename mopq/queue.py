@@ -153,6 +153,8 @@ class _Options:
     delayed: bool
     now: dt.datetime
     source: dict[str, Any]  # what the stored "written" entry leaves to the message
+    # What a write intent counts these messages under (routing key, activity, delayed).
+    group: tuple[str | None, str | None, bool]
 
 
 class Queue:
@@ -259,7 +261,8 @@ class Queue:
         if activity is not None:
             fields["activity"] = activity
         source = {"queue": self.name, "routing_key": fields["routing_key"], "activity": activity}
-        return _Options(fields, delay_seconds > 0, now, source)
+        return _Options(fields, delay_seconds > 0, now, source,
+                        (fields["routing_key"], activity, delay_seconds > 0))
 
     def _message(self, body: Mapping[str, Any], options: _Options, dedupe_key: str | None,
                  message_id: ObjectId) -> dict[str, Any]:
@@ -460,17 +463,7 @@ class Queue:
                        inserted: list[tuple[dict[str, Any], _Options]]
                        ) -> write_intents.WrittenBatch:
         """What the inserted messages of an intent count: how many per group."""
-        per_options: dict[int, list[Any]] = {}
-        for _, options in inserted:
-            entry = per_options.get(id(options))
-            if entry is None:
-                per_options[id(options)] = [options, 1]
-            else:
-                entry[1] += 1
-        counts: collections.Counter[tuple[str | None, str | None, bool]] = collections.Counter()
-        for options, count in per_options.values():
-            counts[(options.source["routing_key"], options.source["activity"],
-                    options.delayed)] += count
+        counts = collections.Counter(options.group for _, options in inserted)
         return write_intents.WrittenBatch(
             intent_id, self.name, now,
             [write_intents.Group(*key, count) for key, count in counts.items()])

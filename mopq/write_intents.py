@@ -54,9 +54,6 @@ MIN_MESSAGES = 32
 GRACE_SECONDS = 10.0
 # How long a swept intent is kept, so that a very late insert is still counted.
 SWEPT_KEPT_SECONDS = 600.0
-# Batch events later than this after the write may already have been published by
-# the sweep (finishing an intent left publishing): flagged, collectors check receipts.
-LATE_SECONDS = 2.0
 
 # Intents this process saw gone, named in deletions' filters (see not_held): enough
 # to cover the batches a worker is draining, few enough that the engine's test of
