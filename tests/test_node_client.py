@@ -324,7 +324,9 @@ def test_a_node_worker_honours_quiet_resume_and_stop_at_its_next_beat(db_name, d
     assert control.ask(db, identity, control.RESUME, {"name": "ops", "via": "test"})
     wait_until(lambda: (queue.get(held) or {}).get("leased_by") == identity, timeout=10,
                message="the resumed Node worker to claim the message")
-    assert db[schema.WORKERS].find_one({"_id": identity})["state"] == "running"
+    # The beat that read "resume" still reported quiet; the next one reports running.
+    wait_until(lambda: db[schema.WORKERS].find_one({"_id": identity})["state"] == "running",
+               timeout=10, message="the resumed Node worker to report running")
     assert control.ask(db, identity, control.STOP, {"name": "ops", "via": "test"})
     wait_until(lambda: db[schema.WORKERS].find_one({"_id": identity})["state"] == "stopping",
                timeout=10, message="the Node worker to report stopping")
