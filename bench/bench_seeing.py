@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import os
 import signal
@@ -72,7 +71,8 @@ BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from bson import ObjectId  # noqa: E402
-from peers import free_port, percentile  # noqa: E402 - bench/ is this script's folder
+from live_pages import Page, fan_out, iso_time, latencies  # noqa: E402 - bench/ is this folder
+from peers import free_port, percentile  # noqa: E402
 from pymongo import MongoClient  # noqa: E402
 
 from mopq import schema  # noqa: E402
@@ -95,10 +95,6 @@ for n in range(count):
     queue.write({"n": n})
 flush(30)
 """
-
-
-def iso_time(text: str) -> float:
-    return dt.datetime.fromisoformat(text).timestamp()
 
 
 def get_json(url: str) -> dict[str, Any]:
@@ -136,32 +132,6 @@ class Processes:
                 process.wait()
 
 
-class Page:
-    """One open page: a Socket.IO client on /live noting (time, done) of each push."""
-
-    def __init__(self) -> None:
-        import socketio
-
-        self.sio = socketio.Client(reconnection=False, request_timeout=5,
-                                   websocket_extra_options={"skip_utf8_validation": True})
-        self.pushes: list[tuple[float, int]] = []
-        self.ages: list[float] = []  # each push's arrival minus its stats' generated_at
-        self.sio.on("stats", self._on_stats, namespace="/live")
-
-    def _on_stats(self, snapshot: dict[str, Any]) -> None:
-        done = (snapshot.get("queues") or {}).get(QUEUE, {}).get("done", 0)
-        self.pushes.append((time.time(), int(done)))
-        if "generated_at" in snapshot:
-            self.ages.append(self.pushes[-1][0] - iso_time(snapshot["generated_at"]))
-
-    def open(self, url: str) -> None:
-        self.sio.connect(url, namespaces=["/live"], transports=["websocket"], wait_timeout=10)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.sio.disconnect()
-
-
 def commands_sent(folder: Path, role: str) -> int:
     """Every command the counted processes of ``role`` sent so far (each has its own file)."""
     total = 0
@@ -169,19 +139,6 @@ def commands_sent(folder: Path, role: str) -> int:
         with contextlib.suppress(ValueError, OSError):
             total += int(path.read_text() or 0)
     return total
-
-
-def latencies(ends: list[float], samples: list[tuple[float, int]], base: int) -> list[float]:
-    """For the k-th end, the first sample whose count reached k, minus that end."""
-    found, cursor = [], 0
-    ordered = sorted(samples)
-    for k, end in enumerate(sorted(ends), start=1):
-        while cursor < len(ordered) and ordered[cursor][1] - base < k:
-            cursor += 1
-        if cursor == len(ordered):
-            break
-        found.append(ordered[cursor][0] - end)
-    return found
 
 
 def step_times(folder: Path, kind: str) -> dict[str, float]:
@@ -239,7 +196,7 @@ def phase(db: Any, url: str, env: dict[str, str], processes: Processes, ends_fil
         return int(answer["queues"].get(QUEUE, {}).get("done", 0))
 
     base = done_now()
-    opened = [Page() for _ in range(pages)]
+    opened = [Page(QUEUE) for _ in range(pages)]
     for page in opened:
         page.open(url)
     ends_before = len(ends_file.read_text().splitlines()) if ends_file.exists() else 0
@@ -283,6 +240,7 @@ def phase(db: Any, url: str, env: dict[str, str], processes: Processes, ends_fil
             "sent": [v for page in per_page for v in after_applied(page)],
             "answer_age": list(generations.values()),
             "push_age": [age for page in opened for age in page.ages],
+            "fan_out": fan_out(opened),
             **stages(db, {message_id: float(end) for end, message_id in lines}, counts),
             "answers": len(samples), "pushes": sum(len(p.pushes) for p in opened) / pages,
             **{f"{role}_commands_per_second": commands[role] / elapsed for role in ROLES}}
@@ -379,6 +337,12 @@ def main() -> None:
                               f"{percentile(result[key], 0.5) * 1000:.0f} / "
                               f"{percentile(result[key], 0.99) * 1000:.0f} ms"
                               for key in ("answer_age", "push_age")), flush=True)
+                    if result["fan_out"]:
+                        print("   one push's arrival at the last page minus at the first, "
+                              "p50 / p99: "
+                              f"{percentile(result['fan_out'], 0.5) * 1000:.0f} / "
+                              f"{percentile(result['fan_out'], 0.99) * 1000:.0f} ms "
+                              f"({len(result['fan_out'])} pushes)", flush=True)
         finally:
             processes.stop_all()
             if engine is not None:

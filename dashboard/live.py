@@ -176,25 +176,30 @@ class Pusher:
         return max(MIN_INTERVAL_SECONDS, float(configured))
 
     def _run(self) -> None:
+        ring: int | None = None
         while True:
             started = time.monotonic()
             try:
                 if self._clients:
-                    self.push_once()
+                    self.push_once(ring)
                 if self._followers and started - self._workers_at >= REBUILD_SECONDS:
                     self._workers_at = started
                     self.push_workers()
             except Exception:  # the loop must outlive any one bad snapshot
                 log.exception("mopq live: building a push failed; trying again")
             spent = time.monotonic() - started
-            self._wait(max(MIN_SLEEP_SECONDS, self._interval() - spent))
+            ring = self._wait(max(MIN_SLEEP_SECONDS, self._interval() - spent))
 
-    def _wait(self, timeout: float) -> None:
+    def _wait(self, timeout: float) -> int | None:
         """Sleep ``timeout``, or less: until a collector rings ``COUNTED`` after the stats shown.
 
-        After a ring, ``stats_cache.RING_GAP_SECONDS`` more, so that the rings of
-        several collectors' batches make one read and one push.
+        Returns the ring count when it rang (None otherwise); the snapshot then
+        uses stats read after that ring (``StatsCache.after_ring``). With no page
+        open, rings are not listened to: nothing would take them in.
         """
+        if not self._clients:
+            self.socketio.sleep(timeout)
+            return None
         with self.app.app_context():
             try:
                 bell = stats_cache.cache().doorbell(store.database())
@@ -203,15 +208,19 @@ class Pusher:
         if bell is None:
             self.socketio.sleep(timeout)
         elif bell.wait([COUNTED], self._rings_shown, timeout):
-            self.socketio.sleep(stats_cache.RING_GAP_SECONDS)
+            return bell.rings([COUNTED])
+        return None
 
-    def snapshot(self) -> dict[str, Any] | None:
-        """A new snapshot, or None when nothing could have changed since the last one."""
+    def snapshot(self, ring: int | None = None) -> dict[str, Any] | None:
+        """A new snapshot, or None when nothing could have changed since the last one.
+
+        ``ring``: a ring count of ``COUNTED``; the stats are then read after it.
+        """
         with self.app.app_context():
             try:
                 db = store.database()
                 cache = stats_cache.cache()
-                stats = cache.get(db)
+                stats = cache.get(db) if ring is None else cache.after_ring(db, ring)
                 self._rings_shown = cache.rings_of(stats)
                 now = time.monotonic()
                 if stats is self._stats_seen and now - self._built_at < REBUILD_SECONDS \
@@ -223,9 +232,12 @@ class Pusher:
                 reason = " ".join(str(error).split())[:300]
                 return {"engine_error": f"the engine is unreachable: {reason}"}
 
-    def push_once(self) -> bool:
-        """Build a snapshot; push it if it differs from the last push. True if pushed."""
-        snapshot = self.snapshot()
+    def push_once(self, ring: int | None = None) -> bool:
+        """Build a snapshot (see ``snapshot``); push it if it differs from the last.
+
+        True if pushed.
+        """
+        snapshot = self.snapshot(ring)
         if snapshot is None:
             return False
         key = fingerprint(snapshot)

@@ -127,6 +127,23 @@ class StatsCache:
         bell = self.doorbell(db)
         return bell.rings([COUNTED]) if bell is not None else 0
 
+    def after_ring(self, db: Database, ring: int) -> dict[str, Any]:
+        """Stats whose read began after ring number ``ring`` (see ``rings``).
+
+        The cached answer if its read did; else the read another thread has
+        begun since, waited for, or a new one, no sooner than
+        ``RING_GAP_SECONDS`` after the last (so a flood of rings still costs one
+        read per gap). For the live push: it follows a ring at once, where ``get``
+        could hand it the answer another thread read before the ring.
+        """
+        if self._value is not None and self._value_rings >= ring:
+            return self._value
+        time.sleep(max(0.0, RING_GAP_SECONDS - (time.monotonic() - self._read_at)))
+        with self._lock:
+            if self._value is not None and self._value_rings >= ring:
+                return self._value
+            return self._read(db)
+
     def _rung(self, db: Database, age: float) -> bool:
         return age >= RING_GAP_SECONDS and self.rings(db) != self._rings_read
 

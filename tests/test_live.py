@@ -222,3 +222,59 @@ def test_stats_are_read_anew_when_a_collector_rings(db, collector):
     for _ in range(20):  # no ring since: the cached answer, however often asked
         cache.get(db)
     assert cache.reads == reads
+
+
+def rung_after(cache, db) -> int:
+    """Ring ``COUNTED`` as a collector does; the cache's ring count once it arrived."""
+    from mopq.doorbell import COUNTED, ringer_for
+
+    before = cache.rings(db)
+    ringer_for(db).ring(COUNTED)
+    wait_until(lambda: cache.rings(db) > before, message="the ring at this process's doorbell")
+    return cache.rings(db)
+
+
+def test_a_push_after_a_ring_uses_stats_read_after_it_and_a_flood_costs_one_read_a_gap(db):
+    """The push must not take the answer another caller read just before the ring.
+
+    A ring says a count moved: the stats read before it may lack it, so
+    ``after_ring`` reads anew unless the cached answer's read began after it,
+    and however many rings come, reads stay ``RING_GAP_SECONDS`` apart.
+    """
+    from mopq.dashboard.stats_cache import RING_GAP_SECONDS, StatsCache
+
+    reads: list[float] = []
+
+    def reader(_db) -> dict:
+        reads.append(time.monotonic())
+        return {"read": len(reads)}
+
+    cache = StatsCache(SLOW_LOOK_SECONDS, reader=reader, marker=None, rings=True)
+    assert cache.get(db) == {"read": 1}
+    ring = rung_after(cache, db)
+    after = cache.after_ring(db, ring)
+    assert after == {"read": 2}
+    assert cache.after_ring(db, ring) is after  # its read began after that ring: kept
+    for _ in range(5):
+        after = cache.after_ring(db, rung_after(cache, db))
+    assert after == {"read": len(reads)} and len(reads) > 2
+    gaps = [later - earlier for earlier, later in zip(reads[1:], reads[2:], strict=False)]
+    assert min(gaps) >= RING_GAP_SECONDS
+
+
+def test_a_process_with_no_page_open_sleeps_through_rings(engine_uri, db_name):
+    """Its push loop would otherwise wake for every ring with nobody to push to (a busy loop)."""
+    from mopq.dashboard import create_app
+
+    app = create_app({"MOPQ_MONGODB_URI": engine_uri, "MOPQ_DATABASE": db_name,
+                      "TESTING": True})
+    pusher = app.extensions["mopq_live"]
+    with app.app_context():
+        from mopq.dashboard import stats_cache, store
+
+        cache, db = stats_cache.cache(), store.database()
+        cache.get(db)
+        rung_after(cache, db)
+    started = time.monotonic()
+    assert pusher._wait(0.3) is None
+    assert time.monotonic() - started >= 0.3
