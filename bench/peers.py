@@ -1147,9 +1147,12 @@ PICKUP_GOAL_MS = (10.0, 50.0)          # p50, p99
 PICKUP_BEATS_MONGO_PEERS = 10.0        # times better than every MongoDB-based peer
 PICKUP_WITHIN_OF_CELERY = 5.0          # times Celery + Redis at most
 VISIBLE_GOAL_SECONDS = (0.1, 0.3)      # p50, p99
-WHY_PICKUP_TAIL = ("mopq's slowest tasks wait in the producer's durable write: the embedded "
-                   "engine's H2 store commits under one lock, and its housekeeping runs under "
-                   "it (\"Where the tail came from\" in docs/BENCHMARKS.md)")
+WHY_PICKUP_TAIL = ("mopq's slowest tasks wait for the engine's commits, which the collector's "
+                   "batches multiply (six durable commits each, all under the engine's one "
+                   "commit lock): bench/pickup_split.py measured write -> start p99 12-14 ms "
+                   "with the collector stopped and 21-24 ms with it running, about half of it "
+                   "in the producer's write call and half in the claim after it "
+                   "(\"Pickup's tail\" in docs/BENCHMARKS.md)")
 WHY_VISIBLE = ("a finished task waits for its worker's publisher to gather (5 ms after a "
                "quiet spell, up to 50 ms under a stream), then for the collector's batch on "
                "H2 and the dashboard's push (\"Seeing is fast\" in docs/BENCHMARKS.md)")
