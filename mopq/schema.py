@@ -98,7 +98,7 @@ from pymongo.database import Database
 
 # The storage format clients in any language follow (docs/FORMAT.md); a database
 # records the version it speaks in settings {_id: "format", version: N}.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FORMAT_DOCUMENT = "format"
 
 MESSAGES = "messages"
@@ -269,9 +269,16 @@ def ensure_indexes(db: Database) -> None:
 
 
 def check_format(db: Database) -> int:
-    """The database's format version (recorded as ours if it had none); raises if newer."""
+    """The database's format version, recorded as ours if it had none or an older one.
+
+    Raised, not only recorded: a client of an older version would get wrong
+    what this one writes (docs/FORMAT.md §12), and raising the number is what
+    makes such a client refuse the database. Raises if the stored one is newer.
+    """
     db[SETTINGS].update_one({"_id": FORMAT_DOCUMENT},
                             {"$setOnInsert": {"version": FORMAT_VERSION}}, upsert=True)
+    db[SETTINGS].update_one({"_id": FORMAT_DOCUMENT, "version": {"$lt": FORMAT_VERSION}},
+                            {"$set": {"version": FORMAT_VERSION}})
     stored = int((db[SETTINGS].find_one({"_id": FORMAT_DOCUMENT}) or {}).get("version", 1))
     if stored > FORMAT_VERSION:
         raise FormatMismatch(

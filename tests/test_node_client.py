@@ -401,9 +401,19 @@ def test_node_refuses_a_database_of_a_newer_format_and_writes_nothing(db_name, d
     db[schema.SETTINGS].insert_one({"_id": schema.FORMAT_DOCUMENT,
                                     "version": schema.FORMAT_VERSION + 1})
     answer = run_node(node_client, "produce.js", {"queue": "newer"}, ok=False)
-    assert answer["error"] == "FormatMismatch" and "format 2" in answer["message"]
+    assert answer["error"] == "FormatMismatch"
+    assert f"format {schema.FORMAT_VERSION + 1};" in answer["message"]
     assert db[schema.MESSAGES].count_documents({}) == 0
     assert db[schema.EVENTS].count_documents({}) == 0
+
+
+def test_node_raises_an_older_format_so_that_older_clients_refuse_the_database(
+        db_name, db, node_client):
+    db[schema.SETTINGS].insert_one({"_id": schema.FORMAT_DOCUMENT,
+                                    "version": schema.FORMAT_VERSION - 1})
+    run_node(node_client, "produce.js", {"queue": "older", "count": 1})
+    stored = db[schema.SETTINGS].find_one({"_id": schema.FORMAT_DOCUMENT})["version"]
+    assert stored == schema.FORMAT_VERSION
 
 
 def test_node_leaves_what_it_finished_of_a_python_write_intent_to_the_sweep(

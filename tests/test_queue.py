@@ -549,3 +549,16 @@ def test_the_database_records_its_format_and_a_newer_one_is_refused(db_name, db,
     with MongoClient(engine_uri, tz_aware=True) as other:  # a process that has not checked yet
         with pytest.raises(FormatMismatch, match="Upgrade mopq"):
             ensure_indexes(other[db_name])
+
+
+def test_an_older_format_is_raised_so_that_older_clients_refuse_the_database(db_name, db,
+                                                                             engine_uri):
+    """A version 1 client would miscount write intents' events (docs/FORMAT.md §12)."""
+    from pymongo import MongoClient
+
+    from mopq.schema import FORMAT_VERSION, check_format
+
+    db.settings.insert_one({"_id": "format", "version": FORMAT_VERSION - 1})
+    with MongoClient(engine_uri, tz_aware=True) as other:
+        assert check_format(other[db_name]) == FORMAT_VERSION
+    assert db.settings.find_one({"_id": "format"})["version"] == FORMAT_VERSION

@@ -70,11 +70,14 @@ export class Client {
     this.rejected = 0;
   }
 
-  // The format version the database speaks, recorded as ours if it has none.
+  // The format version the database speaks, recorded as ours if it has none or an older one
+  // (raised, so that older clients refuse what they would get wrong: docs/FORMAT.md §12).
   async checkFormat() {
     const settings = this.db.collection(SETTINGS);
     await settings.updateOne({ _id: FORMAT_DOCUMENT }, { $setOnInsert: { version: FORMAT_VERSION } },
       { upsert: true });
+    await settings.updateOne({ _id: FORMAT_DOCUMENT, version: { $lt: FORMAT_VERSION } },
+      { $set: { version: FORMAT_VERSION } });
     const stored = Number((await settings.findOne({ _id: FORMAT_DOCUMENT }))?.version ?? 1);
     if (stored > FORMAT_VERSION) {
       throw new FormatMismatch(`Database ${this.db.databaseName} speaks mopq storage format ${stored}; `

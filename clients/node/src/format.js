@@ -1,4 +1,4 @@
-// The storage format of docs/FORMAT.md, version 1: names, ids, partitions and events.
+// The storage format of docs/FORMAT.md, version 2: names, ids, partitions and events.
 //
 // Everything a document or an event must look like is built here, so the rest of the
 // client only decides *when* to write it. Section numbers (§) refer to docs/FORMAT.md.
@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { Double } from 'mongodb';
 
-export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 2;
 export const FORMAT_DOCUMENT = 'format';
 
 export const MESSAGES = 'messages';

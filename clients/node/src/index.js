@@ -1,4 +1,4 @@
-// mopq for Node.js: the storage format of docs/FORMAT.md (version 1), so messages this
+// mopq for Node.js: the storage format of docs/FORMAT.md (version 2), so messages this
 // client writes, claims and acknowledges, its heartbeats and its business events are
 // counted exactly like the Python library's.
 
