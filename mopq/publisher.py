@@ -140,6 +140,7 @@ def publish_outboxes(db: Database, outboxes: list[Outbox], republished: bool = F
     # A finished message whose outbox holds exactly the events just published
     # is deleted at once (its outbox would be empty after the pull).
     finished = [outbox for outbox in outboxes if outbox.state in schema.TERMINAL_STATES]
+    undeleted: list[Outbox] = []  # finished messages a write intent may hold
     if finished:
         history.archive(db, [o.message_id for o in finished if o.state == schema.DONE])
         ids = [[e["id"] for e in outbox.events] for outbox in finished]
@@ -153,6 +154,8 @@ def publish_outboxes(db: Database, outboxes: list[Outbox], republished: bool = F
                         if outbox.state not in schema.TERMINAL_STATES]
             if not outboxes:
                 return []
+        else:
+            undeleted = finished
     # Every pull, then every delete, in one ordered bulk write, so each
     # message's pull runs before its delete. Each statement covers a group of
     # messages (``_id: {$in}``): pulling any id of the group from any of its
@@ -183,7 +186,7 @@ def publish_outboxes(db: Database, outboxes: list[Outbox], republished: bool = F
                                           "outbox.0": {"$exists": False},
                                           **write_intents.not_held()}))
     messages.bulk_write(writes, ordered=True)
-    return write_intents.release(db, [outbox.message_id for outbox in finished])
+    return write_intents.release(db, [outbox.message_id for outbox in undeleted])
 
 
 def publish_batch(db: Database, batch: write_intents.WrittenBatch, republished: bool = False,
